@@ -1,0 +1,113 @@
+"""Argument validation shared by the functional core and the module shells.
+
+Every check raises ``ValueError``/``TypeError`` naming the parameter, the value and what is
+allowed, and runs at the boundary only: kernels never re-parse strings.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+ABLATIONS = ("none", "zero_ablate", "random_ablate", "randomly_sampled", "complement_sampled")
+RANDOM_ABLATIONS = ("random_ablate", "randomly_sampled", "complement_sampled")
+MASK_UNITS = ("weight", "neuron")
+STRATEGIES = ("continuous_sparsification", "hard_concrete", "magnitude_pruning")
+LAYER_KINDS = ("linear", "gpt_conv1d", "conv1d", "conv2d")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``allowed``, else raise naming the options."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, one of {list(allowed)}; got {value!r} ({type(value).__name__})")
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool,)) and not (isinstance(value, torch.Tensor) and value.dtype == torch.bool and value.numel() == 1):
+        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+        isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype.is_floating_point
+    ):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def check_temperature(value: Any, name: str = "temperature") -> float:
+    """A temperature must be finite and strictly positive."""
+    v = _as_float(name, value)
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+    return v
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """A percentage given as a fraction must lie in [0, 1]."""
+    v = _as_float(name, value)
+    if not (0.0 <= v <= 1.0):  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return v
+
+
+def check_finite(name: str, value: Any) -> float:
+    v = _as_float(name, value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def check_stretch(left: Any, right: Any) -> tuple[float, float]:
+    """Hard-concrete stretch limits must satisfy l < 0 < 1 < r (Louizos et al. 2018, sec. 4)."""
+    lv = check_finite("left_stretch", left)
+    rv = check_finite("right_stretch", right)
+    if not lv < 0.0:
+        raise ValueError(f"left_stretch must be < 0, got {left!r}")
+    if not rv > 1.0:
+        raise ValueError(f"right_stretch must be > 1, got {right!r}")
+    return lv, rv
+
+
+def check_key(key: Any, name: str = "key") -> torch.Tensor:
+    """A PRNG key is an integer tensor of shape (2,) holding two 32-bit words."""
+    if not isinstance(key, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape (2,) and dtype int64 (from neurosurgeon.functional.random.key), "
+            f"got {type(key).__name__}"
+        )
+    if key.dtype != torch.int64 or tuple(key.shape) != (2,):
+        raise ValueError(
+            f"{name} must have shape (2,) and dtype torch.int64 (use neurosurgeon.functional.random.key(seed)), "
+            f"got shape {tuple(key.shape)} and dtype {key.dtype}"
+        )
+    return key
+
+
+def check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def check_tensor(name: str, value: Any) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def concrete_int(t: torch.Tensor) -> int | None:
+    """``int(t)`` when ``t`` can be read on the host without breaking a transform, else None.
+
+    Under ``torch.compile`` tracing or when ``t`` is batched by ``vmap``, reading a value would
+    break the graph; callers then fall back to value-independent code.
+    """
+    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t):
+        return None
+    return int(t)

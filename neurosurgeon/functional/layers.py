@@ -1,0 +1,77 @@
+"""Layer forwards with explicit (possibly masked) weights, so masks compose without modules.
+
+Each function is the base layer's computation with ``weight``/``bias`` supplied by the caller;
+``masked_forward`` applies a mask (and optional replacement values) first.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.utils import _pair, _single
+
+from ._checks import LAYER_KINDS, PADDING_MODES, check_choice
+
+__all__ = ["linear", "gpt_conv1d", "conv1d", "conv2d", "layer_forward", "apply_mask"]
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` with weight (out, in) (``nn.Linear``)."""
+    return F.linear(x, weight, bias)
+
+
+def gpt_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """GPT-2's ``Conv1D``: ``x @ weight + bias`` with weight (in, out)."""
+    out_shape = x.shape[:-1] + (weight.shape[1],)
+    flat = x.reshape(-1, x.shape[-1])
+    y = torch.addmm(bias, flat, weight) if bias is not None else flat @ weight
+    return y.reshape(out_shape)
+
+
+def _conv(fn, n: int, x, weight, bias, stride, padding, dilation, groups, padding_mode):
+    check_choice("padding_mode", padding_mode, PADDING_MODES)
+    tup = _single if n == 1 else _pair
+    if padding_mode != "zeros":
+        if isinstance(padding, str):
+            raise ValueError(f"padding={padding!r} needs padding_mode='zeros', got padding_mode={padding_mode!r}")
+        # F.pad takes the last dimension first, each padded on both sides.
+        pads = tuple(p for p in reversed(tup(padding)) for _ in range(2))
+        return fn(F.pad(x, pads, mode=padding_mode), weight, bias, tup(stride), tup(0), tup(dilation), groups)
+    pad = padding if isinstance(padding, str) else tup(padding)
+    return fn(x, weight, bias, tup(stride), pad, tup(dilation), groups)
+
+
+def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
+    """``nn.Conv1d``'s forward with explicit weights, every ``padding_mode`` included."""
+    return _conv(F.conv1d, 1, x, weight, bias, stride, padding, dilation, groups, padding_mode)
+
+
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
+    """``nn.Conv2d``'s forward with explicit weights, every ``padding_mode`` included."""
+    return _conv(F.conv2d, 2, x, weight, bias, stride, padding, dilation, groups, padding_mode)
+
+
+_FORWARDS = {"linear": linear, "gpt_conv1d": gpt_conv1d, "conv1d": conv1d, "conv2d": conv2d}
+
+
+def layer_forward(kind: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, **conv_args):
+    """Dispatch to the forward of layer ``kind`` (conv arguments only for convolutions)."""
+    check_choice("kind", kind, LAYER_KINDS)
+    return _FORWARDS[kind](x, weight, bias, **conv_args)
+
+
+def apply_mask(
+    param: torch.Tensor, mask: torch.Tensor | None, replacement: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``param * mask`` (+ ``replacement * (1 - mask)``), the mask cast to ``param``'s dtype.
+
+    With ``mask=None`` the parameter is returned untouched, so an unmasked path is bitwise the
+    base layer. The mask broadcasts from its mask-unit shape.
+    """
+    if mask is None:
+        return param
+    m = mask.to(param.dtype)
+    out = param * m
+    if replacement is not None:
+        out = out + replacement * (1 - m)
+    return out

@@ -1,0 +1,20 @@
+"""Stateful ``nn.Module`` shells with the reference's class names; all maths is in
+:mod:`neurosurgeon.functional`."""
+
+from .contsparse import ContSparseConv1d, ContSparseConv2d, ContSparseGPTConv1D, ContSparseLayer, ContSparseLinear
+from .hardconcrete import (
+    HardConcreteConv1d,
+    HardConcreteConv2d,
+    HardConcreteGPTConv1D,
+    HardConcreteLayer,
+    HardConcreteLinear,
+)
+from .magprune import MagPruneConv1d, MagPruneConv2d, MagPruneGPTConv1D, MagPruneLayer, MagPruneLinear
+from .mask_layer import MaskLayer
+
+__all__ = [
+    "MaskLayer",
+    "ContSparseLayer", "ContSparseLinear", "ContSparseGPTConv1D", "ContSparseConv1d", "ContSparseConv2d",
+    "HardConcreteLayer", "HardConcreteLinear", "HardConcreteGPTConv1D", "HardConcreteConv1d", "HardConcreteConv2d",
+    "MagPruneLayer", "MagPruneLinear", "MagPruneGPTConv1D", "MagPruneConv1d", "MagPruneConv2d",
+]

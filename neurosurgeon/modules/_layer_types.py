@@ -1,0 +1,141 @@
+"""What differs between the wrapped layer types: their configuration, initialisation and forward.
+
+The mask layers hold one of these descriptors; the masking itself is layer-independent.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.utils import _pair, _single
+from transformers.pytorch_utils import Conv1D
+
+from .. import functional as F
+from ..functional._checks import PADDING_MODES, check_choice
+
+
+class LayerType:
+    """Describes one base layer type: ``kind`` for the functional core, the torch class it
+    wraps, the attribute names of its configuration, and how to make and initialise it."""
+
+    kind: str
+    base: type
+    config: tuple[str, ...]
+
+    def configure(self, module: nn.Module, **args: Any) -> None:
+        for name in self.config:
+            setattr(module, name, args[name])
+
+    def shapes(self, module: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(weight shape, bias shape)."""
+        raise NotImplementedError
+
+    def config_from(self, layer: nn.Module) -> dict[str, Any]:
+        """Constructor arguments that rebuild ``layer``'s configuration."""
+        args = {name: getattr(layer, name) for name in self.config}
+        if self.kind != "gpt_conv1d":
+            args["bias"] = layer.bias is not None
+        return args
+
+    def reset(self, module: nn.Module) -> None:
+        """Initialise weight and bias as the base class does (uses torch's global RNG, like torch)."""
+        raise NotImplementedError
+
+    def forward(self, module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        return F.layer_forward(self.kind, x, weight, bias)
+
+    def bake(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+        """A plain base-class layer holding the given weight and bias."""
+        raise NotImplementedError
+
+
+class _Linear(LayerType):
+    kind, base, config = "linear", nn.Linear, ("in_features", "out_features")
+
+    def shapes(self, m):
+        return (m.out_features, m.in_features), (m.out_features,)
+
+    def reset(self, m):
+        nn.Linear.reset_parameters(m)
+
+    def bake(self, m, weight, bias):
+        layer = nn.Linear(m.in_features, m.out_features, bias=bias is not None, device="meta")
+        layer.weight, layer.bias = nn.Parameter(weight), None if bias is None else nn.Parameter(bias)
+        return layer
+
+
+class _GPTConv1D(LayerType):
+    kind, base, config = "gpt_conv1d", Conv1D, ("nf", "nx")
+
+    def shapes(self, m):
+        return (m.nx, m.nf), (m.nf,)
+
+    def reset(self, m):
+        # transformers.pytorch_utils.Conv1D: weight N(0, 0.02), bias zeros.
+        nn.init.normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def bake(self, m, weight, bias):
+        layer = Conv1D(m.nf, m.nx)
+        layer.weight = nn.Parameter(weight)
+        layer.bias = nn.Parameter(bias if bias is not None else torch.zeros(m.nf, dtype=weight.dtype, device=weight.device))
+        return layer
+
+
+class _ConvNd(LayerType):
+    config = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
+
+    def __init__(self, kind: str, base: type, tup):
+        self.kind, self.base, self._tup = kind, base, tup
+
+    def configure(self, m, **args):
+        check_choice("padding_mode", args["padding_mode"], PADDING_MODES)
+        for name in ("in_channels", "out_channels", "groups"):
+            v = args[name]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if args["in_channels"] % args["groups"] or args["out_channels"] % args["groups"]:
+            raise ValueError(
+                f"in_channels ({args['in_channels']}) and out_channels ({args['out_channels']}) "
+                f"must be divisible by groups ({args['groups']})"
+            )
+        for name in ("kernel_size", "stride", "dilation"):
+            args[name] = self._tup(args[name])
+        if not isinstance(args["padding"], str):
+            args["padding"] = self._tup(args["padding"])
+        super().configure(m, **args)
+
+    def shapes(self, m):
+        return (m.out_channels, m.in_channels // m.groups, *m.kernel_size), (m.out_channels,)
+
+    def reset(self, m):
+        # nn.Conv*d.reset_parameters: kaiming-uniform(a=sqrt(5)) weight, U(+-1/sqrt(fan_in)) bias.
+        nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
+        if m.bias is not None:
+            bound = 1 / math.sqrt(F.fan_in(self.kind, tuple(m.weight.shape)))
+            nn.init.uniform_(m.bias, -bound, bound)
+
+    def conv_args(self, m) -> dict[str, Any]:
+        return dict(stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups, padding_mode=m.padding_mode)
+
+    def forward(self, m, x, weight, bias):
+        return F.layer_forward(self.kind, x, weight, bias, **self.conv_args(m))
+
+    def bake(self, m, weight, bias):
+        layer = self.base(
+            m.in_channels, m.out_channels, m.kernel_size, bias=bias is not None, device="meta", **self.conv_args(m)
+        )
+        layer.weight, layer.bias = nn.Parameter(weight), None if bias is None else nn.Parameter(bias)
+        return layer
+
+
+
+
+LINEAR = _Linear()
+GPT_CONV1D = _GPTConv1D()
+CONV1D = _ConvNd("conv1d", nn.Conv1d, _single)
+CONV2D = _ConvNd("conv2d", nn.Conv2d, _pair)

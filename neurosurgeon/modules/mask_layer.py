@@ -1,0 +1,280 @@
+"""``MaskLayer``: the stateful shell shared by every masking strategy and layer type.
+
+It owns the base ``weight``/``bias`` (shared with the wrapped layer, never copied), the mask
+parameters, a PRNG key buffer and a few flags. Every mask it applies comes from
+:func:`neurosurgeon.functional.layer_masks`; this file holds no mask formula.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .. import functional as F
+from ..functional import random as nr
+from ..functional._checks import ABLATIONS, MASK_UNITS, RANDOM_ABLATIONS, check_bool, check_choice, check_key
+from ._layer_types import LayerType
+
+__all__ = ["MaskLayer"]
+
+
+def _initial_key(key: torch.Tensor | int | None, device) -> torch.Tensor:
+    """A layer's key: given, from a seed, or (like torch's own initialisers) from torch's global RNG."""
+    if key is None:
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
+        return nr.key(seed, device=device)
+    if isinstance(key, int) and not isinstance(key, bool):
+        return nr.key(key, device=device)
+    return check_key(key).clone().to(device)
+
+
+def _version(t: torch.Tensor | None):
+    return None if t is None else (id(t), t._version, t.data_ptr(), t.dtype, t.device)
+
+
+class MaskLayer(nn.Module):
+    """Abstract masked layer (reference: ``NeuroSurgeon.Masking.mask_layer.MaskLayer``).
+
+    Subclasses fix a strategy (``_strategy``) and a base layer type (``_layer``).
+
+    Args:
+        ablation: ``none``, ``zero_ablate``, ``random_ablate``, ``randomly_sampled`` or
+            ``complement_sampled`` (SPEC section 3).
+        mask_unit: ``weight`` or ``neuron``.
+        mask_bias: also mask the bias (per element).
+        key: PRNG key ``(2,)`` or int seed for this layer's random draws; default: drawn from
+            torch's global RNG at construction, so ``torch.manual_seed`` makes it reproducible.
+    """
+
+    _strategy: str = ""
+    _layer: LayerType
+    _extra_buffers = ("mask_key", "noise_step")
+
+    def __init__(
+        self,
+        *,
+        ablation: str,
+        mask_unit: str,
+        mask_bias: bool,
+        layer_args: dict[str, Any],
+        key=None,
+        device=None,
+        dtype=None,
+        base: nn.Module | None = None,
+    ):
+        super().__init__()
+        self._ablation = check_choice("ablation", ablation, ABLATIONS)
+        self._mask_unit = check_choice("mask_unit", mask_unit, MASK_UNITS)
+        mask_bias = check_bool("mask_bias", mask_bias)
+        self._use_masks = True
+        self._force_resample = False
+        self._cache: tuple[Any, F.LayerMasks] | None = None
+        self._last: F.MaskedParameters | None = None
+        self._layer.configure(self, **layer_args)
+        if base is None:
+            w_shape, b_shape = self._layer.shapes(self)
+            factory = dict(device=device, dtype=dtype)
+            self.weight = nn.Parameter(torch.empty(w_shape, **factory))
+            self.bias = nn.Parameter(torch.empty(b_shape, **factory)) if layer_args.get("bias", True) else None
+            self._layer.reset(self)
+        else:
+            self.weight, self.bias = base.weight, base.bias
+            if mask_bias and self.bias is None:
+                warnings.warn(f"{type(base).__name__} has no bias; setting mask_bias=False", stacklevel=3)
+                mask_bias = False
+        if mask_bias and self.bias is None:
+            raise ValueError("mask_bias=True needs a bias, but the layer was built with bias=False")
+        self._mask_bias = mask_bias
+        self.register_buffer("mask_key", _initial_key(key, self.weight.device))
+        self.register_buffer("noise_step", torch.zeros((), dtype=torch.int64, device=self.weight.device))
+        self.reset_mask_parameters()
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def _wrap(cls, layer: nn.Module, key=None, **mask_args):
+        if not isinstance(layer, cls._layer.base):
+            raise TypeError(f"{cls.__name__}.from_layer needs a {cls._layer.base.__name__}, got {type(layer).__name__}")
+        args = cls._layer.config_from(layer)
+        return cls(**args, **mask_args, key=key, _base=layer)
+
+    def _mask_params_dtype(self) -> torch.dtype:
+        # Half-precision weights get float32 mask parameters: sigma(beta * theta) needs the range.
+        return torch.promote_types(self.weight.dtype, torch.float32)
+
+    def reset_mask_parameters(self) -> None:
+        """(Re)create the mask parameters at their initial value; drop cached masks."""
+        self._cache = None
+        self._make_mask_params()
+
+    def reset_parameters(self) -> None:
+        """Re-initialise the base weight and bias as the base layer does, and the mask parameters."""
+        self._layer.reset(self)
+        self.reset_mask_parameters()
+
+    def _make_mask_params(self) -> None:
+        raise NotImplementedError
+
+    # -- properties ----------------------------------------------------------------------
+    @property
+    def ablation(self) -> str:
+        return self._ablation
+
+    @ablation.setter
+    def ablation(self, value: str) -> None:
+        self._ablation = check_choice("ablation", value, ABLATIONS)
+
+    @property
+    def mask_unit(self) -> str:
+        return self._mask_unit
+
+    @mask_unit.setter
+    def mask_unit(self, value: str) -> None:
+        value = check_choice("mask_unit", value, MASK_UNITS)
+        if value != self._mask_unit:
+            self._mask_unit = value
+            self.reset_mask_parameters()
+
+    @property
+    def mask_bias(self) -> bool:
+        return self._mask_bias
+
+    @mask_bias.setter
+    def mask_bias(self, value: bool) -> None:
+        value = check_bool("mask_bias", value)
+        if value and self.bias is None:
+            raise ValueError("mask_bias=True needs a bias, but this layer has none")
+        if value != self._mask_bias:
+            self._mask_bias = value
+            self.reset_mask_parameters()
+
+    @property
+    def use_masks(self) -> bool:
+        return self._use_masks
+
+    @use_masks.setter
+    def use_masks(self, value: bool) -> None:
+        self._use_masks = check_bool("use_masks", value)
+
+    @property
+    def force_resample(self) -> bool:
+        """Set True to draw new random masks / replacement values at the next use; reads False after."""
+        return self._force_resample
+
+    @force_resample.setter
+    def force_resample(self, value: bool) -> None:
+        self._force_resample = check_bool("force_resample", value)
+
+    @property
+    def weight_mask(self) -> torch.Tensor | None:
+        """The weight mask applied by the last forward, broadcast to the weight's shape."""
+        return None if self._last is None else self._last.weight_mask
+
+    @property
+    def bias_mask(self) -> torch.Tensor | None:
+        """The bias mask applied by the last forward (None when the bias is not masked)."""
+        return None if self._last is None else self._last.bias_mask
+
+    # -- strategy hooks -------------------------------------------------------------------
+    def _mask_tensors(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(weight, bias) mask parameters as the functional core takes them."""
+        return self.weight_mask_params, getattr(self, "bias_mask_params", None)
+
+    def _hparams(self) -> dict[str, Any]:
+        return {}
+
+    def _is_hard(self) -> bool:
+        wp, _ = self._mask_tensors()
+        return (not self.training) or (not wp.requires_grad)
+
+    # -- forward -----------------------------------------------------------------------------
+    def _resample_if_requested(self) -> None:
+        if self._force_resample:
+            with torch.no_grad():
+                self.mask_key.copy_(nr.fold_in(self.mask_key, 1))
+            self._force_resample = False
+
+    def _masks(self, hard: bool) -> F.LayerMasks:
+        wp, bp = self._mask_tensors()
+        if hard:
+            key = self.mask_key if self._ablation in RANDOM_ABLATIONS else None
+        elif self._strategy == "hard_concrete":
+            # A fresh noise draw per training step, reproducible from (key, step).
+            key = F.noise_key(self.mask_key, self.noise_step)
+            self.noise_step.add_(1)
+        else:
+            key = None
+        kwargs = dict(strategy=self._strategy, kind=self._layer.kind, hard=hard, ablation=self._ablation, **self._hparams())
+        # Hard masks depend only on these tensors' contents and the settings: reuse them while
+        # nothing has changed (in-place updates bump _version, so a stale mask is never served).
+        cacheable = hard and not torch.compiler.is_compiling() and not any(
+            torch._C._functorch.is_functorch_wrapped_tensor(t) for t in (wp, self.weight, self.mask_key) if t is not None
+        )
+        if cacheable:
+            stamp = (tuple(sorted(kwargs.items())), _version(wp), _version(bp), _version(self.weight),
+                     _version(self.bias), _version(self.mask_key))
+            if self._cache is not None and self._cache[0] == stamp:
+                return self._cache[1]
+        if hard:
+            for name, p in (("weight_mask_params", wp), ("bias_mask_params", bp)):
+                if p is not None and p is not self.weight and p is not self.bias:
+                    F.check_finite_params(p, f"{type(self).__name__}.{name}")
+        masks = F.layer_masks(self.weight, self.bias, wp, bp, key, **kwargs)
+        if cacheable:
+            self._cache = (stamp, masks)
+        return masks
+
+    def masked_parameters(self) -> F.MaskedParameters:
+        """The effective weight and bias this layer computes with now (and the masks applied)."""
+        self._resample_if_requested()
+        if not self._use_masks:
+            return F.MaskedParameters(self.weight, self.bias, None, None)
+        return F.apply_layer_masks(self.weight, self.bias, self._masks(self._is_hard()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.masked_parameters()
+        if not torch.compiler.is_compiling():
+            self._last = p
+        return self._layer.forward(self, x, p.weight, p.bias)
+
+    # -- L0 --------------------------------------------------------------------------------------
+    def calculate_l0(self) -> torch.Tensor:
+        """L0 of the current mask at the weight's size (+ bias): soft surrogate while training,
+        count of ones while hard. A 0-d tensor, differentiable while soft."""
+        hard = self._is_hard()
+        wp, bp = self._mask_tensors()
+        masks = self._masks(hard) if hard else None
+        hp = self._hparams()
+        total = F.mask_l0(self._strategy, wp, self.weight.numel(), hard=hard,
+                          applied_mask=None if masks is None else masks.weight_mask, **hp)
+        if self._mask_bias and bp is not None:
+            total = total + F.mask_l0(self._strategy, bp, self.bias.numel(), hard=hard,
+                                      applied_mask=None if masks is None else masks.bias_mask, **hp)
+        return total
+
+    def calculate_max_l0(self) -> int:
+        """Number of maskable entries: ``weight.numel()`` (+ ``bias.numel()`` if the bias is masked)."""
+        return self.weight.numel() + (self.bias.numel() if self._mask_bias and self.bias is not None else 0)
+
+    # -- bake, state dict ----------------------------------------------------------------------
+    def bake(self) -> nn.Module:
+        """A plain base layer (``nn.Linear``, ``Conv1D``, ``nn.Conv1d/2d``) with the masked weights
+        of the current mode baked in (detached copies)."""
+        with torch.no_grad():
+            p = self.masked_parameters()
+            w = p.weight.detach().clone()
+            b = None if p.bias is None else p.bias.detach().clone()
+        return self._layer.bake(self, w, b)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # State dicts written by NeuroSurgeon 0.1.0 carry no key or noise counter: keep ours.
+        for name in self._extra_buffers:
+            state_dict.setdefault(prefix + name, getattr(self, name))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        cfg = ", ".join(f"{n}={getattr(self, n)}" for n in self._layer.config)
+        return f"{cfg}, bias={self.bias is not None}, ablation={self._ablation!r}, mask_unit={self._mask_unit!r}, mask_bias={self._mask_bias}"
