@@ -35,6 +35,8 @@ def check_bool(name: str, value: Any) -> bool:
 
 
 def _as_float(name: str, value: Any) -> float:
+    if torch.compiler.is_compiling():
+        return value  # validated at the boundary already; a traced graph must not branch on it
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
         isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype.is_floating_point
     ):
@@ -45,6 +47,8 @@ def _as_float(name: str, value: Any) -> float:
 def check_temperature(value: Any, name: str = "temperature") -> float:
     """A temperature must be finite and strictly positive."""
     v = _as_float(name, value)
+    if torch.compiler.is_compiling():
+        return v
     if not math.isfinite(v) or v <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {value!r}")
     return v
@@ -53,6 +57,8 @@ def check_temperature(value: Any, name: str = "temperature") -> float:
 def check_fraction(name: str, value: Any) -> float:
     """A percentage given as a fraction must lie in [0, 1]."""
     v = _as_float(name, value)
+    if torch.compiler.is_compiling():
+        return v
     if not (0.0 <= v <= 1.0):  # also rejects NaN
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
     return v
@@ -60,6 +66,8 @@ def check_fraction(name: str, value: Any) -> float:
 
 def check_finite(name: str, value: Any) -> float:
     v = _as_float(name, value)
+    if torch.compiler.is_compiling():
+        return v
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return v
