@@ -49,8 +49,11 @@ def hard_concrete_mask_from_noise(
     """Sampled soft gate z (eq. 9-10) from explicit uniform noise ``u`` in (0, 1), broadcastable to theta."""
     beta = check_temperature(temperature)
     lo, hi = check_stretch(left, right)
-    u = noise.to(log_alpha.dtype)
-    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / beta)
+    # The logistic noise log u - log(1 - u) is formed at the noise's precision (at least theta's):
+    # rounding u to a half-precision theta first would send u = 1 - eps to 1 and the noise to inf.
+    u = noise.to(torch.promote_types(noise.dtype, log_alpha.dtype))
+    logistic = (torch.log(u) - torch.log1p(-u)).to(log_alpha.dtype)
+    s = torch.sigmoid((logistic + log_alpha) / beta)
     return torch.clamp(s * (hi - lo) + lo, 0.0, 1.0)
 
 

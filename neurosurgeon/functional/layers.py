@@ -32,10 +32,18 @@ def _conv(fn, n: int, x, weight, bias, stride, padding, dilation, groups, paddin
     check_choice("padding_mode", padding_mode, PADDING_MODES)
     tup = _single if n == 1 else _pair
     if padding_mode != "zeros":
+        # F.pad takes the last dimension first; as nn.Conv*d does, "same" puts the odd extra
+        # element on the right.
         if isinstance(padding, str):
-            raise ValueError(f"padding={padding!r} needs padding_mode='zeros', got padding_mode={padding_mode!r}")
-        # F.pad takes the last dimension first, each padded on both sides.
-        pads = tuple(p for p in reversed(tup(padding)) for _ in range(2))
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be 'same', 'valid' or int(s), got {padding!r}")
+            pairs = [(0, 0)] * n
+            if padding == "same":
+                pairs = [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2)
+                         for d, k in zip(tup(dilation), weight.shape[2:])]
+        else:
+            pairs = [(p, p) for p in tup(padding)]
+        pads = tuple(v for pair in reversed(pairs) for v in pair)
         return fn(F.pad(x, pads, mode=padding_mode), weight, bias, tup(stride), tup(0), tup(dilation), groups)
     pad = padding if isinstance(padding, str) else tup(padding)
     return fn(x, weight, bias, tup(stride), pad, tup(dilation), groups)

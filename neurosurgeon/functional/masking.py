@@ -124,7 +124,8 @@ def mask_l0(
         m = applied_mask
         if m is None:
             m = hard_mask(strategy, params, left=left, right=right, prune_percentage=prune_percentage)
-        return m.sum() * scale
+        # Count in int64 (a half-precision sum is inexact above 256 or 2048), report as a float.
+        return ((m != 0).sum() * scale).to(torch.promote_types(params.dtype, torch.float32))
     if strategy == "continuous_sparsification":
         return continuous_sparsification_l0(params, temperature=temperature) * scale
     return hard_concrete_l0(params, temperature=temperature, left=left, right=right) * scale

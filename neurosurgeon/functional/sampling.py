@@ -50,7 +50,7 @@ def sample_zeros(key: torch.Tensor, eligible: torch.Tensor, num_zeros: int | tor
 def _checked_count(hard_mask: torch.Tensor, num_zeros: int | None, available: torch.Tensor, what: str):
     """k = sum(h) as an int when it can be read without breaking a transform, else as a tensor."""
     if num_zeros is None:
-        k_t = hard_mask.sum().to(torch.int64)
+        k_t = (hard_mask != 0).sum()  # counted in int64: a bf16 sum is inexact above 256
         k = concrete_int(k_t)
         num_zeros = k if k is not None else k_t
     elif isinstance(num_zeros, bool) or not isinstance(num_zeros, int) or num_zeros < 0:

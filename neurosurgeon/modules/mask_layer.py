@@ -71,7 +71,8 @@ class MaskLayer(nn.Module):
         mask_bias = check_bool("mask_bias", mask_bias)
         self._use_masks = True
         self._force_resample = False
-        self._cache: tuple[Any, F.LayerMasks] | None = None
+        self._cache: tuple[Any, tuple, F.LayerMasks] | None = None  # (settings, hard masks h, masks)
+        self._checked: Any = None  # versions of the mask parameters last checked for NaN/inf
         self._last: F.MaskedParameters | None = None
         self._layer.configure(self, **layer_args)
         if base is None:
@@ -107,6 +108,7 @@ class MaskLayer(nn.Module):
     def reset_mask_parameters(self) -> None:
         """(Re)create the mask parameters at their initial value; drop cached masks."""
         self._cache = None
+        self._checked = None
         self._make_mask_params()
 
     def reset_parameters(self) -> None:
@@ -207,23 +209,36 @@ class MaskLayer(nn.Module):
         else:
             key = None
         kwargs = dict(strategy=self._strategy, kind=self._layer.kind, hard=hard, ablation=self._ablation, **self._hparams())
-        # Hard masks depend only on these tensors' contents and the settings: reuse them while
-        # nothing has changed (in-place updates bump _version, so a stale mask is never served).
-        cacheable = hard and not torch.compiler.is_compiling() and not any(
-            torch._C._functorch.is_functorch_wrapped_tensor(t) for t in (wp, self.weight, self.mask_key) if t is not None
+        if not hard:
+            return F.layer_masks(self.weight, self.bias, wp, bp, key, **kwargs)
+        transformed = torch.compiler.is_compiling() or any(
+            torch._C._functorch.is_functorch_wrapped_tensor(t) for t in (wp, bp, self.weight, self.mask_key) if t is not None
         )
-        if cacheable:
-            stamp = (tuple(sorted(kwargs.items())), _version(wp), _version(bp), _version(self.weight),
-                     _version(self.bias), _version(self.mask_key))
-            if self._cache is not None and self._cache[0] == stamp:
-                return self._cache[1]
-        if hard:
+        if transformed:
+            return F.layer_masks(self.weight, self.bias, wp, bp, key, **kwargs)
+        # Validate once per version of the parameters (reading a value costs a device sync).
+        versions = (_version(wp), _version(bp))
+        if versions != self._checked:
             for name, p in (("weight_mask_params", wp), ("bias_mask_params", bp)):
                 if p is not None and p is not self.weight and p is not self.bias:
                     F.check_finite_params(p, f"{type(self).__name__}.{name}")
+            self._checked = versions
+        if self._ablation not in RANDOM_ABLATIONS:
+            return F.layer_masks(self.weight, self.bias, wp, bp, key, **kwargs)
+        # Random ablations are drawn once and reused while the subnetwork h, the key and the
+        # settings are unchanged. h is compared by value, not by tensor version: an edit through
+        # ``.data`` does not bump the version, and a stale mask must never be served.
+        h_args = {n: v for n, v in kwargs.items() if n in ("left", "right", "prune_percentage")}
+        hs = tuple(None if t is None else F.hard_mask(self._strategy, t, **h_args) for t in (wp, bp))
+        stamp = (tuple(sorted(kwargs.items())), tuple(self.mask_key.tolist()),
+                 *((None,) * 3 if t is None else (tuple(t.shape), t.dtype, t.device) for t in (self.weight, self.bias)),
+                 *((None,) * 3 if t is None else (tuple(t.shape), t.dtype, t.device) for t in hs))
+        if self._cache is not None and self._cache[0] == stamp and all(
+            a is None or torch.equal(a, b) for a, b in zip(hs, self._cache[1])
+        ):
+            return self._cache[2]
         masks = F.layer_masks(self.weight, self.bias, wp, bp, key, **kwargs)
-        if cacheable:
-            self._cache = (stamp, masks)
+        self._cache = (stamp, hs, masks)
         return masks
 
     def masked_parameters(self) -> F.MaskedParameters:
@@ -274,6 +289,7 @@ class MaskLayer(nn.Module):
             state_dict.setdefault(prefix + name, getattr(self, name))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         self._cache = None
+        self._checked = None
 
     def extra_repr(self) -> str:
         cfg = ", ".join(f"{n}={getattr(self, n)}" for n in self._layer.config)
