@@ -1,0 +1,231 @@
+"""The explicit PRNG (neurosurgeon.functional.random): Threefry-2x32-20 known answers, key
+derivation, value ranges and dtypes, statistical quality, and vmap over keys."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from neurosurgeon.functional import random as nr
+
+try:
+    from scipy import stats
+except ImportError:  # pragma: no cover - scipy is optional
+    stats = None
+
+FLOATS = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+# Random123 known-answer vectors, Threefry-2x32 with 20 rounds (SPEC section 6).
+KAT = [
+    ((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
+    ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+    ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+]
+
+
+def _chi2_uniform_pvalue(counts: torch.Tensor) -> float:
+    """p-value of Pearson's chi-square test that ``counts`` come from equal-probability bins."""
+    counts = counts.to(torch.float64)
+    expected = counts.sum() / counts.numel()
+    stat = float(((counts - expected) ** 2 / expected).sum())
+    dof = counts.numel() - 1
+    if stats is not None:
+        return float(stats.chi2.sf(stat, dof))
+    # Wilson-Hilferty normal approximation of the chi-square tail (accurate for dof >= 30).
+    z = ((stat / dof) ** (1 / 3) - (1 - 2 / (9 * dof))) / math.sqrt(2 / (9 * dof))
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+# -- known answers ----------------------------------------------------------------------------
+@pytest.mark.parametrize("k, c, y", KAT)
+def test_threefry2x32_20_matches_random123_known_answers(k, c, y):
+    out = nr.threefry2x32(torch.tensor(k, dtype=torch.int64), torch.tensor(c, dtype=torch.int64))
+    assert out.tolist() == list(y)
+
+
+def test_threefry2x32_batched_counters_match_one_at_a_time():
+    k = torch.tensor(KAT[2][0], dtype=torch.int64)
+    counters = torch.tensor([c for _, c, _ in KAT], dtype=torch.int64)
+    batched = nr.threefry2x32(k, counters)
+    for i in range(len(KAT)):
+        assert torch.equal(batched[i], nr.threefry2x32(k, counters[i]))
+
+
+# -- keys ---------------------------------------------------------------------------------------
+def test_key_is_int64_pair_of_32_bit_words_from_seed():
+    assert nr.key(0).dtype == torch.int64 and nr.key(0).tolist() == [0, 0]
+    assert nr.key((7 << 32) | 9).tolist() == [7, 9]
+    assert nr.key(-1).tolist() == [0xFFFFFFFF, 0xFFFFFFFF]
+
+
+@pytest.mark.parametrize("bad", [1.5, True, "3", None])
+def test_key_rejects_non_int_seed_with_type_error(bad):
+    with pytest.raises(TypeError, match="seed"):
+        nr.key(bad)
+
+
+def test_key_rejects_out_of_range_seed():
+    with pytest.raises(ValueError, match="seed"):
+        nr.key(2**64)
+
+
+def test_split_and_fold_in_are_deterministic_and_distinct():
+    k = nr.key(42)
+    assert torch.equal(nr.split(k, 5), nr.split(nr.key(42), 5))
+    assert torch.equal(nr.fold_in(k, 3), nr.fold_in(nr.key(42), 3))
+    subkeys = nr.split(k, 64)
+    assert subkeys.shape == (64, 2) and subkeys.dtype == torch.int64
+    assert len({tuple(s) for s in subkeys.tolist()}) == 64
+    assert ((subkeys >= 0) & (subkeys < 2**32)).all()
+    folded = {tuple(nr.fold_in(k, d).tolist()) for d in range(64)}
+    assert len(folded) == 64
+    assert tuple(k.tolist()) not in folded
+
+
+def test_split_prefix_is_stable_across_num():
+    k = nr.key(3)
+    assert torch.equal(nr.split(k, 2), nr.split(k, 7)[:2])
+
+
+def test_fold_in_tensor_data_equals_int_data():
+    k = nr.key(11)
+    for d in (0, 1, 2**31 + 5, 2**40 + 3):
+        assert torch.equal(nr.fold_in(k, torch.tensor(d)), nr.fold_in(k, d))
+
+
+def test_random_functions_never_touch_global_rng():
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    k = nr.key(1)
+    nr.split(k, 3), nr.fold_in(k, 2), nr.bits(k, (4,)), nr.uniform(k, (5,)), nr.normal(k, (5,))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_same_key_same_numbers_different_keys_different_numbers():
+    a, b = nr.split(nr.key(0), 2)
+    assert torch.equal(nr.uniform(a, (100,)), nr.uniform(a.clone(), (100,)))
+    assert not torch.equal(nr.uniform(a, (100,)), nr.uniform(b, (100,)))
+    assert torch.equal(nr.bits(a, (3, 5)), nr.bits(a, (15,)).reshape(3, 5))
+
+
+# -- ranges and dtypes --------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_uniform_in_unit_interval_with_requested_dtype(dtype):
+    u = nr.uniform(nr.key(5), (4, 1000), dtype=dtype)
+    assert u.dtype == dtype and u.shape == (4, 1000)
+    assert (u >= 0).all() and (u < 1).all()
+    assert 0.45 < u.double().mean() < 0.55
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_uniform_with_bounds_stays_in_bounds(dtype):
+    u = nr.uniform(nr.key(6), (5000,), dtype=dtype, minval=-0.25, maxval=0.75)
+    assert u.dtype == dtype
+    assert (u >= -0.25).all() and (u <= 0.75).all()
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_normal_finite_with_requested_dtype_and_moments(dtype):
+    z = nr.normal(nr.key(7), (20000,), dtype=dtype, mean=1.0, std=2.0)
+    assert z.dtype == dtype and torch.isfinite(z).all()
+    zd = z.double()
+    assert abs(zd.mean() - 1.0) < 0.1 and abs(zd.std() - 2.0) < 0.1
+
+
+def test_bits_are_32_bit_words():
+    b = nr.bits(nr.key(8), (10000,))
+    assert b.dtype == torch.int64 and (b >= 0).all() and (b < 2**32).all()
+    assert (b >= 2**31).any() and (b < 2**31).any()
+
+
+def test_zero_size_draws_have_the_requested_shape():
+    assert nr.uniform(nr.key(0), (0, 3)).shape == (0, 3)
+    assert nr.bits(nr.key(0), (0,)).shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_uniform_rejects_non_floating_dtype(dtype):
+    with pytest.raises(TypeError, match="dtype"):
+        nr.uniform(nr.key(0), (3,), dtype=dtype)
+
+
+def test_bad_key_is_rejected_naming_shape_and_dtype():
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        nr.uniform(torch.zeros(3, dtype=torch.int64), (2,))
+    with pytest.raises(ValueError, match="int64"):
+        nr.uniform(torch.zeros(2, dtype=torch.int32), (2,))
+    with pytest.raises(TypeError):
+        nr.split([0, 0])
+
+
+# -- statistics -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_uniform_marginal_passes_chi_square(seed):
+    u = nr.uniform(nr.key(seed), (200_000,), dtype=torch.float64)
+    counts = torch.histc(u, bins=100, min=0.0, max=1.0)
+    assert _chi2_uniform_pvalue(counts) > 0.01
+
+
+def test_bits_low_and_high_bytes_pass_chi_square():
+    b = nr.bits(nr.key(123), (100_000,))
+    for shift in (0, 24):
+        counts = torch.bincount((b >> shift) & 0xFF, minlength=256)
+        assert _chi2_uniform_pvalue(counts) > 0.01
+
+
+def test_split_keys_streams_are_uncorrelated():
+    keys = nr.split(nr.key(9), 8)
+    draws = torch.stack([nr.uniform(k, (20_000,), dtype=torch.float64) for k in keys])
+    corr = torch.corrcoef(draws)
+    off = corr[~torch.eye(8, dtype=torch.bool)]
+    # sd of a sample correlation of independent streams is 1/sqrt(n) ~ 0.007
+    assert off.abs().max() < 0.04
+
+
+def test_split_and_fold_in_children_are_uncorrelated_streams():
+    k = nr.key(10)
+    kids = [*nr.split(k, 3)] + [nr.fold_in(k, 2**33 + i) for i in range(3)]
+    corr = torch.corrcoef(torch.stack([nr.uniform(x, (20_000,), dtype=torch.float64) for x in kids]))
+    assert corr[~torch.eye(len(kids), dtype=torch.bool)].abs().max() < 0.04
+
+
+def test_consecutive_fold_in_keys_pass_chi_square_on_first_draw():
+    k = nr.key(11)
+    firsts = torch.func.vmap(lambda d: nr.bits(nr.fold_in(k, d), (1,)))(torch.arange(4000)).flatten()
+    counts = torch.bincount(firsts >> 28, minlength=16)
+    assert _chi2_uniform_pvalue(counts) > 0.01
+
+
+# -- vmap ------------------------------------------------------------------------------------------
+def test_vmap_over_keys_equals_python_loop():
+    keys = nr.split(nr.key(12), 6)
+    for fn in (
+        lambda k: nr.uniform(k, (3, 4)),
+        lambda k: nr.normal(k, (5,), dtype=torch.float64),
+        lambda k: nr.bits(k, (7,)),
+        lambda k: nr.split(k, 3),
+        lambda k: nr.fold_in(k, 5),
+    ):
+        batched = torch.func.vmap(fn)(keys)
+        looped = torch.stack([fn(k) for k in keys])
+        assert torch.equal(batched, looped)
+
+
+def test_vmap_fold_in_over_data_equals_loop():
+    k = nr.key(13)
+    steps = torch.arange(5)
+    batched = torch.func.vmap(lambda d: nr.fold_in(k, d))(steps)
+    assert torch.equal(batched, torch.stack([nr.fold_in(k, i) for i in range(5)]))
+
+
+@given(seed=st.integers(0, 2**64 - 1), n=st.integers(1, 300), dtype=st.sampled_from(FLOATS))
+def test_uniform_property_in_range_deterministic_and_key_sensitive(seed, n, dtype):
+    k = nr.key(seed)
+    u = nr.uniform(k, (n,), dtype=dtype)
+    assert u.dtype == dtype and ((u >= 0) & (u < 1)).all()
+    assert torch.equal(u, nr.uniform(nr.key(seed), (n,), dtype=dtype))
+    other = nr.key((seed + 1) % 2**64)
+    if n >= 8:
+        assert not torch.equal(u, nr.uniform(other, (n,), dtype=dtype))
