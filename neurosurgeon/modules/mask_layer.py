@@ -287,6 +287,12 @@ class MaskLayer(nn.Module):
         # State dicts written by NeuroSurgeon 0.1.0 carry no key or noise counter: keep ours.
         for name in self._extra_buffers:
             state_dict.setdefault(prefix + name, getattr(self, name))
+        # 0.1.0's conv layers also save their wrapped layer, whose weight/bias are the same
+        # Parameters as ``weight``/``bias``: accept those duplicate keys and drop them.
+        for name in ("weight", "bias"):
+            dup = state_dict.pop(prefix + "_base_layer." + name, None)
+            if dup is not None:
+                state_dict.setdefault(prefix + name, dup)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         self._cache = None
         self._checked = None
