@@ -1,0 +1,176 @@
+"""The functional path: masked parameters as a pure function of (parameters, key), and many
+random-ablation baselines evaluated in one ``torch.func.vmap`` pass.
+
+Keys: with baseline key ``k``, mask layer ``i`` (its position in :func:`mask_layers`) draws
+from ``fold_in(k, i)``, exactly as the layer's module would with ``mask_key = fold_in(k, i)``.
+Since :func:`inject_masks` gives layer ``i`` the key ``fold_in(model_key, i)``, passing the
+injection key reproduces the modules' own draws.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call, vmap
+
+from .. import functional as F
+from ..functional import random as nr
+from ..functional._checks import ABLATIONS, RANDOM_ABLATIONS, check_choice
+from ._layers import layer_spec, require_mask_layers
+
+__all__ = ["masked_state", "run_masked", "evaluate_baselines", "masks_disabled"]
+
+
+def masked_state(
+    model: nn.Module,
+    key: torch.Tensor | None,
+    *,
+    ablation: str = "none",
+    hard: bool = True,
+    params: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The effective (masked) weight and bias of every mask layer, as a pure function of the
+    parameters and ``key``.
+
+    Each layer goes through :func:`neurosurgeon.functional.layer_masks` and
+    :func:`~neurosurgeon.functional.apply_layer_masks` (SPEC sections 2-3) with draw key
+    ``fold_in(key, i)`` for layer ``i``, so ``torch.func.vmap`` over keys, ``grad`` over
+    mask parameters and ``torch.compile`` apply. Layers' ``use_masks``, ``ablation`` and
+    ``force_resample`` settings are not read: everything comes from the arguments.
+
+    Args:
+        model: a model with mask layers (read for its structure and default tensors).
+        key: baseline key ``(2,)``; may be None when nothing random is drawn (hard masks with
+            a non-random ablation, or continuous sparsification's soft masks).
+        ablation: applied to every layer's hard mask.
+        hard: hard masks (default) or the training masks (soft; hard-concrete noise from
+            ``fold_in(fold_in(key, i), ...)`` as drawn by :func:`~neurosurgeon.functional.layer_masks`).
+        params: optional replacements, by full name (``"<layer>.weight_mask_params"``,
+            ``"<layer>.weight"``, ...), e.g. tensors being differentiated.
+
+    Returns:
+        dict ``"<layer>.weight"`` / ``"<layer>.bias"`` -> effective tensor; feed it to
+        ``torch.func.functional_call`` with masks disabled (:func:`run_masked` does both).
+    """
+    check_choice("ablation", ablation, ABLATIONS)
+    if key is None and hard and ablation in RANDOM_ABLATIONS:
+        raise ValueError(f"ablation={ablation!r} draws random masks and needs a key, got key=None")
+    params = dict(params or {})
+    out = {}
+    for i, (name, layer) in enumerate(require_mask_layers(model).items()):
+        spec = layer_spec(layer)
+        prefix = f"{name}." if name else ""
+
+        def get(attr, _layer=layer, _prefix=prefix):
+            t = getattr(_layer, attr, None)
+            return params.get(_prefix + attr, t) if t is not None else None
+
+        weight, bias = get("weight"), get("bias")
+        if spec.has_params:
+            wp = get("weight_mask_params")
+            bp = get("bias_mask_params") if spec.mask_bias else None
+        else:
+            wp, bp = weight, (bias if spec.mask_bias else None)
+        layer_key = None if key is None else nr.fold_in(key, i)
+        masks = F.layer_masks(weight, bias, wp, bp, layer_key, strategy=spec.strategy, kind=spec.kind,
+                              hard=hard or not spec.has_params, ablation=ablation, **spec.hparams)
+        p = F.apply_layer_masks(weight, bias, masks)
+        out[prefix + "weight"] = p.weight
+        if bias is not None:
+            out[prefix + "bias"] = p.bias
+    return out
+
+
+@contextlib.contextmanager
+def masks_disabled(model: nn.Module):
+    """Context manager: every mask layer of ``model`` computes with its (substituted) weights
+    as they are, so a :func:`masked_state` can be run with ``functional_call``."""
+    layers = list(require_mask_layers(model).values())
+    before = [m.use_masks for m in layers]
+    try:
+        for m in layers:
+            m.use_masks = False
+        yield model
+    finally:
+        for m, on in zip(layers, before):
+            m.use_masks = on
+
+
+def run_masked(model: nn.Module, state: Mapping[str, torch.Tensor], *args, **kwargs):
+    """Run ``model(*args, **kwargs)`` with the masked parameters ``state`` (from :func:`masked_state`).
+
+    Uses ``torch.func.functional_call`` with ``tie_weights=False``, so a masked layer whose
+    weight is tied to an unmasked module (an output layer tied to the embedding) changes only
+    itself, as in the module path.
+    """
+    with masks_disabled(model):
+        return functional_call(model, dict(state), args, kwargs, tie_weights=False, strict=False)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        for m, _ in modes:
+            m.training = False
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def evaluate_baselines(
+    model: nn.Module,
+    fn: Callable[[Callable[..., Any]], Any],
+    keys: torch.Tensor,
+    *,
+    ablation: str,
+    chunk_size: int | None = None,
+) -> Any:
+    """Evaluate K random-ablation baselines in one vmapped pass, one per key.
+
+    For each key ``k`` of ``keys``, ``fn(forward)`` is evaluated where ``forward(*args,
+    **kwargs)`` runs ``model`` (in eval mode) with the hard masks ablated by ``ablation`` and
+    layer ``i``'s draws from ``fold_in(k, i)``. ``fn`` computes the metric: a tensor, or a
+    tuple/dict of tensors. The K evaluations are batched with ``torch.func.vmap``; the result
+    equals K separate evaluations with the same keys (up to float reassociation in batched
+    matmuls; the masks themselves are identical).
+
+    Args:
+        model: a model with mask layers (its modes are restored afterwards).
+        fn: ``fn(forward) -> Tensor | tuple | dict``, e.g.
+            ``lambda f: (f(x).logits.argmax(-1) == y).float().mean()``.
+        keys: int64 ``(K, 2)``, e.g. ``neurosurgeon.functional.random.split(key(0), K)``.
+        ablation: usually ``randomly_sampled``, ``complement_sampled`` or ``random_ablate``;
+            any ablation is accepted.
+        chunk_size: evaluate at most this many keys at once (bounds memory); default all.
+
+    Returns:
+        ``fn``'s result with a leading dimension K on every tensor.
+
+    Example:
+        >>> import torch, torch.nn as nn, neurosurgeon as ns
+        >>> from neurosurgeon.functional import random as nr
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> _ = ns.inject_masks(net, nn.Linear, key=0, mask_init_value=-1.0)
+        >>> x = torch.randn(5, 4)
+        >>> out = ns.evaluate_baselines(net, lambda f: f(x).sum(), nr.split(nr.key(1), 3),
+        ...                             ablation="randomly_sampled")
+        >>> out.shape
+        torch.Size([3])
+    """
+    check_choice("ablation", ablation, ABLATIONS)
+    if not isinstance(keys, torch.Tensor) or keys.dim() != 2 or keys.shape[-1] != 2 or keys.dtype != torch.int64:
+        raise ValueError(f"keys must be an int64 tensor of shape (K, 2), got {getattr(keys, 'dtype', type(keys))} "
+                         f"{tuple(getattr(keys, 'shape', ()))}")
+
+    def one(k):
+        state = masked_state(model, k, ablation=ablation)
+        return fn(lambda *args, **kwargs: run_masked(model, state, *args, **kwargs))
+
+    with _eval_mode(model):
+        return vmap(one, chunk_size=chunk_size, randomness="error")(keys)

@@ -1,0 +1,179 @@
+"""Injecting mask layers into a model: the entry point of whole-model surgery."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
+
+from ..functional import random as nr
+from ..functional._checks import ABLATIONS, MASK_UNITS, STRATEGIES, check_bool, check_choice, check_key
+from ..modules import (
+    ContSparseConv1d,
+    ContSparseConv2d,
+    ContSparseGPTConv1D,
+    ContSparseLinear,
+    HardConcreteConv1d,
+    HardConcreteConv2d,
+    HardConcreteGPTConv1D,
+    HardConcreteLinear,
+    MagPruneConv1d,
+    MagPruneConv2d,
+    MagPruneGPTConv1D,
+    MagPruneLinear,
+    MaskLayer,
+)
+from .freeze import set_freeze_base
+from .select import resolve_targets
+
+__all__ = ["inject_masks", "MASK_CLASSES", "model_key"]
+
+#: strategy -> base layer type -> mask layer class.
+MASK_CLASSES: dict[str, dict[type, type[MaskLayer]]] = {
+    "continuous_sparsification": {nn.Linear: ContSparseLinear, Conv1D: ContSparseGPTConv1D,
+                                  nn.Conv1d: ContSparseConv1d, nn.Conv2d: ContSparseConv2d},
+    "hard_concrete": {nn.Linear: HardConcreteLinear, Conv1D: HardConcreteGPTConv1D,
+                      nn.Conv1d: HardConcreteConv1d, nn.Conv2d: HardConcreteConv2d},
+    "magnitude_pruning": {nn.Linear: MagPruneLinear, Conv1D: MagPruneGPTConv1D,
+                          nn.Conv1d: MagPruneConv1d, nn.Conv2d: MagPruneConv2d},
+}
+
+_COMMON = ("layer", "ablation", "mask_unit", "mask_bias", "key")
+
+
+def model_key(key: torch.Tensor | int | None) -> torch.Tensor:
+    """A model-level PRNG key from a key, an int seed, or (None) torch's global RNG.
+
+    None draws the seed from ``torch``'s global generator, like torch's own initialisers, so
+    ``torch.manual_seed`` makes an unkeyed injection reproducible.
+    """
+    if key is None:
+        return nr.key(int(torch.randint(0, 2**62, (), dtype=torch.int64).item()))
+    if isinstance(key, int) and not isinstance(key, bool):
+        return nr.key(key)
+    return check_key(key).detach().cpu()
+
+
+def _hparam_names(cls: type[MaskLayer]) -> list[str]:
+    return [n for n in inspect.signature(cls.from_layer).parameters if n not in _COMMON]
+
+
+def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, attr, module)
+
+
+def inject_masks(
+    model: nn.Module,
+    targets,
+    *,
+    strategy: str = "continuous_sparsification",
+    key: torch.Tensor | int | None = None,
+    freeze_base: bool = True,
+    ablation: str = "none",
+    mask_unit: str = "weight",
+    mask_bias: bool = False,
+    **hparams: Any,
+) -> dict[str, MaskLayer]:
+    """Replace the target layers of ``model``, in place, by mask layers that share their weights.
+
+    Each target becomes the strategy's mask layer built with ``from_layer`` (it holds the very
+    same ``weight``/``bias`` Parameters, so weights tied to other modules stay tied). Two
+    targets sharing one weight Parameter also share one mask: the same mask parameters and
+    key, so a tie survives training and :func:`bake`. A module registered at several paths
+    is replaced by one mask layer at all of them.
+
+    Keys: target ``i`` (its position in :func:`mask_layers` after injection, i.e. in
+    ``named_modules`` order) gets ``fold_in(key, i)``, so one seed reproduces every mask draw.
+
+    Args:
+        model: a ``transformers`` or plain torch model, modified in place.
+        targets: exact module names, glob patterns (``"transformer.h.*.mlp.c_fc"``, ``*`` within
+            one name part, ``**`` across parts), layer types (``nn.Linear``, transformers
+            ``Conv1D``, ``nn.Conv1d``, ``nn.Conv2d``), or a list mixing these.
+        strategy: ``continuous_sparsification`` (Savarese et al. 2020), ``hard_concrete``
+            (Louizos et al. 2018) or ``magnitude_pruning`` (Frankle & Carbin 2019).
+        key: model PRNG key ``(2,)`` or int seed; None draws one from torch's global RNG.
+        freeze_base: freeze every base parameter and keep base dropout/batch-norm in eval mode
+            while the masks train (:func:`set_freeze_base`).
+        ablation, mask_unit, mask_bias: as for the mask layers (SPEC sections 1 and 3);
+            magnitude pruning only has ``mask_unit="weight"``.
+        **hparams: the strategy's hyper-parameters: ``mask_init_value``, ``temperature``
+            (continuous sparsification); ``mask_init_percentage``, ``left_stretch``,
+            ``right_stretch``, ``temperature`` (hard concrete); ``prune_percentage``
+            (magnitude pruning).
+
+    Returns:
+        dict name -> the new mask layers (every path for a module registered twice).
+
+    Raises:
+        ValueError: a target matches nothing or is already masked; an invalid option.
+        TypeError: a target layer of an unsupported type; an unknown hyper-parameter.
+
+    Example:
+        >>> import torch.nn as nn, neurosurgeon as ns
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> layers = ns.inject_masks(net, nn.Linear, key=0)
+        >>> sorted(layers)
+        ['0', '2']
+    """
+    check_choice("strategy", strategy, STRATEGIES)
+    check_choice("ablation", ablation, ABLATIONS)
+    check_choice("mask_unit", mask_unit, MASK_UNITS)
+    check_bool("mask_bias", mask_bias)
+    check_bool("freeze_base", freeze_base)
+    if strategy == "magnitude_pruning" and mask_unit != "weight":
+        raise ValueError(f"magnitude_pruning masks single weights only: mask_unit must be 'weight', got {mask_unit!r}")
+    classes = MASK_CLASSES[strategy]
+    allowed = _hparam_names(next(iter(classes.values())))
+    unknown = sorted(set(hparams) - set(allowed))
+    if unknown:
+        raise TypeError(f"unknown hyper-parameter(s) {unknown} for strategy {strategy!r}; valid: {allowed}")
+    root_key = model_key(key)
+    paths = resolve_targets(model, targets)
+
+    # Index every future mask layer as mask_layers(model) will list it after injection.
+    order = []
+    for name, m in model.named_modules():
+        if isinstance(m, MaskLayer) or name in paths:
+            order.append(id(m))
+    index = {ident: i for i, ident in enumerate(order)}
+
+    made: dict[int, MaskLayer] = {}
+    by_weight: dict[int, MaskLayer] = {}
+    out: dict[str, MaskLayer] = {}
+    common = dict(ablation=ablation, mask_bias=mask_bias, **hparams)
+    if strategy != "magnitude_pruning":
+        common["mask_unit"] = mask_unit
+    for path in paths:
+        base = model.get_submodule(path)
+        if id(base) not in made:
+            layer_key = nr.fold_in(root_key, index[id(base)]).to(base.weight.device)
+            masked = classes[type(base)].from_layer(base, key=layer_key, **common)
+            tied = by_weight.get(id(base.weight))
+            if tied is not None and type(tied) is type(masked):
+                _tie_masks(masked, tied)
+            by_weight.setdefault(id(base.weight), masked)
+            made[id(base)] = masked
+        masked = made[id(base)]
+        masked.train(base.training)
+        _set_module(model, path, masked)
+        out[path] = masked
+    if freeze_base:
+        set_freeze_base(model, True)
+    return out
+
+
+def _tie_masks(layer: MaskLayer, owner: MaskLayer) -> None:
+    """Make ``layer`` use ``owner``'s mask parameters and key (their base weight is shared)."""
+    if getattr(owner, "weight_mask_params", None) is not None and owner.weight_mask_params.shape == layer.weight_mask_params.shape:
+        layer.weight_mask_params = owner.weight_mask_params
+    if layer.bias is not None and layer.bias is owner.bias and getattr(owner, "bias_mask_params", None) is not None:
+        layer.bias_mask_params = owner.bias_mask_params
+    layer.mask_key = owner.mask_key
+    layer.noise_step = owner.noise_step
+

@@ -1,0 +1,126 @@
+"""Saving and loading masks as safetensors (no pickle).
+
+A mask file holds, for every mask layer ``<name>``: ``<name>.weight_mask_params`` (and
+``<name>.bias_mask_params`` when the bias is masked; magnitude pruning has neither),
+``<name>.mask_key`` and ``<name>.noise_step``, so random ablations and hard-concrete noise
+are reproduced exactly after loading. The metadata ``neurosurgeon`` entry is JSON with each
+layer's strategy, layer kind, mask unit, bias flag and hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from ._layers import layer_spec, require_mask_layers
+
+__all__ = ["save_masks", "load_masks", "mask_state"]
+
+FORMAT = "neurosurgeon.masks/1"
+
+
+def _tensors(name: str, layer) -> dict[str, torch.Tensor]:
+    prefix = f"{name}." if name else ""
+    out = {}
+    if layer_spec(layer).has_params:
+        out[prefix + "weight_mask_params"] = layer.weight_mask_params
+        if layer.mask_bias:
+            out[prefix + "bias_mask_params"] = layer.bias_mask_params
+    out[prefix + "mask_key"] = layer.mask_key
+    out[prefix + "noise_step"] = layer.noise_step
+    return out
+
+
+def _describe(name: str, layer) -> dict:
+    spec = layer_spec(layer)
+    return {"strategy": spec.strategy, "kind": spec.kind, "mask_unit": layer.mask_unit,
+            "mask_bias": spec.mask_bias, "hparams": spec.hparams}
+
+
+def mask_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every mask tensor of ``model`` (mask parameters, keys, noise counters), detached copies,
+    by ``"<layer>.<tensor>"``: what :func:`save_masks` writes."""
+    out = {}
+    for name, layer in require_mask_layers(model).items():
+        for k, t in _tensors(name, layer).items():
+            out[k] = t.detach().cpu().clone().contiguous()
+    return out
+
+
+def save_masks(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write ``model``'s masks (parameters and keys) to a safetensors file.
+
+    Args:
+        model: a model with mask layers.
+        path: file to write.
+    """
+    layers = require_mask_layers(model)
+    meta = {"format": FORMAT, "layers": {n: _describe(n, m) for n, m in layers.items()}}
+    save_file(mask_state(model), os.fspath(path), metadata={"neurosurgeon": json.dumps(meta)})
+
+
+def load_masks(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> None:
+    """Load masks written by :func:`save_masks` into ``model``'s mask layers.
+
+    Every problem is found and reported before anything is changed: layers missing from the
+    file or from the model (errors when ``strict``), and, always, layers whose strategy,
+    mask unit, bias flag or tensor shapes differ.
+
+    Args:
+        model: a model with mask layers at the saved names.
+        path: a file written by :func:`save_masks`.
+        strict: require the file and the model to hold exactly the same mask layers.
+
+    Raises:
+        ValueError: listing every mismatch; the model is unchanged.
+    """
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    with safe_open(path, framework="pt") as f:
+        raw = (f.metadata() or {}).get("neurosurgeon")
+    if raw is None:
+        raise ValueError(f"{path} is not a neurosurgeon mask file (no 'neurosurgeon' metadata)")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} has mask format {meta.get('format')!r}; this version reads {FORMAT!r}")
+    saved_layers: dict = meta["layers"]
+    tensors = load_file(path)
+    layers = require_mask_layers(model)
+    problems = []
+    missing = [n for n in layers if n not in saved_layers]
+    unexpected = [n for n in saved_layers if n not in layers]
+    if strict and missing:
+        problems.append(f"mask layers missing from the file: {missing}")
+    if strict and unexpected:
+        problems.append(f"mask layers in the file but not in the model: {unexpected}")
+    plan = []
+    for name, layer in layers.items():
+        if name not in saved_layers:
+            continue
+        want, have = saved_layers[name], _describe(name, layer)
+        for field in ("strategy", "kind", "mask_unit", "mask_bias"):
+            if want[field] != have[field]:
+                problems.append(f"{name or '<root>'}: {field} is {have[field]!r} in the model but {want[field]!r} in the file")
+        for k, target in _tensors(name, layer).items():
+            if k not in tensors:
+                problems.append(f"{k}: missing from the file")
+            elif tuple(tensors[k].shape) != tuple(target.shape):
+                problems.append(f"{k}: shape {tuple(target.shape)} in the model but {tuple(tensors[k].shape)} in the file")
+            else:
+                plan.append((target, tensors[k]))
+        plan_t = want["hparams"].get("temperature")
+        if plan_t is not None and hasattr(layer, "temperature"):
+            plan.append((layer, plan_t))
+    if problems:
+        raise ValueError(f"cannot load masks from {path}:\n  " + "\n  ".join(problems))
+    with torch.no_grad():
+        for target, value in plan:
+            if isinstance(target, torch.Tensor):
+                target.copy_(value.to(device=target.device, dtype=target.dtype))
+            else:
+                target.temperature = value
