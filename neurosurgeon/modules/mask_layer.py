@@ -250,7 +250,9 @@ class MaskLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.masked_parameters()
-        if not torch.compiler.is_compiling():
+        # Keep the applied masks for ``weight_mask``/``bias_mask``, but never a traced value or
+        # a functorch wrapper, which would be dead (or leak) once the transform returns.
+        if not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(p.weight):
             self._last = p
         return self._layer.forward(self, x, p.weight, p.bias)
 
@@ -296,6 +298,14 @@ class MaskLayer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         self._cache = None
         self._checked = None
+
+    def __getstate__(self):
+        # The last forward's masks may be non-leaf tensors (training), which copy.deepcopy
+        # refuses; they and the cached draws are derived state, recomputed at the next forward.
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state.update(_last=None, _cache=None, _checked=None)
+        return state
 
     def extra_repr(self) -> str:
         cfg = ", ".join(f"{n}={getattr(self, n)}" for n in self._layer.config)
