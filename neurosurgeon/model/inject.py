@@ -100,8 +100,9 @@ def inject_masks(
         key: model PRNG key ``(2,)`` or int seed; None draws one from torch's global RNG.
         freeze_base: freeze every base parameter and keep base dropout/batch-norm in eval mode
             while the masks train (:func:`set_freeze_base`).
-        ablation, mask_unit, mask_bias: as for the mask layers (SPEC sections 1 and 3);
-            magnitude pruning only has ``mask_unit="weight"``.
+        ablation, mask_unit: as for the mask layers (SPEC sections 1 and 3); magnitude
+            pruning only has ``mask_unit="weight"``.
+        mask_bias: also mask the bias of every target that has one.
         **hparams: the strategy's hyper-parameters: ``mask_init_value``, ``temperature``
             (continuous sparsification); ``mask_init_percentage``, ``left_stretch``,
             ``right_stretch``, ``temperature`` (hard concrete); ``prune_percentage``
@@ -146,14 +147,15 @@ def inject_masks(
     made: dict[int, MaskLayer] = {}
     by_weight: dict[int, MaskLayer] = {}
     out: dict[str, MaskLayer] = {}
-    common = dict(ablation=ablation, mask_bias=mask_bias, **hparams)
+    common = dict(ablation=ablation, **hparams)
     if strategy != "magnitude_pruning":
         common["mask_unit"] = mask_unit
     for path in paths:
         base = model.get_submodule(path)
         if id(base) not in made:
             layer_key = nr.fold_in(root_key, index[id(base)]).to(base.weight.device)
-            masked = classes[type(base)].from_layer(base, key=layer_key, **common)
+            has_bias = getattr(base, "bias", None) is not None
+            masked = classes[type(base)].from_layer(base, key=layer_key, mask_bias=mask_bias and has_bias, **common)
             tied = by_weight.get(id(base.weight))
             if tied is not None and type(tied) is type(masked):
                 _tie_masks(masked, tied)

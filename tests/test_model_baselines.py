@@ -1,0 +1,153 @@
+"""The functional path: masked_state is the modules' computation as a pure function of
+(parameters, key), and evaluate_baselines' vmapped pass equals K separate evaluations."""
+
+import pytest
+import torch
+import torch.nn as nn
+from model_zoo import ZOO, build
+from torch.func import functional_call, grad, vmap
+
+import neurosurgeon as ns
+from neurosurgeon.functional import random as nr
+
+RANDOM = ["randomly_sampled", "complement_sampled", "random_ablate"]
+
+
+def sparse_masks(layers, seed=0):
+    """Random subnetworks of about a third of each layer (so complement sampling is possible)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in layers.values():
+            for name in ("weight_mask_params", "bias_mask_params"):
+                p = getattr(m, name, None)
+                if p is not None:
+                    u = torch.rand(p.shape, generator=g)
+                    p.copy_(torch.where(u < 0.33, u + 0.1, -u))
+
+
+def gpt2_masked(**kwargs):
+    model = build("gpt2")
+    layers = ns.inject_masks(model, ["transformer.h.*.mlp.*", "transformer.h.*.attn.c_attn", "lm_head"],
+                             key=11, **kwargs)
+    sparse_masks(layers)
+    return model.eval(), layers
+
+
+def mlp_masked(**kwargs):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    layers = ns.inject_masks(model, nn.Linear, key=11, **kwargs)
+    sparse_masks(layers)
+    return model.eval(), layers
+
+
+def set_layer_keys(model, k):
+    for i, layer in enumerate(ns.mask_layers(model).values()):
+        layer.mask_key.copy_(nr.fold_in(k, i))
+
+
+@pytest.mark.parametrize("ablation", ["none", "zero_ablate", *RANDOM])
+@pytest.mark.parametrize("kwargs", [{}, {"mask_unit": "neuron", "mask_bias": True}, {"strategy": "hard_concrete"}])
+def test_masked_state_with_the_injection_key_equals_the_modules(ablation, kwargs):
+    model, layers = gpt2_masked(**kwargs)
+    ns.set_ablation(model, ablation)
+    state = ns.masked_state(model, nr.key(11), ablation=ablation)
+    for name, layer in layers.items():
+        p = layer.masked_parameters()
+        assert torch.equal(state[f"{name}.weight"], p.weight)
+        assert (p.bias is None) == (f"{name}.bias" not in state)
+        if p.bias is not None:
+            assert torch.equal(state[f"{name}.bias"], p.bias)
+
+
+def test_masked_state_of_magnitude_pruning_equals_the_modules():
+    model, layers = mlp_masked(strategy="magnitude_pruning", prune_percentage=0.4, mask_bias=True)
+    state = ns.masked_state(model, None)
+    for name, layer in layers.items():
+        assert torch.equal(state[f"{name}.weight"], layer.masked_parameters().weight)
+
+
+def test_run_masked_equals_the_module_forward():
+    model, _ = gpt2_masked()
+    ns.set_ablation(model, "complement_sampled")
+    batch = ZOO["gpt2"].batch()
+    k = nr.key(4)
+    out = ns.run_masked(model, ns.masked_state(model, k, ablation="complement_sampled"), input_ids=batch["input_ids"])
+    set_layer_keys(model, k)
+    assert torch.equal(out.logits, model(input_ids=batch["input_ids"]).logits)
+    assert all(m.use_masks for m in ns.mask_layers(model).values())
+
+
+@pytest.mark.parametrize("ablation", RANDOM)
+def test_vmapped_masks_equal_a_loop_over_the_same_keys(ablation):
+    model, _ = gpt2_masked(mask_unit="neuron")
+    keys = nr.split(nr.key(2), 5)
+    batched = vmap(lambda k: ns.masked_state(model, k, ablation=ablation))(keys)
+    for i in range(len(keys)):
+        single = ns.masked_state(model, keys[i], ablation=ablation)
+        assert all(torch.equal(batched[n][i], single[n]) for n in single)
+    assert not torch.equal(batched["lm_head.weight"][0], batched["lm_head.weight"][1])
+
+
+@pytest.mark.parametrize("ablation", RANDOM)
+def test_evaluate_baselines_equals_k_separate_module_evaluations(ablation):
+    model, _ = gpt2_masked()
+    batch = ZOO["gpt2"].batch()
+    keys = nr.split(nr.key(8), 4)
+
+    def metric(forward):
+        out = forward(input_ids=batch["input_ids"], labels=batch["labels"])
+        return {"loss": out.loss, "logits": out.logits}
+
+    with torch.no_grad():
+        result = ns.evaluate_baselines(model, metric, keys, ablation=ablation)
+        assert result["loss"].shape == (4,) and result["logits"].shape == (4, 4, 12, 50)
+        ns.set_ablation(model, ablation)
+        for i, k in enumerate(keys):
+            set_layer_keys(model, k)
+            out = model(**batch)
+            torch.testing.assert_close(result["logits"][i], out.logits, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(result["loss"][i], out.loss, rtol=1e-5, atol=1e-5)
+    assert len({round(float(v), 6) for v in result["loss"]}) == 4
+
+
+def test_evaluate_baselines_chunked_equals_unchunked_and_restores_modes():
+    model, _ = mlp_masked(mask_bias=True)
+    model.train()
+    x = torch.randn(7, 6)
+    keys = nr.split(nr.key(0), 6)
+    fn = lambda f: f(x).softmax(-1)  # noqa: E731
+    whole = ns.evaluate_baselines(model, fn, keys, ablation="randomly_sampled")
+    chunked = ns.evaluate_baselines(model, fn, keys, ablation="randomly_sampled", chunk_size=4)
+    assert torch.equal(whole, chunked)
+    assert model.training and all(m.training for m in ns.mask_layers(model).values())
+    for i, k in enumerate(keys):
+        single = ns.run_masked(model.eval(), ns.masked_state(model, k, ablation="randomly_sampled"), x).softmax(-1)
+        torch.testing.assert_close(whole[i], single, rtol=1e-6, atol=1e-6)
+
+
+def test_evaluate_baselines_rejects_malformed_keys():
+    model, _ = mlp_masked()
+    with pytest.raises(ValueError, match=r"\(K, 2\)"):
+        ns.evaluate_baselines(model, lambda f: f(torch.zeros(1, 6)), nr.key(0), ablation="randomly_sampled")
+    with pytest.raises(ValueError, match="needs a key"):
+        ns.masked_state(model, None, ablation="randomly_sampled")
+
+
+def test_soft_masked_state_is_differentiable_and_matches_autograd_through_the_modules():
+    model, layers = mlp_masked()
+    model.train()
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    names = [f"{n}.weight_mask_params" for n in layers]
+    thetas = {n: model.get_parameter(n).detach().clone() for n in names}
+
+    def loss(thetas):
+        state = ns.masked_state(model, None, hard=False, params=thetas)
+        with ns.masks_disabled(model):
+            out = functional_call(model, state, (x,), tie_weights=False)
+        return nn.functional.cross_entropy(out, y)
+
+    g = grad(loss)(thetas)
+    nn.functional.cross_entropy(model(x), y).backward()
+    for n in names:
+        torch.testing.assert_close(g[n], model.get_parameter(n).grad)
