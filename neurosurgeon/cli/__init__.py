@@ -1,0 +1,146 @@
+"""The ``neurosurgeon`` command: discover, test and draw a subnetwork in one go.
+
+``neurosurgeon demo`` (also a bare ``neurosurgeon``) trains a small GPT-2 on an embedded
+two-sub-task problem, finds a subnetwork for one sub-task with differentiable masks, tests
+it against K random ablation baselines (vmapped) and writes a PNG, ``masks.safetensors`` and
+``results.json``. ``neurosurgeon analyze --model DIR --data FILE`` does the same on a local
+Hugging Face model and a CSV/JSONL of labelled examples. See ``docs/cli.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._run import CLIError
+
+__all__ = ["main", "build_parser", "CLIError"]
+
+_METHODS = {"continuous_sparsification": "continuous_sparsification", "cs": "continuous_sparsification",
+            "hard_concrete": "hard_concrete", "hc": "hard_concrete"}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (v >= 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = _nonneg_float(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError("expected a number > 0, got 0")
+    return v
+
+
+def _method(text: str) -> str:
+    try:
+        return _METHODS[text.lower().replace("-", "_")]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"unknown method {text!r}; choose continuous_sparsification (cs) or hard_concrete (hc)") from None
+
+
+def _common(p: argparse.ArgumentParser, *, epochs: int, steps: int, targets_help: str) -> None:
+    g = p.add_argument_group("subnetwork discovery")
+    g.add_argument("--method", type=_method, default="continuous_sparsification",
+                   help="mask strategy: continuous_sparsification (cs, default) or hard_concrete (hc)")
+    g.add_argument("--targets", nargs="+", metavar="PATTERN", help=targets_help)
+    g.add_argument("--epochs", type=_positive_int, default=epochs, help=f"mask-training epochs (default {epochs})")
+    g.add_argument("--steps-per-epoch", type=_positive_int, default=steps,
+                   help=f"optimizer steps per epoch (default {steps})")
+    g.add_argument("--batch-size", type=_positive_int, default=128, help="mask-training batch size (default 128)")
+    g.add_argument("--lr", type=_positive_float, default=0.05, help="Adam learning rate of the mask parameters (default 0.05)")
+    g.add_argument("--l0-lambda", type=_nonneg_float, default=1.0,
+                   help="weight of the L0 penalty, applied to L0 / max L0 (the expected density); default 1.0")
+    g.add_argument("--final-temp", type=_positive_float, default=200.0,
+                   help="continuous sparsification: temperature reached after the last epoch (default 200)")
+    g.add_argument("--mask-init", type=float, default=None,
+                   help="initial mask value: theta for cs (default 1.0), kept fraction for hc (default 0.9)")
+    g = p.add_argument_group("testing and output")
+    g.add_argument("--seeds", type=_positive_int, default=50,
+                   help="number K of random baselines per sampling mode (default 50)")
+    g.add_argument("--chunk-size", type=_positive_int, default=None,
+                   help="evaluate at most this many baselines at once (bounds memory; default all K)")
+    g.add_argument("--seed", type=int, default=0, help="seed of everything random (default 0)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
+    g.add_argument("--out", default="neurosurgeon-out", help="output directory (default ./neurosurgeon-out)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines; still prints the table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="neurosurgeon",
+        description="Find, test and draw subnetworks of trained networks with differentiable binary masks. "
+                    "Without a subcommand, runs 'demo'.",
+    )
+    parser.add_argument("--version", action="version", version=f"neurosurgeon {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,analyze}")
+    demo = sub.add_parser(
+        "demo", help="train a small GPT-2 on a two-sub-task problem, then find and test a subnetwork (< 1 min on CPU)",
+        description="Train a 2-layer GPT-2 on an embedded two-sub-task problem ('add' and 'copy'), discover a "
+                    "subnetwork for 'add', test it on both sub-tasks against K random baselines, and write "
+                    "subnetwork.png, masks.safetensors and results.json into --out.")
+    demo.add_argument("--train-steps", type=_positive_int, default=300,
+                      help="training steps of the embedded model (default 300)")
+    demo.add_argument("--threads", type=_positive_int, default=1,
+                      help="torch intra-op threads (default 1: the tiny model is fastest on one)")
+    _common(demo, epochs=10, steps=30,
+            targets_help="layers to mask: module names or globs (default: transformer.h.*.attn.* transformer.h.*.mlp.*)")
+
+    an = sub.add_parser(
+        "analyze", help="the same analysis on your Hugging Face model directory and a CSV/JSONL of examples",
+        description="Discover and test a subnetwork of a local Hugging Face model (sequence classifier or causal "
+                    "LM) for one sub-task of a labelled CSV/JSONL file (columns text,label[,subtask]; see docs/cli.md).")
+    an.add_argument("--model", required=True, metavar="DIR", help="model directory (save_pretrained output, with tokenizer)")
+    an.add_argument("--data", required=True, metavar="FILE", help=".csv or .jsonl with text, label and optional subtask")
+    an.add_argument("--subtask", default=None, help="sub-task to find the subnetwork for (default: the first in the file)")
+    an.add_argument("--task", choices=("auto", "classification", "causal-lm"), default="auto",
+                    help="how to read predictions (default: from the model's architecture)")
+    an.add_argument("--test-fraction", type=float, default=0.25,
+                    help="share of each sub-task's examples held out for testing (default 0.25)")
+    an.add_argument("--max-length", type=_positive_int, default=128, help="truncate inputs to this many tokens (default 128)")
+    _common(an, epochs=10, steps=20,
+            targets_help="layers to mask: module names or globs (default: every Linear/Conv1D except the output head)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 usage or input error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "demo")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "analyze":
+            from .analyze import run_analyze
+
+            run_analyze(args)
+        else:
+            from .demo import run_demo
+
+            run_demo(args)
+    except CLIError as e:
+        print(f"neurosurgeon {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

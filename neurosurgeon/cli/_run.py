@@ -1,0 +1,150 @@
+"""Shared plumbing of the subcommands: errors, progress and logging, devices, and the
+discover -> test -> write sequence that ``demo`` and ``analyze`` both end with."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .. import model as ns
+from . import _analysis
+from .plot import plot_results
+from .report import format_table, write_results
+
+__all__ = ["CLIError", "Console", "resolve_device", "run_analysis"]
+
+
+class CLIError(Exception):
+    """A user error: printed as ``neurosurgeon: error: ...`` with exit status 2, no traceback."""
+
+
+class Console:
+    """Progress bars (tqdm, on stderr) and log lines (stdout); both silenced by ``--quiet``."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def log(self, msg: str = "") -> None:
+        if not self.quiet:
+            from tqdm.auto import tqdm
+
+            tqdm.write(msg, file=sys.stdout)  # keeps an active progress bar intact
+
+    def progress(self, total: int, desc: str):
+        if self.quiet:
+            return _NullBar()
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, leave=True, mininterval=0.5, file=sys.stderr, dynamic_ncols=True)
+
+
+class _NullBar(contextlib.AbstractContextManager):
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, *a, **k):
+        pass
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else must be a valid, available device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise CLIError(f"--device {name!r} is not a device ({e}); use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name!r}: CUDA is not available on this machine; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise CLIError(f"--device {name!r} is not supported; use cpu, cuda, cuda:N or auto")
+    return device
+
+
+def maskable_names(model: nn.Module) -> list[str]:
+    """Names of the layers of ``model`` a mask can wrap, in ``named_modules`` order."""
+    return [n for n, m in model.named_modules() if n and type(m) in ns.SUPPORTED_LAYERS]
+
+
+def select_targets(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Module names that ``--targets`` selects; a CLIError listing the maskable layers for a bad pattern."""
+    from ..model.select import resolve_targets
+
+    available = maskable_names(model)
+    chosen: list[str] = []
+    for p in patterns:
+        try:
+            hits = resolve_targets(model, [p])
+        except (ValueError, TypeError) as e:
+            shown = ", ".join(available[:12]) + (f", ... ({len(available)} in all)" if len(available) > 12 else "")
+            raise CLIError(f"--targets {p!r} selects no maskable layer: {e}\n  maskable layers: {shown}\n"
+                           "  patterns: '*' matches within one name part, '**' across parts") from None
+        chosen += [h for h in hits if h not in chosen]
+    return [n for n in available if n in chosen]
+
+
+def run_analysis(*, model: nn.Module, names: list[str], mask_train, monitor, test, logits_fn, args, console: Console,
+                 results: dict, t_start: float) -> dict:
+    """Discover the subnetwork, test it, print the table and write the three files into ``args.out``."""
+    cfg = _analysis.MaskConfig(
+        method=args.method, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+        lr=args.lr, l0_lambda=args.l0_lambda, final_temp=args.final_temp, init=args.mask_init, seed=args.seed,
+    )
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"--out {str(out)!r}: cannot create the output directory ({e.strerror})") from None
+
+    target = test.subtasks[0]
+    console.log(f"\n[2/3] Discovering a subnetwork for sub-task {target!r} in {len(names)} layers "
+                f"({cfg.method}, L0 lambda {cfg.l0_lambda}, {cfg.epochs} epochs x {cfg.steps_per_epoch} steps)")
+    t = time.perf_counter()
+    history = _analysis.discover(model, names, mask_train, monitor, logits_fn, cfg,
+                                 progress=console.progress, log=console.log)
+    t_discover = time.perf_counter() - t
+
+    console.log(f"\n[3/3] Testing on {len(test)} held-out examples: 4 conditions + {args.seeds} random baselines "
+                f"x 2 sampling modes (vmapped)")
+    t = time.perf_counter()
+    ev = _analysis.evaluate(model, test, logits_fn, seeds=args.seeds, seed=args.seed + 1, chunk_size=args.chunk_size)
+    t_eval = time.perf_counter() - t
+
+    layers = _analysis.layer_densities(model)
+    kept = sum(v["kept"] for v in layers.values())
+    total = sum(v["total"] for v in layers.values())
+    results.update({
+        "subtasks": list(test.subtasks),
+        "target_subtask": target,
+        "n_test": {s: int((test.subtask == i).sum()) for i, s in enumerate(test.subtasks)},
+        "discovery": {"history": history, "seconds": t_discover},
+        "subnetwork": {"kept": kept, "total": total, "density": kept / max(total, 1), "layers": layers},
+        "conditions": ev["conditions"],
+        "baselines": ev["baselines"],
+        "p_values": ev["p_values"],
+    })
+    if "baseline_errors" in ev:
+        results["baseline_errors"] = ev["baseline_errors"]
+    results["timing"].update({"discover_s": t_discover, "evaluate_s": t_eval, "baselines_s": ev["baseline_seconds"]})
+
+    files = {"results": out / "results.json", "masks": out / "masks.safetensors", "plot": out / "subnetwork.png"}
+    ns.save_masks(model, files["masks"])
+    plot_results(results, files["plot"])
+    results["files"] = {k: str(v) for k, v in files.items()}
+    results["timing"]["total_s"] = time.perf_counter() - t_start
+    write_results(results, files["results"])
+
+    print()
+    print(format_table(results))
+    print()
+    print(f"wrote {files['plot']}, {files['masks']}, {files['results']}  "
+          f"({results['timing']['total_s']:.1f} s)")
+    return results
