@@ -2,12 +2,27 @@
 
 Both samplers zero exactly k = sum(h) mask units, chosen uniformly without replacement:
 ``randomly_sampled`` from all units, ``complement_sampled`` from the units outside the
-subnetwork (h = 0). Each unit gets a unique 63-bit score (32 random bits above its 31-bit
-index) and the k smallest eligible scores are zeroed: a uniformly random k-subset, exact even
-with repeated random words.
+subnetwork (h = 0).
+
+Algorithm (sequential sampling with rejection, vectorised). The key defines an endless stream of
+32-bit words w_0, w_1, ...; draw j proposes unit c_j = floor(w_j * n / 2**32), rejected when it
+falls in the biased tail of Lemire's multiply-shift (so every unit is proposed with probability
+exactly 1 / n) or is not eligible. The chosen units are the first k *distinct* accepted
+proposals: by symmetry a uniformly random k-subset of the eligible units, exactly. Only about
+n * ln(m / (m - k)) words are needed (m eligible units), instead of a 63-bit score and an O(n)
+selection for every unit; when k > m / 2 the m - k units to *keep* are drawn instead. The
+draw count is only an estimate: if it falls short, more of the same stream is read, so the
+result never depends on it.
+
+The kernel is a ``torch.library`` custom op: it runs eagerly on concrete values (so it may read
+k and the draw counts on the host), is opaque to ``torch.compile`` (a fake implementation gives
+the output's shape), and its ``vmap`` rule runs the unbatched kernel once per batch entry, which
+is exactly what a Python loop over the same keys gives.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -16,46 +31,137 @@ from ._checks import check_key, concrete_int
 
 __all__ = ["sample_zeros", "randomly_sampled_mask", "complement_sampled_mask"]
 
-_INDEX_BITS = 31
-_NEVER = torch.iinfo(torch.int64).max
+_MAX_UNITS = 2**31 - 1
+_U32 = 2**32
+
+
+def _draw_estimate(n: int, m: int, k: int) -> int:
+    """Words expected to yield k distinct eligible units (sum of geometric waits), plus a margin."""
+    accept = 1.0 - (_U32 % n) / _U32
+    mean = n / accept * math.log((m + 0.5) / (m - k + 0.5))
+    return int(mean * 1.03) + 64
+
+
+def _stream(key: torch.Tensor, count: int) -> torch.Tensor:
+    """Words 0..count-1 of the key's stream as int64 in [0, 2**32): word 2i, 2i+1 = Threefry(key, (i, 0)).
+
+    Interleaving makes every prefix of the stream independent of ``count``.
+    """
+    k = nr._to_i32(key)
+    c0 = torch.arange((count + 1) // 2, dtype=torch.int32, device=key.device)
+    y0, y1 = nr._threefry_i32(k[0], k[1], c0, torch.zeros_like(c0))
+    return torch.stack((y0, y1), dim=1).reshape(-1)[:count].to(torch.int64) & (_U32 - 1)
+
+
+def _first_distinct(key: torch.Tensor, eligible: torch.Tensor | None, n: int, m: int, k: int) -> torch.Tensor:
+    """Indices (int64, in draw order) of the first k distinct eligible units the key's stream proposes."""
+    device = key.device
+    reject_below = _U32 % n
+    draws = _draw_estimate(n, m, k)
+    while True:
+        w = _stream(key, draws)
+        prod = w * n
+        unit = prod >> 32
+        ok = (prod & (_U32 - 1)) >= reject_below
+        if eligible is not None:
+            ok &= eligible.index_select(0, unit)
+        slot = torch.where(ok, unit, n)  # rejected draws land in a spare slot n
+        pos = torch.arange(draws, dtype=torch.int32, device=device)
+        first_seen = torch.full((n + 1,), draws, dtype=torch.int32, device=device)
+        first_seen.scatter_reduce_(0, slot, pos, "amin")
+        is_first = ok & (first_seen.index_select(0, slot) == pos)
+        chosen = unit[is_first]  # boolean indexing keeps draw order
+        if chosen.numel() >= k:
+            return chosen[:k]
+        draws *= 2  # rare: the estimate fell short; the stream's prefix is unchanged
+
+
+def _sample_zeros_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int) -> torch.Tensor:
+    flat = eligible.reshape(-1)
+    n = flat.numel()
+    m = int(torch.count_nonzero(flat))
+    if k > m:
+        raise ValueError(f"cannot choose {k} mask units from only {m} eligible ones")
+    if k == 0:
+        return torch.zeros_like(eligible)
+    if k == m:
+        return eligible.clone()
+    keep_side = k > m - k  # draw the smaller side: the m - k survivors
+    chosen = _first_distinct(key, None if m == n else flat, n, m, m - k if keep_side else k)
+    picked = torch.zeros(n, dtype=torch.bool, device=flat.device).index_fill_(0, chosen, True)
+    out = flat & ~picked if keep_side else picked
+    return out.reshape(eligible.shape)
+
+
+@torch.library.custom_op("neurosurgeon::sample_zeros", mutates_args=())
+def _sample_zeros_op(key: torch.Tensor, eligible: torch.Tensor, num_zeros: torch.Tensor) -> torch.Tensor:
+    return _sample_zeros_kernel(key, eligible, int(num_zeros))
+
+
+@_sample_zeros_op.register_fake
+def _(key, eligible, num_zeros):
+    return torch.empty_like(eligible, dtype=torch.bool)
+
+
+def _sample_zeros_vmap(info, in_dims, key, eligible, num_zeros):
+    # One unbatched kernel call per entry: vmap == loop by construction, and each call touches
+    # a cache-sized working set (batched scatter/kthvalue over (K, n) is far slower on CPU).
+    args = (key, eligible, num_zeros)
+    outs = [
+        _sample_zeros_op(*(a if d is None else a.select(d, i) for a, d in zip(args, in_dims)))
+        for i in range(info.batch_size)
+    ]
+    return torch.stack(outs), 0
+
+
+torch.library.register_vmap(_sample_zeros_op, _sample_zeros_vmap)
 
 
 def sample_zeros(key: torch.Tensor, eligible: torch.Tensor, num_zeros: int | torch.Tensor) -> torch.Tensor:
     """Boolean tensor (eligible's shape) with ``num_zeros`` True entries drawn uniformly from ``eligible``.
 
     Args:
-        key: PRNG key ``(2,)``.
+        key: PRNG key ``(2,)``; vmap over ``(K, 2)`` keys for K draws.
         eligible: bool tensor; only its True entries can be chosen.
-        num_zeros: k, a Python int (uses one O(n) ``kthvalue``) or a 0-d integer tensor
-            (value-independent ``sort``, for ``torch.compile`` graphs and batched counts).
+        num_zeros: k, a Python int or a 0-d integer tensor (e.g. computed inside a
+            ``torch.compile`` graph or batched by vmap); the result is the same either way.
             k must not exceed the number of eligible entries.
+
+    Example:
+        >>> z = sample_zeros(nr.key(0), torch.ones(10, dtype=torch.bool), 3)
+        >>> int(z.sum())
+        3
     """
     check_key(key)
     n = eligible.numel()
-    if n >= 2**_INDEX_BITS:
-        raise ValueError(f"cannot sample over {n} mask units (at most {2**_INDEX_BITS - 1})")
-    words = nr.bits(key, (n,))
-    index = torch.arange(n, dtype=torch.int64, device=eligible.device)
-    score = torch.where(eligible.flatten(), (words << _INDEX_BITS) | index, _NEVER)
+    if n > _MAX_UNITS:
+        raise ValueError(f"cannot sample over {n} mask units (at most {_MAX_UNITS})")
+    if eligible.dtype != torch.bool:
+        raise TypeError(f"eligible must be a bool tensor, got {eligible.dtype}")
     if isinstance(num_zeros, int):
-        if num_zeros == 0:
-            return torch.zeros_like(eligible, dtype=torch.bool)
-        threshold = torch.kthvalue(score, num_zeros).values
-        return (score <= threshold).reshape(eligible.shape)
-    k = num_zeros.to(torch.int64)
-    threshold = torch.sort(score).values.gather(0, (k - 1).clamp(min=0).reshape(1)).squeeze(0)
-    return ((score <= threshold) & (k > 0)).reshape(eligible.shape)
+        if num_zeros < 0:
+            raise ValueError(f"num_zeros must be >= 0, got {num_zeros}")
+        k = torch.tensor(num_zeros, dtype=torch.int64)
+    else:
+        k = num_zeros.to(torch.int64)
+    return _sample_zeros_op(key, eligible, k)
 
 
-def _checked_count(hard_mask: torch.Tensor, num_zeros: int | None, available: torch.Tensor, what: str):
+def _concrete_or_tensor(t: torch.Tensor) -> int | torch.Tensor:
+    k = concrete_int(t)
+    return k if k is not None else t
+
+
+def _checked_count(hard_mask: torch.Tensor, num_zeros, available: int | torch.Tensor, what: str):
     """k = sum(h) as an int when it can be read without breaking a transform, else as a tensor."""
     if num_zeros is None:
-        k_t = (hard_mask != 0).sum()  # counted in int64: a bf16 sum is inexact above 256
-        k = concrete_int(k_t)
-        num_zeros = k if k is not None else k_t
+        # counted in int64 (a bf16 sum is inexact above 256)
+        num_zeros = _concrete_or_tensor(torch.count_nonzero(hard_mask))
+    elif isinstance(num_zeros, torch.Tensor):
+        pass
     elif isinstance(num_zeros, bool) or not isinstance(num_zeros, int) or num_zeros < 0:
         raise ValueError(f"num_zeros must be a non-negative int or None, got {num_zeros!r}")
-    avail = concrete_int(available)
+    avail = available if isinstance(available, int) else concrete_int(available)
     k = num_zeros if isinstance(num_zeros, int) else None
     if k is not None and avail is not None and k > avail:
         raise ValueError(
@@ -77,7 +183,7 @@ def randomly_sampled_mask(key: torch.Tensor, hard_mask: torch.Tensor, *, num_zer
         binary mask of h's shape and dtype.
     """
     eligible = torch.ones_like(hard_mask, dtype=torch.bool)
-    k = _checked_count(hard_mask, num_zeros, torch.tensor(hard_mask.numel()), "randomly_sampled")
+    k = _checked_count(hard_mask, num_zeros, hard_mask.numel(), "randomly_sampled")
     return (~sample_zeros(key, eligible, k)).to(hard_mask.dtype)
 
 
@@ -88,5 +194,8 @@ def complement_sampled_mask(key: torch.Tensor, hard_mask: torch.Tensor, *, num_z
         ValueError: if k exceeds the number of units outside the subnetwork (both counts named).
     """
     outside = hard_mask == 0
-    k = _checked_count(hard_mask, num_zeros, outside.sum(), "complement_sampled")
+    available = torch.count_nonzero(outside)
+    if num_zeros is None:  # k = sum(h) = #(h != 0), counted once
+        num_zeros = _concrete_or_tensor(hard_mask.numel() - available)
+    k = _checked_count(hard_mask, num_zeros, available, "complement_sampled")
     return (~sample_zeros(key, outside, k)).to(hard_mask.dtype)
