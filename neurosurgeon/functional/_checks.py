@@ -119,3 +119,53 @@ def concrete_int(t: torch.Tensor) -> int | None:
     if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t):
         return None
     return int(t)
+
+
+def check_positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
+    """A size, stride or count: a Python int (not bool) > 0 (or >= 0 with ``allow_zero``)."""
+    lo = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {lo}, got {value!r} ({type(value).__name__})")
+    if value < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    return value
+
+
+def check_broadcasts_to(name: str, t: torch.Tensor, target_name: str, shape: tuple[int, ...]) -> None:
+    """``t`` must broadcast to ``shape`` without changing it (a mask applied to a parameter)."""
+    shape = tuple(shape)
+    ok = t.dim() <= len(shape) and all(a in (1, b) for a, b in zip(reversed(tuple(t.shape)), reversed(shape)))
+    if not ok:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to {target_name}'s shape {shape}")
+
+
+def check_layer_tensors(kind: str, weight, bias, weight_mask_params, bias_mask_params, *, magnitude: bool) -> None:
+    """Shapes of one masked layer's tensors (SPEC section 1).
+
+    ``weight_mask_params`` must have the weight's shape (``mask_unit="weight"``) or the neuron
+    shape (one entry per output unit); ``bias_mask_params`` needs a bias and has its shape; the
+    bias has one entry per output unit. Magnitude pruning passes the weight/bias themselves.
+    """
+    check_tensor("weight", weight)
+    w_shape = tuple(weight.shape)
+    out_axis = 1 if kind == "gpt_conv1d" else 0
+    dims = {"linear": 2, "gpt_conv1d": 2, "conv1d": 3, "conv2d": 4}[kind]
+    if len(w_shape) != dims:
+        raise ValueError(f"weight of a {kind} layer must have {dims} dimensions, got shape {w_shape}")
+    if bias is not None:
+        check_tensor("bias", bias)
+        if tuple(bias.shape) != (w_shape[out_axis],):
+            raise ValueError(f"bias must have shape {(w_shape[out_axis],)} (one entry per output unit of weight {w_shape}), got {tuple(bias.shape)}")
+    if weight_mask_params is not None:
+        check_tensor("weight_mask_params", weight_mask_params)
+        neuron = tuple(s if i == out_axis else 1 for i, s in enumerate(w_shape))
+        allowed = (w_shape,) if magnitude else (w_shape, neuron)
+        if tuple(weight_mask_params.shape) not in allowed:
+            what = "the weight's shape" if magnitude else f"{w_shape} (mask_unit='weight') or {neuron} (mask_unit='neuron')"
+            raise ValueError(f"weight_mask_params must have {what} for a {kind} weight of shape {w_shape}, got {tuple(weight_mask_params.shape)}")
+    if bias_mask_params is not None:
+        check_tensor("bias_mask_params", bias_mask_params)
+        if bias is None:
+            raise ValueError("bias_mask_params given but the layer has no bias (mask_bias=True needs a bias)")
+        if tuple(bias_mask_params.shape) != tuple(bias.shape):
+            raise ValueError(f"bias_mask_params must have the bias's shape {tuple(bias.shape)}, got {tuple(bias_mask_params.shape)}")

@@ -15,7 +15,7 @@ import math
 import torch
 
 from . import random as nr
-from ._checks import check_fraction, check_stretch, check_temperature
+from ._checks import check_broadcasts_to, check_fraction, check_stretch, check_temperature
 
 __all__ = [
     "hard_concrete_init",
@@ -49,6 +49,7 @@ def hard_concrete_mask_from_noise(
     """Sampled soft gate z (eq. 9-10) from explicit uniform noise ``u`` in (0, 1), broadcastable to theta."""
     beta = check_temperature(temperature)
     lo, hi = check_stretch(left, right)
+    check_broadcasts_to("noise", noise, "log_alpha", tuple(log_alpha.shape))
     # The logistic noise log u - log(1 - u) is formed at the noise's precision (at least theta's):
     # rounding u to a half-precision theta first would send u = 1 - eps to 1 and the noise to inf.
     u = noise.to(torch.promote_types(noise.dtype, log_alpha.dtype))

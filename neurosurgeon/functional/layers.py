@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair, _single
 
-from ._checks import LAYER_KINDS, PADDING_MODES, check_choice
+from ._checks import LAYER_KINDS, PADDING_MODES, check_broadcasts_to, check_choice, check_same_shape
 
 __all__ = ["linear", "gpt_conv1d", "conv1d", "conv2d", "layer_forward", "apply_mask"]
 
@@ -78,6 +78,9 @@ def apply_mask(
     """
     if mask is None:
         return param
+    check_broadcasts_to("mask", mask, "param", tuple(param.shape))
+    if replacement is not None:
+        check_same_shape("replacement", replacement, "param", param)
     m = mask.to(param.dtype)
     out = param * m
     if replacement is not None:

@@ -12,7 +12,18 @@ from typing import NamedTuple
 import torch
 
 from . import random as nr
-from ._checks import ABLATIONS, LAYER_KINDS, STRATEGIES, check_choice, concrete_int
+from ._checks import (
+    ABLATIONS,
+    LAYER_KINDS,
+    STRATEGIES,
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_layer_tensors,
+    check_stretch,
+    check_temperature,
+    concrete_int,
+)
 from .ablation import ablate
 from .continuous_sparsification import (
     continuous_sparsification_hard_mask,
@@ -119,6 +130,7 @@ def mask_l0(
     Soft: the CS surrogate sum sigma(beta theta) or the HC expected-L0 (Louizos et al. eq. 12).
     Hard: the number of ones in ``applied_mask`` (default: the strategy's hard mask).
     """
+    check_choice("strategy", strategy, STRATEGIES)
     scale = param_numel // params.numel()
     if hard:
         m = applied_mask
@@ -156,6 +168,7 @@ def layer_masks(
     left: float = -0.1,
     right: float = 1.1,
     prune_percentage: float = 0.2,
+    check_finite: bool = True,
 ) -> LayerMasks:
     """The masks (and replacement values) a masked layer applies (SPEC sections 2-3).
 
@@ -169,6 +182,13 @@ def layer_masks(
         kind: ``linear``, ``gpt_conv1d``, ``conv1d`` or ``conv2d`` (for replacement values).
         hard: eval-mode masks (binary) when True, training masks when False.
         ablation: applied to the hard mask; anything but ``none`` while soft is an error.
+        check_finite: when hard, raise if theta holds NaN/inf instead of binarising it to 0
+            (one host read per call; skipped under ``torch.compile``/``vmap``). The module
+            shells pass False: they check once per version of their parameters.
+
+    Raises:
+        ValueError/TypeError: unknown strings, bad hyper-parameters, tensors whose shapes do
+            not fit the layer (SPEC section 1), bias_mask_params without a bias, a bad key.
 
     Returns:
         :class:`LayerMasks`.
@@ -176,7 +196,16 @@ def layer_masks(
     check_choice("strategy", strategy, STRATEGIES)
     check_choice("kind", kind, LAYER_KINDS)
     check_choice("ablation", ablation, ABLATIONS)
+    hard = check_bool("hard", hard)
+    check_temperature(temperature)
+    check_stretch(left, right)
+    check_fraction("prune_percentage", prune_percentage)
     magnitude = strategy == "magnitude_pruning"
+    check_layer_tensors(kind, weight, bias, weight_mask_params, bias_mask_params, magnitude=magnitude)
+    if hard and not magnitude and check_bool("check_finite", check_finite):
+        for name, p in (("weight_mask_params", weight_mask_params), ("bias_mask_params", bias_mask_params)):
+            if p is not None:
+                check_finite_params(p, name)
     if not hard and ablation != "none" and not magnitude:
         raise ValueError(
             f"cannot ablate while training: ablation={ablation!r} needs a hard mask; "

@@ -14,7 +14,7 @@ from torch.nn.modules.utils import _pair, _single
 from transformers.pytorch_utils import Conv1D
 
 from .. import functional as F
-from ..functional._checks import PADDING_MODES, check_choice
+from ..functional._checks import PADDING_MODES, check_choice, check_positive_int
 
 
 class LayerType:
@@ -55,6 +55,11 @@ class LayerType:
 class _Linear(LayerType):
     kind, base, config = "linear", nn.Linear, ("in_features", "out_features")
 
+    def configure(self, m, **args):
+        for name in self.config:
+            check_positive_int(name, args[name], allow_zero=True)  # nn.Linear allows 0 features
+        super().configure(m, **args)
+
     def shapes(self, m):
         return (m.out_features, m.in_features), (m.out_features,)
 
@@ -69,6 +74,11 @@ class _Linear(LayerType):
 
 class _GPTConv1D(LayerType):
     kind, base, config = "gpt_conv1d", Conv1D, ("nf", "nx")
+
+    def configure(self, m, **args):
+        for name in self.config:
+            check_positive_int(name, args[name], allow_zero=True)
+        super().configure(m, **args)
 
     def shapes(self, m):
         return (m.nx, m.nf), (m.nf,)
@@ -105,8 +115,14 @@ class _ConvNd(LayerType):
             )
         for name in ("kernel_size", "stride", "dilation"):
             args[name] = self._tup(args[name])
-        if not isinstance(args["padding"], str):
+            for v in args[name]:
+                check_positive_int(name, v)
+        if isinstance(args["padding"], str):
+            check_choice("padding", args["padding"], ("same", "valid"))
+        else:
             args["padding"] = self._tup(args["padding"])
+            for v in args["padding"]:
+                check_positive_int("padding", v, allow_zero=True)
         super().configure(m, **args)
 
     def shapes(self, m):

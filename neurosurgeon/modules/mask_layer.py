@@ -208,7 +208,9 @@ class MaskLayer(nn.Module):
             self.noise_step.add_(1)
         else:
             key = None
-        kwargs = dict(strategy=self._strategy, kind=self._layer.kind, hard=hard, ablation=self._ablation, **self._hparams())
+        # check_finite=False: hard parameters are checked below, once per version, with our name.
+        kwargs = dict(strategy=self._strategy, kind=self._layer.kind, hard=hard, ablation=self._ablation,
+                      check_finite=False, **self._hparams())
         if not hard:
             return F.layer_masks(self.weight, self.bias, wp, bp, key, **kwargs)
         transformed = torch.compiler.is_compiling() or any(
