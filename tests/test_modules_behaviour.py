@@ -518,3 +518,45 @@ def test_property_module_masks_binary_and_sampled_counts_exact(name, ablation, u
         assert int((m == 0).sum()) == int(h.sum())
     if ablation == "complement_sampled":
         assert (m[h == 1] == 1).all()
+
+
+# -- convolution configurations and bake ---------------------------------------------------------------------------------
+@given(
+    dims=st.sampled_from([1, 2]),
+    groups=st.sampled_from([1, 2]),
+    kernel=st.integers(1, 3),
+    stride=st.integers(1, 2),
+    dilation=st.integers(1, 2),
+    padding=st.sampled_from([0, 1, 2, "same", "valid"]),
+    padding_mode=st.sampled_from(["zeros", "reflect", "replicate", "circular"]),
+    strategy=st.sampled_from(["ContSparse", "HardConcrete", "MagPrune"]),
+)
+def test_property_conv_configurations_reproduce_base_layer_bitwise(dims, groups, kernel, stride, dilation, padding,
+                                                                   padding_mode, strategy):
+    if padding == "same":
+        stride = 1  # torch refuses padding='same' with strides
+    conv = (nn.Conv1d if dims == 1 else nn.Conv2d)(4, 6, kernel, stride=stride, padding=padding, dilation=dilation,
+                                                   groups=groups, padding_mode=padding_mode)
+    layer = getattr(ns, f"{strategy}Conv{dims}d").from_layer(conv, key=0)
+    x = torch.randn((2, 4, 9) if dims == 1 else (2, 4, 9, 8))
+    want = conv(x)
+    layer.use_masks = False
+    assert torch.equal(layer(x), want)
+    layer.use_masks = True
+    if strategy == "MagPrune":
+        layer.prune_percentage = 0.0
+    else:
+        with torch.no_grad():
+            layer.weight_mask_params.fill_(50.0)
+    assert torch.equal(layer.eval()(x), want)
+
+
+@pytest.mark.parametrize("name", ALL_CLASSES)
+@pytest.mark.parametrize("ablation", ["none", "zero_ablate", "random_ablate", "complement_sampled"])
+def test_bake_returns_base_layer_with_same_output(name, ablation):
+    layer = mask_layer(name, ablation=ablation, mask_bias=True, key=8).eval()
+    x = example_input(suffix_of(name))
+    baked = layer.bake()
+    assert type(baked) is type(base_layer(suffix_of(name)))
+    assert baked.weight is not layer.weight and baked.weight.is_leaf
+    assert torch.equal(baked(x), layer(x))
