@@ -25,6 +25,12 @@ def format_table(results: dict) -> str:
     lines = [
         f"Subnetwork for sub-task {results['target_subtask']!r}: {sub['kept']:,} of {sub['total']:,} weights "
         f"({100 * sub['density']:.2f}%) in {len(sub['layers'])} layers",
+    ]
+    if sub["kept"] == 0:
+        lines.append("note: the subnetwork is empty, so ablating it changes nothing; lower --l0-lambda or train longer")
+    elif sub["kept"] == sub["total"]:
+        lines.append("note: the subnetwork holds every weight; raise --l0-lambda or train longer to sparsify it")
+    lines += [
         "",
         "accuracy".ljust(name_w) + "".join(s.rjust(col) for s in subtasks),
         "-" * (name_w + col * len(subtasks)),
