@@ -402,3 +402,17 @@ def test_property_all_ones_mask_reproduces_parameters_bitwise(shape, unit, dtype
     p = F.mask_parameters(w, b, wp, bp, None, strategy=strategy, kind=kind, hard=True, **kw)
     assert torch.equal(p.weight, w) and torch.equal(p.bias, b)
     assert (p.weight_mask == 1).all() and p.weight_mask.shape == w.shape
+
+
+# -- dtypes -----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("w_dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("hard", [True, False])
+def test_masks_computed_in_theta_dtype_and_cast_to_weight_dtype(w_dtype, hard):
+    w = torch.randn(4, 6).to(w_dtype)
+    b = torch.randn(4).to(w_dtype)
+    theta = torch.randn(4, 6)
+    masks = F.layer_masks(w, b, theta, torch.randn(4), nr.key(0), strategy="hard_concrete", kind="linear", hard=hard)
+    assert masks.weight_mask.dtype == torch.float32 and masks.bias_mask.dtype == torch.float32
+    p = F.apply_layer_masks(w, b, masks)
+    assert p.weight.dtype == w_dtype and p.bias.dtype == w_dtype and p.weight_mask.dtype == w_dtype
+    assert torch.equal(p.weight, w * masks.weight_mask.to(w_dtype))
