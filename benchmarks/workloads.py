@@ -1,0 +1,418 @@
+"""The workloads of issue 5. Each ``wN(cfg)`` builds its contenders, times them interleaved and
+returns a result dict: ``{"id", "title", "timings": {name: {"median_s", "times_s"}},
+"ratios": [{"name", "value", "target", "met"}], "info": {...}}``.
+
+Contenders: ``plain`` (plain torch: the floor), ``ours`` (neurosurgeon), ``orig`` (NeuroSurgeon
+0.1.0 through its public API; skipped when it is not importable).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+
+import neurosurgeon as ns
+from neurosurgeon import functional as F
+from neurosurgeon.functional import random as nr
+
+from ._timing import interleaved, ratio
+
+FULL = dict(
+    smoke=False, d_in=768, d_out=3072, tokens=1024, n_masks=64, density=0.1, mag_shape=(21000, 4000),
+    gpt2=dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
+    gpt2_batch=(2, 256), baselines=50, baseline_batch=(16, 32), baseline_chunk=10, orig_baselines=8,
+    repeats=dict(w1=9, w2=15, w3=3, w4=5, w5=3, w6=2, w7=5), compile_backend="inductor",
+)
+SMOKE = dict(
+    smoke=True, d_in=16, d_out=32, tokens=8, n_masks=4, density=0.1, mag_shape=(64, 32),
+    gpt2=dict(n_layer=2, n_embd=32, n_head=2, vocab_size=101, n_positions=64),
+    gpt2_batch=(2, 8), baselines=3, baseline_batch=(2, 8), baseline_chunk=2, orig_baselines=2,
+    repeats=dict(w1=1, w2=1, w3=1, w4=1, w5=1, w6=1, w7=1), compile_backend="eager",
+)
+
+
+def original():
+    """NeuroSurgeon 0.1.0's modules, or None when it is not installed (or fails to import)."""
+    try:
+        from NeuroSurgeon.Masking import contsparse_layer, hardconcrete_layer, magprune_layer
+        from NeuroSurgeon.Models import circuit_model, model_configs
+    except Exception:  # pragma: no cover - depends on the environment
+        return None
+    return dict(CS=contsparse_layer.ContSparseLinear, HC=hardconcrete_layer.HardConcreteLinear,
+                MP=magprune_layer.MagPruneLinear, CircuitModel=circuit_model.CircuitModel,
+                CircuitConfig=model_configs.CircuitConfig)
+
+
+def _ratio_row(name, timings, num, den, target=None, *, higher_is_better=False, scale=1.0):
+    r = ratio(timings, num, den)
+    if r is None:
+        return {"name": name, "value": None, "target": target, "met": None}
+    r *= scale
+    met = None
+    if target is not None:
+        met = r >= target if higher_is_better else r <= target
+    return {"name": name, "value": r, "target": (">= " if higher_is_better else "<= ") + f"{target:g}" if target else None,
+            "met": met}
+
+
+def _subnetwork_theta(shape, density, generator_seed=0):
+    """Mask parameters whose hard mask keeps ``density`` of the units: +1 there, -1 elsewhere."""
+    g = torch.Generator().manual_seed(generator_seed)
+    return torch.where(torch.rand(shape, generator=g) < density, 1.0, -1.0)
+
+
+def _set_theta(layer, theta):
+    with torch.no_grad():
+        layer.weight_mask_params.copy_(theta.reshape(layer.weight_mask_params.shape))
+
+
+# -- workload 1 and 7a: masked Linear train step ------------------------------------------------------
+def _linear_step(layer, x, gy):
+    params = [p for p in layer.parameters() if p.requires_grad]
+
+    def step():
+        for p in params:
+            p.grad = None
+        x.grad = None
+        layer(x).backward(gy)
+
+    return step
+
+
+def _masked_linears(cfg, orig):
+    torch.manual_seed(0)
+    base = nn.Linear(cfg["d_in"], cfg["d_out"])
+    layers = {"plain": copy.deepcopy(base)}
+
+    def frozen(layer):
+        layer.weight.requires_grad_(False)
+        layer.bias.requires_grad_(False)
+        layer.train(True)
+        return layer
+
+    layers["ours_cs"] = frozen(ns.ContSparseLinear.from_layer(copy.deepcopy(base), key=0))
+    layers["ours_hc"] = frozen(ns.HardConcreteLinear.from_layer(copy.deepcopy(base), key=0))
+    if orig is not None:
+        layers["orig_cs"] = frozen(orig["CS"].from_layer(copy.deepcopy(base)))
+        layers["orig_hc"] = frozen(orig["HC"].from_layer(copy.deepcopy(base)))
+    return layers
+
+
+def w1(cfg, orig):
+    layers = _masked_linears(cfg, orig)
+    x = torch.randn(cfg["tokens"], cfg["d_in"], requires_grad=True)
+    gy = torch.randn(cfg["tokens"], cfg["d_out"])
+    t = interleaved({n: _linear_step(layer, x, gy) for n, layer in layers.items()}, repeats=cfg["repeats"]["w1"])
+    rows = [
+        _ratio_row("CS step / plain Linear step (ours)", t, "ours_cs", "plain", 1.05),
+        _ratio_row("HC step / plain Linear step (ours)", t, "ours_hc", "plain", 1.15),
+        _ratio_row("CS step / plain Linear step (original)", t, "orig_cs", "plain"),
+        _ratio_row("HC step / plain Linear step (original)", t, "orig_hc", "plain"),
+    ]
+    return {"id": 1, "title": "masked Linear train step (fwd + bwd to mask params and input), base frozen",
+            "timings": t, "ratios": rows, "info": {"shape": f"x ({cfg['tokens']}, {cfg['d_in']}) -> {cfg['d_out']}"}}
+
+
+# -- workload 2: eval forward with a hard mask ----------------------------------------------------------
+def w2(cfg, orig):
+    torch.manual_seed(0)
+    base = nn.Linear(cfg["d_in"], cfg["d_out"])
+    theta = _subnetwork_theta((cfg["d_out"], cfg["d_in"]), 0.5)
+    layers = {"plain": copy.deepcopy(base).eval()}
+    ours = ns.ContSparseLinear.from_layer(copy.deepcopy(base), key=0)
+    _set_theta(ours, theta)
+    layers["ours"] = ours.eval()
+    if orig is not None:
+        o = orig["CS"].from_layer(copy.deepcopy(base))
+        _set_theta(o, theta)
+        o.train(False)
+        layers["orig"] = o
+    x = torch.randn(cfg["tokens"], cfg["d_in"])
+
+    def fwd(layer):
+        def run():
+            with torch.no_grad():
+                layer(x)
+        return run
+
+    t = interleaved({n: fwd(layer) for n, layer in layers.items()}, repeats=cfg["repeats"]["w2"])
+    rows = [_ratio_row("eval forward / plain Linear (ours)", t, "ours", "plain", 1.05),
+            _ratio_row("eval forward / plain Linear (original)", t, "orig", "plain")]
+    return {"id": 2, "title": "eval-mode forward with a hard mask (continuous sparsification)", "timings": t,
+            "ratios": rows, "info": {"shape": f"x ({cfg['tokens']}, {cfg['d_in']}) -> {cfg['d_out']}"}}
+
+
+# -- workload 3: K sampled masks ---------------------------------------------------------------------
+def _plain_sampled(h, k, complement):
+    """Plain torch, global RNG: randperm over the eligible units (the obvious eager baseline)."""
+    flat = h.reshape(-1)
+    eligible = (flat == 0).nonzero().squeeze(1) if complement else None
+    n = flat.numel()
+    m = eligible.numel() if complement else n
+    out = torch.ones_like(flat)
+    pick = torch.randperm(m)[:k]
+    out[eligible[pick] if complement else pick] = 0
+    return out.reshape(h.shape)
+
+
+def w3(cfg, orig):
+    torch.manual_seed(0)
+    d_in, d_out, K = cfg["d_in"], cfg["d_out"], cfg["n_masks"]
+    base = nn.Linear(d_in, d_out)
+    theta = _subnetwork_theta((d_out, d_in), cfg["density"])
+    h = (theta > 0).to(torch.float32)
+    k = int(h.sum())
+    keys = nr.split(nr.key(0), K)
+    x = torch.randn(1, d_in)
+    timings, rows = {}, []
+    for ablation in ("complement_sampled", "randomly_sampled"):
+        mask_fn = F.complement_sampled_mask if ablation == "complement_sampled" else F.randomly_sampled_mask
+        batched = torch.func.vmap(lambda key: mask_fn(key, h))
+        ours = ns.ContSparseLinear.from_layer(copy.deepcopy(base), ablation=ablation, key=0)
+        _set_theta(ours, theta)
+        ours.eval()
+        contenders = {
+            "plain_randperm_loop": lambda a=ablation: [_plain_sampled(h, k, a == "complement_sampled") for _ in range(K)],
+            "ours_vmap": lambda: batched(keys),
+        }
+
+        def module_loop(layer):
+            def run():
+                with torch.no_grad():
+                    for _ in range(K):
+                        layer.force_resample = True
+                        layer(x)
+            return run
+
+        contenders["ours_module_loop"] = module_loop(ours)
+        if orig is not None:
+            o = orig["CS"].from_layer(copy.deepcopy(base), ablation=ablation)
+            _set_theta(o, theta)
+            o.train(False)
+            contenders["orig_module_loop"] = module_loop(o)
+        t = interleaved(contenders, repeats=cfg["repeats"]["w3"])
+        short = "CS" if ablation == "complement_sampled" else "RS"
+        for name, v in t.items():
+            timings[f"{short}:{name}"] = v
+        rows += [
+            _ratio_row(f"{ablation}: original loop / ours vmapped (speed-up)", timings, f"{short}:orig_module_loop",
+                       f"{short}:ours_vmap", 10, higher_is_better=True),
+            _ratio_row(f"{ablation}: original loop / ours module loop (speed-up)", timings,
+                       f"{short}:orig_module_loop", f"{short}:ours_module_loop", 5, higher_is_better=True),
+            _ratio_row(f"{ablation}: ours vmapped / plain randperm loop", timings, f"{short}:ours_vmap",
+                       f"{short}:plain_randperm_loop"),
+        ]
+    per_mask = {n: v["median_s"] / K * 1e3 for n, v in timings.items()}
+    return {"id": 3, "title": f"{K} sampled masks of a {d_out}x{d_in} layer, {cfg['density']:.0%}-dense subnetwork",
+            "timings": timings, "ratios": rows, "info": {"k": k, "ms_per_mask": per_mask}}
+
+
+# -- workload 4: magnitude mask of a huge weight ----------------------------------------------------
+def w4(cfg, orig):
+    torch.manual_seed(0)
+    w = torch.randn(cfg["mag_shape"])
+    n = w.numel()
+    k = F.num_pruned(n, 0.2)
+    flat = w.reshape(-1)
+    t = interleaved({"plain_kthvalue": lambda: torch.kthvalue(flat, k),
+                     "ours": lambda: F.magnitude_mask(w, prune_percentage=0.2)}, repeats=cfg["repeats"]["w4"])
+    info = {"numel": n}
+    if orig is not None:
+        lin = nn.Linear(cfg["mag_shape"][1], cfg["mag_shape"][0], bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+        try:
+            o = orig["MP"].from_layer(lin, prune_percentage=0.2)
+            o.train(False)
+            with torch.no_grad():
+                o(torch.randn(1, cfg["mag_shape"][1]))
+            info["original"] = "ran"
+        except Exception as e:  # the original uses torch.quantile, which refuses > 16M entries
+            info["original"] = f"raises {type(e).__name__}: {str(e)[:120]}"
+        del lin
+    rows = [_ratio_row("magnitude mask / one torch.kthvalue", t, "ours", "plain_kthvalue", 2)]
+    return {"id": 4, "title": f"magnitude mask of a {n / 1e6:.0f}M-entry weight" if n > 1e6 else
+            f"magnitude mask of a {n}-entry weight", "timings": t, "ratios": rows, "info": info}
+
+
+# -- workload 5: GPT-2 train step ----------------------------------------------------------------------
+def _gpt2(cfg):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(**cfg["gpt2"]))
+    targets = [name for name, m in model.named_modules() if isinstance(m, Conv1D)]
+    return model, targets
+
+
+def _gpt2_input(cfg, batch_key="gpt2_batch"):
+    g = torch.Generator().manual_seed(1)
+    b, s = cfg[batch_key]
+    return torch.randint(0, cfg["gpt2"]["vocab_size"], (b, s), generator=g)
+
+
+def gpt2_model(contender: str, cfg):
+    """(model, input_ids) for a workload-5 contender: plain, ours_cs, orig_cs, ours_hc, orig_hc."""
+    model, targets = _gpt2(cfg)
+    if contender == "plain":
+        return model.train(), _gpt2_input(cfg)
+    kind, strategy = contender.split("_")
+    method = {"cs": "continuous_sparsification", "hc": "hard_concrete"}[strategy]
+    hp = {"ablation": "none", "mask_unit": "weight", "mask_bias": False}
+    hp.update({"mask_init_value": 0.0} if strategy == "cs" else {"mask_init_percentage": 0.5})
+    if kind == "ours":
+        cm = ns.CircuitModel(ns.CircuitConfig(mask_method=method, mask_hparams=hp, target_layers=targets, key=0), model)
+    else:
+        o = original()
+        cm = o["CircuitModel"](o["CircuitConfig"](mask_method=method, mask_hparams=hp, target_layers=targets), model)
+    cm.train(True)
+    return cm, _gpt2_input(cfg)
+
+
+def gpt2_train_step(contender: str, cfg, *, compile_backend: str | None = None):
+    model, ids = gpt2_model(contender, cfg)
+    fwd = torch.compile(model, backend=compile_backend) if compile_backend else model
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step():
+        for p in params:
+            p.grad = None
+        fwd(input_ids=ids, labels=ids).loss.backward()
+
+    return step
+
+
+def w5(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
+    names = ["plain", "ours_cs", "ours_hc"] + (["orig_cs", "orig_hc"] if orig is not None else [])
+    t = interleaved({n: gpt2_train_step(n, cfg) for n in names}, repeats=cfg["repeats"]["w5"])
+    rows = [
+        _ratio_row("CS train step: ours / original", t, "ours_cs", "orig_cs", 0.9),
+        _ratio_row("HC train step: ours / original", t, "ours_hc", "orig_hc", 0.9),
+        _ratio_row("CS train step: ours / plain GPT-2 (all weights trainable)", t, "ours_cs", "plain"),
+        _ratio_row("HC train step: ours / plain GPT-2 (all weights trainable)", t, "ours_hc", "plain"),
+    ]
+    mem = {}
+    from . import _memory
+
+    if memory == "subprocess" and _memory.can_measure():
+        for n in names:
+            try:
+                mem[n] = _memory.measure_in_subprocess(n, cfg, threads)
+            except Exception as e:  # pragma: no cover - environment dependent
+                mem[n] = {"error": str(e)[-300:]}
+        for s in ("cs", "hc"):
+            a, b = mem.get(f"ours_{s}", {}), mem.get(f"orig_{s}", {})
+            if "peak_rss_mib" in a and "peak_rss_mib" in b:
+                r = a["peak_rss_mib"] / b["peak_rss_mib"]
+                rows.append({"name": f"{s.upper()} peak RSS of a train step: ours / original", "value": r,
+                             "target": "<= 1", "met": r <= 1.0})
+                d = a["step_peak_above_before_mib"] / max(b["step_peak_above_before_mib"], 1e-9)
+                rows.append({"name": f"{s.upper()} step peak above pre-step RSS: ours / original", "value": d,
+                             "target": None, "met": None})
+    return {"id": 5, "title": f"GPT-2 ({cfg['gpt2']['n_layer']} layers, random weights), every Conv1D masked: train step",
+            "timings": t, "ratios": rows,
+            "info": {"batch": cfg["gpt2_batch"], "memory_mib": mem, "memory_method": memory}}
+
+
+# -- workload 6: random-ablation baselines through GPT-2 ------------------------------------------------
+def _baseline_models(cfg, orig):
+    out = {}
+    model, targets = _gpt2(cfg)
+    plain = copy.deepcopy(model).eval()
+    out["plain"] = plain
+    hp = {"ablation": "none", "mask_unit": "weight", "mask_bias": False, "mask_init_value": 0.0}
+    ours = ns.CircuitModel(ns.CircuitConfig(mask_method="continuous_sparsification", mask_hparams=hp,
+                                            target_layers=targets, key=0), copy.deepcopy(model))
+    thetas = {}  # by the path inside the transformer, shared by both wrappers
+    for i, (name, layer) in enumerate(ns.mask_layers(ours).items()):
+        path = name[name.index("transformer."):]
+        thetas[path] = _subnetwork_theta(tuple(layer.weight_mask_params.shape), cfg["density"], i)
+        _set_theta(layer, thetas[path])
+    out["ours"] = ours.train(False)
+    if orig is not None:
+        o = orig["CircuitModel"](orig["CircuitConfig"](mask_method="continuous_sparsification", mask_hparams=hp,
+                                                       target_layers=targets), copy.deepcopy(model))
+        for name, m in o.named_modules():
+            if hasattr(m, "weight_mask_params"):
+                _set_theta(m, thetas[name[name.index("transformer."):]])
+        o.train(False)
+        o.set_ablate_mode("complement_sampled")
+        out["orig"] = o
+    return out
+
+
+def w6(cfg, orig):
+    models = _baseline_models(cfg, orig)
+    ids = _gpt2_input(cfg, "baseline_batch")
+    K, n_seq = cfg["baselines"], cfg["orig_baselines"]
+    keys = nr.split(nr.key(0), K)
+
+    def metric(logits):
+        return (logits[:, :-1].argmax(-1) == ids[:, 1:]).float().mean()
+
+    def ours_all():
+        with torch.no_grad():
+            return ns.evaluate_baselines(models["ours"], lambda f: metric(f(input_ids=ids).logits), keys,
+                                         ablation="complement_sampled", chunk_size=cfg["baseline_chunk"])
+
+    def seq(model, resample):
+        def run():
+            with torch.no_grad():
+                for _ in range(n_seq):
+                    if resample:
+                        model.set_ablate_mode("complement_sampled", force_resample=True)
+                    metric(model(input_ids=ids).logits)
+        return run
+
+    contenders = {"ours_vmapped_all": ours_all, "plain_seq": seq(models["plain"], False)}
+    if "orig" in models:
+        contenders["orig_seq"] = seq(models["orig"], True)
+    t = interleaved(contenders, repeats=cfg["repeats"]["w6"], warmup=0 if not cfg["smoke"] else 1)
+    # the sequential contenders ran n_seq evaluations: scale to K
+    rows = [
+        _ratio_row(f"{K} baselines: original sequential / ours vmapped (speed-up)", t, "orig_seq", "ours_vmapped_all",
+                   3, higher_is_better=True, scale=K / n_seq),
+        _ratio_row(f"{K} baselines: ours vmapped / {K} plain unmasked forwards", t, "ours_vmapped_all", "plain_seq",
+                   scale=n_seq / K),
+    ]
+    return {"id": 6, "title": f"{K} complement_sampled baselines through GPT-2 on a "
+                              f"{cfg['baseline_batch'][0]}x{cfg['baseline_batch'][1]}-token batch",
+            "timings": t, "ratios": rows,
+            "info": {"chunk_size": cfg["baseline_chunk"], "sequential_evaluations_timed": n_seq,
+                     "per_baseline_s": {"ours_vmapped_all": t["ours_vmapped_all"]["median_s"] / K,
+                                        **{n: t[n]["median_s"] / n_seq for n in t if n != "ours_vmapped_all"}}}}
+
+
+# -- workload 7: torch.compile ----------------------------------------------------------------------------
+def w7(cfg, orig):
+    backend = cfg["compile_backend"]
+    layers = _masked_linears(cfg, None)
+    x = torch.randn(cfg["tokens"], cfg["d_in"], requires_grad=True)
+    gy = torch.randn(cfg["tokens"], cfg["d_out"])
+    contenders = {}
+    for n, layer in layers.items():
+        contenders[f"w1:{n}:eager"] = _linear_step(layer, x, gy)
+        compiled = copy.deepcopy(layer)
+        step = _linear_step(compiled, x, gy)
+        compiled.forward = torch.compile(compiled.forward, backend=backend)
+        contenders[f"w1:{n}:compiled"] = step
+    if not cfg["smoke"]:  # tracing a GPT-2 takes too long for a smoke run
+        for n in ("ours_cs", "ours_hc"):
+            contenders[f"w5:{n}:eager"] = gpt2_train_step(n, cfg)
+            contenders[f"w5:{n}:compiled"] = gpt2_train_step(n, cfg, compile_backend=backend)
+    t = interleaved(contenders, repeats=cfg["repeats"]["w7"], warmup=2)
+    rows = []
+    for w in ("w1", "w5"):
+        for n in layers:
+            if f"{w}:{n}:eager" in t:
+                rows.append(_ratio_row(f"workload {w[1]} {n}: eager / compiled (speed-up)", t, f"{w}:{n}:eager",
+                                       f"{w}:{n}:compiled"))
+    return {"id": 7, "title": f"torch.compile (backend={backend!r}) of workloads 1 and 5", "timings": t,
+            "ratios": rows, "info": {"backend": backend}}
+
+
+WORKLOADS = {1: w1, 2: w2, 3: w3, 4: w4, 5: w5, 6: w6, 7: w7}
