@@ -268,3 +268,13 @@ def test_python_dash_m_entry_point():
     done = subprocess.run([sys.executable, "-m", "neurosurgeon", "--version"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("neurosurgeon ")
+
+
+def test_demo_is_reproducible(tmp_path):
+    tiny = ["demo", "--train-steps", "20", "--epochs", "2", "--steps-per-epoch", "2", "--seeds", "3", "-q"]
+    runs = []
+    for name in ("a", "b"):
+        assert main([*tiny, "--out", str(tmp_path / name)]) == 0
+        r = json.loads((tmp_path / name / "results.json").read_text())
+        runs.append({k: r[k] for k in ("conditions", "baselines", "p_values", "subnetwork")})
+    assert runs[0] == runs[1]

@@ -14,9 +14,8 @@ small when removing the subnetwork hurts more than removing random weights.
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -45,7 +44,6 @@ class MaskConfig:
     final_temp: float = 200.0
     init: float | None = None  # CS: mask_init_value (default 1.0); HC: mask_init_percentage (default 0.9)
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def hparams(self) -> dict:
         if self.method == "continuous_sparsification":
@@ -57,11 +55,11 @@ def _accuracy_fn(logits_fn: LogitsFn, data: Examples, n_subtasks: int):
     """fn(forward) -> per-sub-task accuracy ``(S,)``, where ``forward`` is the model or a callable
     running it (as :func:`neurosurgeon.evaluate_baselines` passes); no data-dependent shapes, so vmap applies."""
     onehot = nn.functional.one_hot(data.subtask, n_subtasks).to(torch.float32)
-    weights = onehot / onehot.sum(0).clamp(min=1)
+    counts = onehot.sum(0).clamp(min=1)
 
     def fn(forward) -> torch.Tensor:
         correct = (logits_fn(forward, data).argmax(-1) == data.labels).to(torch.float32)
-        return correct @ weights
+        return (correct @ onehot) / counts  # exact counts first, so 500/500 reads 1.0
 
     return fn
 
