@@ -278,3 +278,15 @@ def test_demo_is_reproducible(tmp_path):
         r = json.loads((tmp_path / name / "results.json").read_text())
         runs.append({k: r[k] for k in ("conditions", "baselines", "p_values", "subnetwork")})
     assert runs[0] == runs[1]
+
+
+def test_read_examples_csv_with_bom_and_jsonl_without_subtask(tmp_path):
+    from neurosurgeon.cli.analyze import read_examples
+
+    p = tmp_path / "x.csv"
+    p.write_bytes("text,label,subtask\ngood movie,1,a\nbad film,0,b\n".encode("utf-8-sig"))
+    rows = read_examples(p)
+    assert [(r["text"], r["label"], r["subtask"]) for r in rows] == [("good movie", "1", "a"), ("bad film", "0", "b")]
+    q = tmp_path / "y.jsonl"
+    q.write_text('{"text": "good", "label": 1}\n\n{"text": "bad", "label": 0}\n')
+    assert [r["subtask"] for r in read_examples(q)] == ["all", "all"]

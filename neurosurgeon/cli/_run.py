@@ -16,7 +16,7 @@ from . import _analysis
 from .plot import plot_results
 from .report import format_table, write_results
 
-__all__ = ["CLIError", "Console", "resolve_device", "run_analysis"]
+__all__ = ["CLIError", "Console", "resolve_device", "select_targets", "run_config", "run_analysis"]
 
 
 class CLIError(Exception):
@@ -89,6 +89,15 @@ def select_targets(model: nn.Module, patterns: list[str]) -> list[str]:
                            "  patterns: '*' matches within one name part, '**' across parts") from None
         chosen += [h for h in hits if h not in chosen]
     return [n for n in available if n in chosen]
+
+
+def run_config(args, names: list[str], device: str, *, default_targets) -> dict:
+    """The ``config`` entry of ``results.json``: every option that shaped the numbers."""
+    keys = ("method", "seeds", "epochs", "steps_per_epoch", "batch_size", "lr", "l0_lambda", "final_temp",
+            "mask_init", "seed", "chunk_size", "train_steps", "threads")
+    cfg = {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    cfg.update(targets=list(args.targets or default_targets), layers=names, device=device)
+    return cfg
 
 
 def run_analysis(*, model: nn.Module, names: list[str], mask_train, monitor, test, logits_fn, args, console: Console,

@@ -22,8 +22,7 @@ import torch
 import torch.nn as nn
 
 from .. import __version__
-from .demo import _config
-from ._run import CLIError, Console, maskable_names, resolve_device, run_analysis, select_targets
+from ._run import CLIError, Console, maskable_names, resolve_device, run_analysis, run_config, select_targets
 from .task import Examples
 
 __all__ = ["run_analyze", "read_examples", "default_targets"]
@@ -40,7 +39,7 @@ def read_examples(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     rows: list[dict] = []
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: CSVs saved by Excel
             reader = csv.DictReader(f)
             fields = reader.fieldnames or []
             missing = [c for c in ("text", "label") if c not in fields]
@@ -244,14 +243,14 @@ def run_analyze(args) -> dict:
     results = {
         "command": "analyze",
         "neurosurgeon_version": __version__,
-        "config": {**_config(args, names, str(device)), "model": str(model_dir), "data": str(data_path),
+        "config": {**run_config(args, names, str(device),
+                                default_targets=["(default: every maskable layer except the output head)"]),
+                   "model": str(model_dir), "data": str(data_path),
                    "task": kind, "test_fraction": args.test_fraction, "max_length": args.max_length},
         "model": {"description": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
                   "classes": classes},
         "timing": {},
     }
-    if not args.targets:
-        results["config"]["targets"] = ["(default: every maskable layer except the output head)"]
     return run_analysis(model=model, names=names, mask_train=mask_train, monitor=monitor, test=test,
                         logits_fn=logits_fn, args=args, console=console, results=results, t_start=t_start)
 

@@ -8,7 +8,7 @@ import torch
 
 from .. import __version__
 from . import task as T
-from ._run import Console, resolve_device, run_analysis, select_targets
+from ._run import Console, resolve_device, run_analysis, run_config, select_targets
 
 __all__ = ["run_demo", "DEFAULT_TARGETS"]
 
@@ -58,7 +58,7 @@ def _run_demo(args) -> dict:
     results = {
         "command": "demo",
         "neurosurgeon_version": __version__,
-        "config": _config(args, names, str(device)),
+        "config": run_config(args, names, str(device), default_targets=DEFAULT_TARGETS),
         "model": {"description": "GPT2ForSequenceClassification, 2 layers, 4 heads, width 64, vocab 13",
                   "parameters": sum(p.numel() for p in model.parameters()),
                   "train_steps": args.train_steps, "final_train_loss": final_loss},
@@ -66,13 +66,3 @@ def _run_demo(args) -> dict:
     }
     return run_analysis(model=model, names=names, mask_train=mask_train, monitor=monitor, test=test,
                         logits_fn=T.classify, args=args, console=console, results=results, t_start=t_start)
-
-
-def _config(args, names, device) -> dict:
-    keys = ("method", "seeds", "epochs", "steps_per_epoch", "batch_size", "lr", "l0_lambda", "final_temp",
-            "mask_init", "seed", "chunk_size")
-    cfg = {k: getattr(args, k) for k in keys}
-    cfg.update(targets=list(args.targets or DEFAULT_TARGETS), layers=names, device=device)
-    if hasattr(args, "train_steps"):
-        cfg["train_steps"] = args.train_steps
-    return cfg
