@@ -560,3 +560,11 @@ def test_bake_returns_base_layer_with_same_output(name, ablation):
     assert type(baked) is type(base_layer(suffix_of(name)))
     assert baked.weight is not layer.weight and baked.weight.is_leaf
     assert torch.equal(baked(x), layer(x))
+
+
+@pytest.mark.parametrize("name", ["ContSparseGPTConv1D", "HardConcreteLinear", "MagPruneConv2d"])
+def test_bake_draws_nothing_from_global_rng(name):
+    layer = mask_layer(name, ablation="random_ablate").eval()
+    state = torch.get_rng_state()
+    layer.bake()
+    assert torch.equal(torch.get_rng_state(), state)

@@ -90,7 +90,8 @@ class _GPTConv1D(LayerType):
             nn.init.zeros_(m.bias)
 
     def bake(self, m, weight, bias):
-        layer = Conv1D(m.nf, m.nx)
+        with torch.device("meta"):  # no allocation, and no draw from torch's global RNG
+            layer = Conv1D(m.nf, m.nx)
         layer.weight = nn.Parameter(weight)
         layer.bias = nn.Parameter(bias if bias is not None else torch.zeros(m.nf, dtype=weight.dtype, device=weight.device))
         return layer
