@@ -125,6 +125,33 @@ def test_v0_magnitude_pruning_uses_abs_value_by_spec(name):
         assert not torch.allclose(got, rec["outputs"][ablation])  # the fixture exercises the difference
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_v0_l0_agrees_except_hard_concrete_neuron_penalty(name):
+    """Hard L0 counts and max L0 agree everywhere; the soft L0 agrees except for hard-concrete
+    neuron masks, where 0.1.0 sums the penalty per mask unit and we, per SPEC 5, count it at
+    the weight's size (each neuron entry weighs as many weights as it gates)."""
+    rec = _fixture(name)
+    if name in CONV_NEURON:
+        layer = _ours(rec, mask_unit="weight")
+        layer.load_state_dict(from_v0_state_dict(rec["state_dict"]), strict=True)
+    else:
+        layer = _ours(rec)
+        layer.load_state_dict(rec["state_dict"], strict=True)
+    layer.eval()
+    assert float(layer.calculate_l0()) == rec["l0"]["eval"]
+    assert layer.calculate_max_l0() == rec["l0"]["max"]
+    layer.train()
+    soft = float(layer.calculate_l0().detach())
+    if name.startswith("HardConcrete") and name.endswith("_neuron"):
+        assert soft > rec["l0"]["train"]  # scaled by the inputs per neuron
+        theta, b_theta = layer.weight_mask_params.detach(), layer.bias_mask_params.detach()
+        per = layer.weight.numel() // theta.numel()
+        expected = (F.hard_concrete_l0(theta) * per + F.hard_concrete_l0(b_theta)).item()
+        assert soft == pytest.approx(expected, rel=1e-6)
+    else:
+        assert soft == pytest.approx(rec["l0"]["train"], rel=1e-5)
+
+
 @pytest.mark.parametrize("name", CONV_NEURON)
 def test_v0_conv_neuron_masks_fail_loudly_then_convert(name):
     rec = _fixture(name)
