@@ -151,3 +151,16 @@ def test_soft_masked_state_is_differentiable_and_matches_autograd_through_the_mo
     nn.functional.cross_entropy(model(x), y).backward()
     for n in names:
         torch.testing.assert_close(g[n], model.get_parameter(n).grad)
+
+
+def test_evaluate_baselines_with_inputs_passes_the_outputs_to_fn():
+    model, _ = gpt2_masked()
+    batch = ZOO["gpt2"].batch()
+    keys = nr.split(nr.key(8), 3)
+    with torch.no_grad():
+        by_outputs = ns.evaluate_baselines(model, lambda out: out.loss, keys, ablation="random_ablate", inputs=batch)
+        by_forward = ns.evaluate_baselines(model, lambda f: f(**batch).loss, keys, ablation="random_ablate")
+    assert torch.equal(by_outputs, by_forward)
+    mlp, _ = mlp_masked()
+    x = torch.randn(3, 6)
+    assert ns.evaluate_baselines(mlp, lambda out: out.sum(), keys, ablation="zero_ablate", inputs=x).shape == (3,)

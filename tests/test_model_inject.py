@@ -188,3 +188,14 @@ def test_inject_keeps_the_layers_mode():
     ns.inject_masks(model, nn.Linear, key=0)
     assert not any(m.training for m in ns.mask_layers(model).values())
     assert isinstance(model[0], MaskLayer)
+
+
+def test_the_freeze_survives_deepcopy_and_pickling(tmp_path):
+    import copy
+    model = mlp()
+    ns.inject_masks(model, nn.Linear, key=0)
+    torch.save(model, tmp_path / "m.pt")
+    for clone in (copy.deepcopy(model), torch.load(tmp_path / "m.pt", weights_only=False)):
+        clone.train()
+        assert clone[0].training and not clone[2].training and not clone[4].training
+        assert clone[2].train() is clone[2]

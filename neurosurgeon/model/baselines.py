@@ -129,21 +129,26 @@ def evaluate_baselines(
     keys: torch.Tensor,
     *,
     ablation: str,
+    inputs: Any = None,
     chunk_size: int | None = None,
 ) -> Any:
     """Evaluate K random-ablation baselines in one vmapped pass, one per key.
 
     For each key ``k`` of ``keys``, ``fn(forward)`` is evaluated where ``forward(*args,
     **kwargs)`` runs ``model`` (in eval mode) with the hard masks ablated by ``ablation`` and
-    layer ``i``'s draws from ``fold_in(k, i)``. ``fn`` computes the metric: a tensor, or a
-    tuple/dict of tensors. The K evaluations are batched with ``torch.func.vmap``; the result
+    layer ``i``'s draws from ``fold_in(k, i)``; with ``inputs`` given, ``fn(outputs)`` is
+    evaluated on the model's outputs for those inputs instead. ``fn`` computes the metric: a
+    tensor, or a tuple/dict of tensors. The K evaluations are batched with ``torch.func.vmap``; the result
     equals K separate evaluations with the same keys (up to float reassociation in batched
     matmuls; the masks themselves are identical).
 
     Args:
         model: a model with mask layers (its modes are restored afterwards).
         fn: ``fn(forward) -> Tensor | tuple | dict``, e.g.
-            ``lambda f: (f(x).logits.argmax(-1) == y).float().mean()``.
+            ``lambda f: (f(x).logits.argmax(-1) == y).float().mean()``; or, with ``inputs``,
+            ``fn(outputs)``, e.g. ``lambda out: out.loss``.
+        inputs: optional model inputs: a dict (keyword arguments), a tuple (positional) or a
+            single tensor.
         keys: int64 ``(K, 2)``, e.g. ``neurosurgeon.functional.random.split(key(0), K)``.
         ablation: usually ``randomly_sampled``, ``complement_sampled`` or ``random_ablate``;
             any ablation is accepted.
@@ -170,7 +175,15 @@ def evaluate_baselines(
 
     def one(k):
         state = masked_state(model, k, ablation=ablation)
-        return fn(lambda *args, **kwargs: run_masked(model, state, *args, **kwargs))
+
+        def forward(*args, **kwargs):
+            return run_masked(model, state, *args, **kwargs)
+
+        if inputs is None:
+            return fn(forward)
+        if isinstance(inputs, Mapping):
+            return fn(forward(**inputs))
+        return fn(forward(*inputs) if isinstance(inputs, tuple) else forward(inputs))
 
     with _eval_mode(model):
         return vmap(one, chunk_size=chunk_size, randomness="error")(keys)

@@ -13,8 +13,6 @@ what the user asked for; mask layers follow it too and train their masks.
 
 from __future__ import annotations
 
-import types
-
 import torch.nn as nn
 
 from ..modules import MaskLayer
@@ -25,13 +23,23 @@ _FLAG = "_neurosurgeon_frozen"
 _GRAD = "_neurosurgeon_requires_grad"
 
 
-def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
-    if not isinstance(mode, bool):
-        raise ValueError("training mode is expected to be boolean")
-    self.training = False
-    for child in self.children():
-        child.train(mode)
-    return self
+class _FrozenTrain:
+    """A base module's ``train``: stays in eval mode, passes the mode on to its children.
+
+    A small object rather than a bound method, so that pickling the model (``torch.save``)
+    and deep copies keep the freeze.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __call__(self, mode: bool = True) -> nn.Module:
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        self.module.training = False
+        for child in self.module.children():
+            child.train(mode)
+        return self.module
 
 
 def _is_mask_param(module: nn.Module, name: str) -> bool:
@@ -58,7 +66,7 @@ def set_freeze_base(model: nn.Module, frozen: bool = True) -> nn.Module:
         if isinstance(module, MaskLayer):
             continue
         if frozen and path:
-            module.train = types.MethodType(_frozen_train, module)
+            module.train = _FrozenTrain(module)
             setattr(module, _FLAG, True)
         elif not frozen and getattr(module, _FLAG, False):
             del module.train
