@@ -105,3 +105,20 @@ def test_cuda_inductor_compiled_equals_eager(name, train):
     with torch.no_grad():
         layer.noise_step.copy_(step)
     torch.testing.assert_close(y_compiled, layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_vmap_over_keys_through_functional_call_equals_eager_loop():
+    from torch.func import functional_call, vmap
+
+    from neurosurgeon.functional import random as nr
+
+    layer = mask_layer("HardConcreteLinear", ablation="randomly_sampled", key=1).eval()
+    x = example_input("Linear")
+    state = {**dict(layer.named_parameters()), **dict(layer.named_buffers())}
+
+    def run(k):
+        return functional_call(layer, {**state, "mask_key": k}, (x,))
+
+    keys = nr.split(nr.key(0), 3)
+    compiled = torch.compile(lambda ks: vmap(run)(ks), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(keys), torch.stack([run(k) for k in keys]), rtol=1e-6, atol=1e-6)
