@@ -6,9 +6,11 @@ index (lower index pruned first), so the count is exact for any input.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ._checks import check_fraction
+from ._checks import check_fraction, concrete_int
 
 __all__ = ["magnitude_mask", "num_pruned"]
 
@@ -16,6 +18,44 @@ __all__ = ["magnitude_mask", "num_pruned"]
 def num_pruned(numel: int, prune_percentage: float) -> int:
     """How many of ``numel`` entries a prune fraction removes: Python ``round(p * n)``."""
     return int(round(check_fraction("prune_percentage", prune_percentage) * numel))
+
+
+def _wrapped(t: torch.Tensor) -> bool:
+    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+_SAMPLE = 65536
+
+
+def _kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th smallest entry of 1-d ``x`` (exactly ``torch.kthvalue(x, k).values``), faster for large x.
+
+    Floyd & Rivest (1975): a strided sample brackets the k-th value between two sample order
+    statistics; one pass counts the entries below the bracket and gathers those inside it, and
+    ``kthvalue`` runs on that small band only. If the bracket misses (adversarially ordered
+    data), it falls back to one full ``kthvalue``.
+    """
+    n = x.numel()
+    if n <= 8 * _SAMPLE:
+        return torch.kthvalue(x, k).values
+    sample = x[:: n // _SAMPLE]
+    s = sample.numel()
+    q = k / n
+    margin = 5.0 * math.sqrt(s * q * (1.0 - q)) + 32
+    lo_rank, hi_rank = int(q * s - margin), int(math.ceil(q * s + margin))
+    lo = torch.kthvalue(sample, lo_rank).values if lo_rank >= 1 else None
+    hi = torch.kthvalue(sample, hi_rank).values if hi_rank <= s else None
+    if lo is None:
+        below, in_band = 0, x <= hi
+    else:
+        in_band = x >= lo
+        below = n - int(torch.count_nonzero(in_band))
+        if hi is not None:
+            in_band &= x <= hi
+    band = torch.masked_select(x, in_band)
+    if not 1 <= k - below <= band.numel():
+        return torch.kthvalue(x, k).values
+    return torch.kthvalue(band, k - below).values
 
 
 def magnitude_mask(weight: torch.Tensor, *, prune_percentage: float = 0.2) -> torch.Tensor:
@@ -38,11 +78,22 @@ def magnitude_mask(weight: torch.Tensor, *, prune_percentage: float = 0.2) -> to
         return torch.ones_like(weight)
     if k == n:
         return torch.zeros_like(weight)
-    mag = weight.detach().abs().flatten()
-    threshold = torch.kthvalue(mag, k).values
+    mag = weight.detach().abs().reshape(-1)
+    threshold = torch.kthvalue(mag, k).values if _wrapped(mag) else _kth_smallest(mag, k)
+    kept = mag > threshold
+    surplus = concrete_int(torch.count_nonzero(kept))
+    if surplus is not None:
+        # Eager fast path: ties at the threshold are rare, so find them only when some must be
+        # kept: the last (by index) `surplus` of them, the same rule as the cumsum path below.
+        surplus = (n - k) - surplus
+        if surplus > 0:
+            ties = (mag == threshold).nonzero().squeeze(1)
+            kept[ties[ties.numel() - surplus:]] = True
+        return kept.to(weight.dtype).reshape(weight.shape)
+    # Value-independent path (torch.compile graphs, functorch transforms): entries equal to the
+    # threshold are pruned in index order until exactly k are pruned.
     below = mag < threshold
     at = mag == threshold
-    # Entries equal to the threshold are pruned in index order until exactly k are pruned.
     quota = k - below.sum()
     tie_rank = torch.cumsum(at.to(torch.int64), dim=0)
     pruned = below | (at & (tie_rank <= quota))
