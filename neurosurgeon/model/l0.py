@@ -33,7 +33,7 @@ def l0_penalty(model: nn.Module) -> torch.Tensor:
     Example:
         >>> import torch, torch.nn as nn, neurosurgeon as ns
         >>> net = nn.Sequential(nn.Linear(4, 3)); _ = ns.inject_masks(net, "0", key=0)
-        >>> float(ns.l0_penalty(net.train()))  # 12 weights, sigma(0) = 0.5 each
+        >>> ns.l0_penalty(net.train()).item()  # 12 weights, sigma(0) = 0.5 each
         6.0
     """
     total = None
