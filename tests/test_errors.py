@@ -342,12 +342,13 @@ def test_complement_sampling_of_a_subnetwork_over_half_the_layer_states_both_cou
 
 def test_functional_validation_adds_no_host_reads_under_vmap():
     """The checks are shape/type checks (plus a value check skipped under transforms): vmap over keys works."""
-    theta = torch.randn(3, 4)
+    theta = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
     keys = nr.split(K, 3)
 
     def one(k):
         return F.layer_masks(W, B, theta, None, k, strategy="hard_concrete", kind="linear", hard=False).weight_mask
 
     out = torch.func.vmap(one)(keys)
-    assert torch.equal(out[1], one(keys[1]))
+    # Batched and unbatched float kernels may round differently in the last bit.
+    torch.testing.assert_close(out[1], one(keys[1]), rtol=1e-6, atol=1e-6)
     assert not math.isnan(float(out.sum()))
