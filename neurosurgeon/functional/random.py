@@ -45,24 +45,25 @@ def _to_u32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.int64) & _MASK32
 
 
-def _rotl_(x: torch.Tensor, r: int) -> torch.Tensor:
-    # int32 shifts are arithmetic, so mask off the sign-extended bits to get a logical shift.
-    high = x << r
-    return x.bitwise_right_shift_(32 - r).bitwise_and_((1 << r) - 1).bitwise_or_(high)
-
-
 def _threefry_i32(k0: torch.Tensor, k1: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor):
     """Threefry-2x32-20 on int32 words (wrap-around arithmetic).
 
     In place after the first key injection: torch eager does not fuse element-wise ops, and
-    reusing two buffers is ~10x faster than allocating a tensor per op.
+    reusing buffers is far faster than allocating (and page-faulting) a tensor per op. The
+    rotation's left shift goes to a scratch buffer when no transform is active (``out=`` does
+    not compose with vmap, and torch.compile fuses the chain anyway).
     """
     ks = (k0, k1, k0 ^ k1 ^ _PARITY)
     x0 = c0 + ks[0]
     x1 = c1 + ks[1]
+    plain = not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(x1)
+    scratch = torch.empty_like(x1) if plain else None
     for i in range(_ROUNDS):
+        r = _ROTATIONS[i % 8]
         x0.add_(x1)
-        _rotl_(x1, _ROTATIONS[i % 8]).bitwise_xor_(x0)
+        high = torch.bitwise_left_shift(x1, r, out=scratch) if plain else x1 << r
+        # int32 shifts are arithmetic: mask off the sign-extended bits for a logical shift.
+        x1.bitwise_right_shift_(32 - r).bitwise_and_((1 << r) - 1).bitwise_or_(high).bitwise_xor_(x0)
         if i % 4 == 3:  # key injection s after every 4 rounds
             s = i // 4 + 1
             x0.add_(ks[s % 3])
