@@ -568,3 +568,20 @@ def test_bake_draws_nothing_from_global_rng(name):
     state = torch.get_rng_state()
     layer.bake()
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("name", LEARNED_CLASSES)
+def test_toggling_mask_bias_keeps_the_learned_weight_mask(name):
+    layer = mask_layer(name)
+    theta = layer.weight_mask_params
+    before = theta.detach().clone()
+    layer.mask_bias = True
+    assert layer.weight_mask_params is theta and torch.equal(theta, before)
+    assert layer.bias_mask_params.shape == layer.bias.shape
+    layer.eval()
+    layer(example_input(suffix_of(name)))
+    assert layer.bias_mask is not None
+    layer.mask_bias = False
+    assert layer.bias_mask_params is None and torch.equal(layer.weight_mask_params, before)
+    layer(example_input(suffix_of(name)))
+    assert layer.bias_mask is None

@@ -6,7 +6,6 @@ training and 1[theta > 0] when hard; see :mod:`neurosurgeon.functional.continuou
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from .. import functional as F
@@ -33,12 +32,8 @@ class ContSparseLayer(MaskLayer):
         self._temperature = check_temperature(temperature)
         super().__init__(**kwargs)
 
-    def _make_mask_params(self) -> None:
-        def make(shape):
-            return nn.Parameter(torch.full(shape, self._mask_init_value, dtype=self._mask_params_dtype(), device=self.weight.device))
-
-        self.weight_mask_params = make(F.mask_shape(self._layer.kind, tuple(self.weight.shape), self._mask_unit))
-        self.bias_mask_params = make(tuple(self.bias.shape)) if self._mask_bias else None
+    def _mask_init(self) -> float:
+        return self._mask_init_value
 
     def _hparams(self):
         return {"temperature": self._temperature}

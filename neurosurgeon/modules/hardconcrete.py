@@ -7,7 +7,6 @@ counter; when hard, z = 1[theta > 0]. See :mod:`neurosurgeon.functional.hard_con
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from .. import functional as F
@@ -37,14 +36,8 @@ class HardConcreteLayer(MaskLayer):
         self._temperature = check_temperature(temperature)
         super().__init__(**kwargs)
 
-    def _make_mask_params(self) -> None:
-        init = F.hard_concrete_init(self._mask_init_percentage)
-
-        def make(shape):
-            return nn.Parameter(torch.full(shape, init, dtype=self._mask_params_dtype(), device=self.weight.device))
-
-        self.weight_mask_params = make(F.mask_shape(self._layer.kind, tuple(self.weight.shape), self._mask_unit))
-        self.bias_mask_params = make(tuple(self.bias.shape)) if self._mask_bias else None
+    def _mask_init(self) -> float:
+        return F.hard_concrete_init(self._mask_init_percentage)
 
     def _hparams(self):
         return {"temperature": self._temperature, "left": self._left, "right": self._right}

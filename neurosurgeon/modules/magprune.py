@@ -32,6 +32,9 @@ class MagPruneLayer(MaskLayer):
     def _make_mask_params(self) -> None:
         pass  # the mask is a function of the weight itself
 
+    def _make_bias_mask_params(self) -> None:
+        pass
+
     def _mask_tensors(self):
         return self.weight, (self.bias if self._mask_bias else None)
 

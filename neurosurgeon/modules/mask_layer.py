@@ -116,8 +116,20 @@ class MaskLayer(nn.Module):
         self._layer.reset(self)
         self.reset_mask_parameters()
 
-    def _make_mask_params(self) -> None:
+    def _mask_init(self) -> float:
+        """Initial value of every mask parameter (the strategy's init rule)."""
         raise NotImplementedError
+
+    def _new_mask_params(self, shape: tuple[int, ...]) -> nn.Parameter:
+        return nn.Parameter(torch.full(shape, self._mask_init(), dtype=self._mask_params_dtype(), device=self.weight.device))
+
+    def _make_mask_params(self) -> None:
+        self.weight_mask_params = self._new_mask_params(
+            F.mask_shape(self._layer.kind, tuple(self.weight.shape), self._mask_unit))
+        self._make_bias_mask_params()
+
+    def _make_bias_mask_params(self) -> None:
+        self.bias_mask_params = self._new_mask_params(tuple(self.bias.shape)) if self._mask_bias else None
 
     # -- properties ----------------------------------------------------------------------
     @property
@@ -149,8 +161,11 @@ class MaskLayer(nn.Module):
         if value and self.bias is None:
             raise ValueError("mask_bias=True needs a bias, but this layer has none")
         if value != self._mask_bias:
+            # Only the bias mask appears or goes: a learned weight mask is kept.
             self._mask_bias = value
-            self.reset_mask_parameters()
+            self._cache = None
+            self._checked = None
+            self._make_bias_mask_params()
 
     @property
     def use_masks(self) -> bool:
