@@ -585,3 +585,17 @@ def test_toggling_mask_bias_keeps_the_learned_weight_mask(name):
     assert layer.bias_mask_params is None and torch.equal(layer.weight_mask_params, before)
     layer(example_input(suffix_of(name)))
     assert layer.bias_mask is None
+
+
+@pytest.mark.parametrize("name", ["ContSparseConv2d", "HardConcreteGPTConv1D"])
+def test_changing_mask_unit_reshapes_weight_mask_and_keeps_bias_mask(name):
+    layer = mask_layer(name, mask_bias=True)
+    bias_theta = layer.bias_mask_params
+    before = bias_theta.detach().clone()
+    layer.mask_unit = "neuron"
+    kind = layer._layer.kind
+    assert tuple(layer.weight_mask_params.shape) == F.mask_shape(kind, tuple(layer.weight.shape), "neuron")
+    assert layer.bias_mask_params is bias_theta and torch.equal(bias_theta, before)
+    layer.eval()
+    layer(example_input(suffix_of(name)))
+    assert layer.weight_mask.shape == layer.weight.shape

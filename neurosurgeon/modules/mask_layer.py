@@ -124,9 +124,12 @@ class MaskLayer(nn.Module):
         return nn.Parameter(torch.full(shape, self._mask_init(), dtype=self._mask_params_dtype(), device=self.weight.device))
 
     def _make_mask_params(self) -> None:
+        self._make_weight_mask_params()
+        self._make_bias_mask_params()
+
+    def _make_weight_mask_params(self) -> None:
         self.weight_mask_params = self._new_mask_params(
             F.mask_shape(self._layer.kind, tuple(self.weight.shape), self._mask_unit))
-        self._make_bias_mask_params()
 
     def _make_bias_mask_params(self) -> None:
         self.bias_mask_params = self._new_mask_params(tuple(self.bias.shape)) if self._mask_bias else None
@@ -148,8 +151,11 @@ class MaskLayer(nn.Module):
     def mask_unit(self, value: str) -> None:
         value = check_choice("mask_unit", value, MASK_UNITS)
         if value != self._mask_unit:
+            # The weight mask changes shape and starts again; a learned bias mask is kept.
             self._mask_unit = value
-            self.reset_mask_parameters()
+            self._cache = None
+            self._checked = None
+            self._make_weight_mask_params()
 
     @property
     def mask_bias(self) -> bool:
