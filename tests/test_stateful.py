@@ -188,6 +188,14 @@ class MaskLayerMachine(RuleBasedStateMachine):
         assert tuple(wp.shape) == F.mask_shape(self.kind, tuple(self.layer.weight.shape), unit)
         self.last_random = None
 
+    @rule(value=st.booleans())
+    def set_mask_bias(self, value):
+        self.layer.mask_bias = value
+        self.kwargs["mask_bias"] = value
+        if self.strategy != "magnitude_pruning":
+            assert (self.layer.bias_mask_params is not None) == value
+        self.last_random = None
+
     @rule(data=st.data())
     def state_dict_round_trip(self, data):
         """Save, load into a fresh layer built with another key, copy the non-state settings:
