@@ -493,16 +493,18 @@ def test_cuda_bf16_training_step_runs():
     unit=st.sampled_from(["weight", "neuron"]),
     key=st.integers(0, 2**32),
     seed=st.integers(0, 1000),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
 )
-def test_property_module_masks_binary_and_sampled_counts_exact(name, ablation, unit, key, seed):
+def test_property_module_masks_binary_and_sampled_counts_exact(name, ablation, unit, key, seed, dtype):
     kwargs = {} if name.startswith("MagPrune") else dict(mask_unit=unit)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        layer = mask_layer(name, key=key, **kwargs)
+        layer = mask_layer(name, key=key, dtype=dtype, **kwargs)
     mixed_sign_(layer, seed)
     layer.eval()
-    x = example_input(suffix_of(name), batch=1)
-    layer(x)
+    x = example_input(suffix_of(name), dtype, batch=1)
+    assert layer(x).dtype == dtype
+    assert layer.weight_mask.dtype == dtype
     h = layer.weight_mask.clone()
     layer.ablation = ablation
     if ablation == "complement_sampled" and 2 * int(h.sum()) > h.numel():
