@@ -75,7 +75,8 @@ def masked_state(
             bp = get("bias_mask_params") if spec.mask_bias else None
         else:
             wp, bp = weight, (bias if spec.mask_bias else None)
-        layer_key = None if key is None else nr.fold_in(key, i)
+        # Draw on the layer's device, as the module (whose key buffer lives there) does.
+        layer_key = None if key is None else nr.fold_in(key.to(weight.device), i)
         masks = F.layer_masks(weight, bias, wp, bp, layer_key, strategy=spec.strategy, kind=spec.kind,
                               hard=hard or not spec.has_params, ablation=ablation, **spec.hparams)
         p = F.apply_layer_masks(weight, bias, masks)
