@@ -199,3 +199,16 @@ def test_the_freeze_survives_deepcopy_and_pickling(tmp_path):
         clone.train()
         assert clone[0].training and not clone[2].training and not clone[4].training
         assert clone[2].train() is clone[2]
+
+
+def test_injecting_twice_then_unfreezing_restores_every_base_parameter():
+    model = mlp()
+    ns.inject_masks(model, "0", key=0)
+    ns.inject_masks(model, "3", key=1)
+    ns.set_freeze_base(model, False)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_the_model_itself_cannot_be_a_target():
+    with pytest.raises(ValueError, match="the model itself"):
+        ns.inject_masks(nn.Linear(2, 2), "", key=0)

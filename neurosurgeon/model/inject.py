@@ -26,7 +26,7 @@ from ..modules import (
     MagPruneLinear,
     MaskLayer,
 )
-from .freeze import set_freeze_base
+from .freeze import _GRAD, set_freeze_base
 from .select import resolve_targets
 
 __all__ = ["inject_masks", "MASK_CLASSES", "model_key"]
@@ -156,6 +156,7 @@ def inject_masks(
             layer_key = nr.fold_in(root_key, index[id(base)]).to(base.weight.device)
             has_bias = getattr(base, "bias", None) is not None
             masked = classes[type(base)].from_layer(base, key=layer_key, mask_bias=mask_bias and has_bias, **common)
+            _carry_freeze_record(base, masked)
             tied = by_weight.get(id(base.weight))
             if tied is not None and type(tied) is type(masked):
                 _tie_masks(masked, tied)
@@ -168,6 +169,13 @@ def inject_masks(
     if freeze_base:
         set_freeze_base(model, True)
     return out
+
+
+def _carry_freeze_record(base: nn.Module, masked: MaskLayer) -> None:
+    """Keep the ``requires_grad`` a frozen base layer had, so unfreezing restores it."""
+    record = getattr(base, _GRAD, None)
+    if record is not None:
+        setattr(masked, _GRAD, dict(record))
 
 
 def _tie_masks(layer: MaskLayer, owner: MaskLayer) -> None:

@@ -131,6 +131,9 @@ def resolve_targets(model: nn.Module, targets) -> list[str]:
                     hint = f"; did you mean {close}?" if close else ""
                     raise ValueError(f"target {t!r} is not a module of {type(model).__name__}{hint}")
                 m = by_name[t]
+                if not t:
+                    raise ValueError("target '' is the model itself, which cannot be replaced in place; "
+                                     "wrap it (e.g. nn.Sequential(layer)) or use the layer classes directly")
                 if isinstance(m, MaskLayer):
                     raise ValueError(f"target {t!r} is already a mask layer ({type(m).__name__})")
                 if type(m) not in SUPPORTED_LAYERS:
