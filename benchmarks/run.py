@@ -3,6 +3,8 @@
     python -m benchmarks.run            # full suite (GPT-2-small shapes), ~15-25 min on 2 cores
     python -m benchmarks.run --smoke    # tiny shapes, one repeat: checks the suite still runs
     python -m benchmarks.run --only 1,3 --threads 2 --output /tmp/results.md
+    python -m benchmarks.run --json benchmarks/results.json   # also keep the raw numbers
+    python -m benchmarks.run --render benchmarks/results.json # re-render RESULTS.md only
 
 Every ratio is measured in one process with the contenders interleaved (medians over the
 repeats), at 2 threads by default. The original NeuroSurgeon 0.1.0 (``pip install
@@ -117,8 +119,9 @@ def to_markdown(report: dict) -> str:
         if res["info"]:
             lines.append(f"- info: `{json.dumps(res['info'], default=str)}`")
         lines.append(f"- elapsed: {res['elapsed_s']:.1f} s")
-        if res["id"] in BOUNDS:
-            lines += ["", BOUNDS[res["id"]]]
+        bound = BOUNDS.get(res["id"], BOUNDS.get(str(res["id"])))
+        if bound:
+            lines += ["", bound]
         lines.append("")
     lines += ["## Profile notes", "", PROFILE_NOTES, ""]
     return "\n".join(lines)
@@ -131,7 +134,17 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", default=None, help="markdown path (default benchmarks/RESULTS.md; smoke: none)")
     ap.add_argument("--json", default=None, help="also write the raw results as JSON here")
+    ap.add_argument("--render", default=None, metavar="JSON",
+                    help="only re-render the markdown from a saved --json report (e.g. after editing notes.py)")
     args = ap.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            report = json.load(f)
+        out = args.output or os.path.join(HERE, "RESULTS.md")
+        with open(out, "w") as f:
+            f.write(to_markdown(report))
+        print(f"[benchmarks] wrote {out}")
+        return 0
     only = {int(s) for s in args.only.split(",") if s.strip()}
     report = run(smoke=args.smoke, only=only or None, threads=args.threads)
     out = args.output or (None if args.smoke else os.path.join(HERE, "RESULTS.md"))

@@ -23,14 +23,14 @@ from ._timing import interleaved, ratio
 FULL = dict(
     smoke=False, d_in=768, d_out=3072, tokens=1024, n_masks=64, density=0.1, mag_shape=(21000, 4000),
     gpt2=dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
-    gpt2_batch=(2, 256), baselines=50, baseline_batch=(16, 32), baseline_chunk=10, orig_baselines=8,
-    repeats=dict(w1=9, w2=15, w3=3, w4=5, w5=3, w6=2, w7=5), compile_backend="inductor",
+    gpt2_batch=(2, 256), baselines=50, baseline_batch=(16, 32), baseline_chunk=10, orig_baselines=5,
+    repeats=dict(w1=5, w2=9, w3=2, w4=3, w5=3, w6=1, w7=3), compile_backend="inductor", warmup=1,
 )
 SMOKE = dict(
     smoke=True, d_in=16, d_out=32, tokens=8, n_masks=4, density=0.1, mag_shape=(64, 32),
     gpt2=dict(n_layer=2, n_embd=32, n_head=2, vocab_size=101, n_positions=64),
     gpt2_batch=(2, 8), baselines=3, baseline_batch=(2, 8), baseline_chunk=2, orig_baselines=2,
-    repeats=dict(w1=1, w2=1, w3=1, w4=1, w5=1, w6=1, w7=1), compile_backend="eager",
+    repeats=dict(w1=1, w2=1, w3=1, w4=1, w5=1, w6=1, w7=1), compile_backend="eager", warmup=0,
 )
 
 
@@ -105,7 +105,7 @@ def w1(cfg, orig):
     layers = _masked_linears(cfg, orig)
     x = torch.randn(cfg["tokens"], cfg["d_in"], requires_grad=True)
     gy = torch.randn(cfg["tokens"], cfg["d_out"])
-    t = interleaved({n: _linear_step(layer, x, gy) for n, layer in layers.items()}, repeats=cfg["repeats"]["w1"])
+    t = interleaved({n: _linear_step(layer, x, gy) for n, layer in layers.items()}, repeats=cfg["repeats"]["w1"], warmup=cfg["warmup"])
     rows = [
         _ratio_row("CS step / plain Linear step (ours)", t, "ours_cs", "plain", 1.05),
         _ratio_row("HC step / plain Linear step (ours)", t, "ours_hc", "plain", 1.15),
@@ -138,7 +138,7 @@ def w2(cfg, orig):
                 layer(x)
         return run
 
-    t = interleaved({n: fwd(layer) for n, layer in layers.items()}, repeats=cfg["repeats"]["w2"])
+    t = interleaved({n: fwd(layer) for n, layer in layers.items()}, repeats=cfg["repeats"]["w2"], warmup=cfg["warmup"])
     rows = [_ratio_row("eval forward / plain Linear (ours)", t, "ours", "plain", 1.05),
             _ratio_row("eval forward / plain Linear (original)", t, "orig", "plain")]
     return {"id": 2, "title": "eval-mode forward with a hard mask (continuous sparsification)", "timings": t,
@@ -193,7 +193,7 @@ def w3(cfg, orig):
             _set_theta(o, theta)
             o.train(False)
             contenders["orig_module_loop"] = module_loop(o)
-        t = interleaved(contenders, repeats=cfg["repeats"]["w3"])
+        t = interleaved(contenders, repeats=cfg["repeats"]["w3"], warmup=cfg["warmup"])
         short = "CS" if ablation == "complement_sampled" else "RS"
         for name, v in t.items():
             timings[f"{short}:{name}"] = v
@@ -218,7 +218,7 @@ def w4(cfg, orig):
     k = F.num_pruned(n, 0.2)
     flat = w.reshape(-1)
     t = interleaved({"plain_kthvalue": lambda: torch.kthvalue(flat, k),
-                     "ours": lambda: F.magnitude_mask(w, prune_percentage=0.2)}, repeats=cfg["repeats"]["w4"])
+                     "ours": lambda: F.magnitude_mask(w, prune_percentage=0.2)}, repeats=cfg["repeats"]["w4"], warmup=cfg["warmup"])
     info = {"numel": n}
     if orig is not None:
         lin = nn.Linear(cfg["mag_shape"][1], cfg["mag_shape"][0], bias=False)
@@ -287,8 +287,9 @@ def gpt2_train_step(contender: str, cfg, *, compile_backend: str | None = None):
 
 
 def w5(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
-    names = ["plain", "ours_cs", "ours_hc"] + (["orig_cs", "orig_hc"] if orig is not None else [])
-    t = interleaved({n: gpt2_train_step(n, cfg) for n in names}, repeats=cfg["repeats"]["w5"])
+    strategies = ["cs"] if cfg["smoke"] else ["cs", "hc"]
+    names = ["plain"] + [f"{w}_{s}" for s in strategies for w in ("ours", "orig") if w == "ours" or orig is not None]
+    t = interleaved({n: gpt2_train_step(n, cfg) for n in names}, repeats=cfg["repeats"]["w5"], warmup=cfg["warmup"])
     rows = [
         _ratio_row("CS train step: ours / original", t, "ours_cs", "orig_cs", 0.9),
         _ratio_row("HC train step: ours / original", t, "ours_hc", "orig_hc", 0.9),
@@ -371,7 +372,7 @@ def w6(cfg, orig):
     contenders = {"ours_vmapped_all": ours_all, "plain_seq": seq(models["plain"], False)}
     if "orig" in models:
         contenders["orig_seq"] = seq(models["orig"], True)
-    t = interleaved(contenders, repeats=cfg["repeats"]["w6"], warmup=0 if not cfg["smoke"] else 1)
+    t = interleaved(contenders, repeats=cfg["repeats"]["w6"], warmup=cfg["warmup"])
     # the sequential contenders ran n_seq evaluations: scale to K
     rows = [
         _ratio_row(f"{K} baselines: original sequential / ours vmapped (speed-up)", t, "orig_seq", "ours_vmapped_all",
@@ -394,6 +395,8 @@ def w7(cfg, orig):
     x = torch.randn(cfg["tokens"], cfg["d_in"], requires_grad=True)
     gy = torch.randn(cfg["tokens"], cfg["d_out"])
     contenders = {}
+    if cfg["smoke"]:  # one contender exercises the path
+        layers = {"ours_cs": layers["ours_cs"]}
     for n, layer in layers.items():
         contenders[f"w1:{n}:eager"] = _linear_step(layer, x, gy)
         compiled = copy.deepcopy(layer)
@@ -401,13 +404,13 @@ def w7(cfg, orig):
         compiled.forward = torch.compile(compiled.forward, backend=backend)
         contenders[f"w1:{n}:compiled"] = step
     if not cfg["smoke"]:  # tracing a GPT-2 takes too long for a smoke run
-        for n in ("ours_cs", "ours_hc"):
+        for n in ("ours_cs",):  # compiling a GPT-2 costs minutes on 2 cores: one strategy
             contenders[f"w5:{n}:eager"] = gpt2_train_step(n, cfg)
             contenders[f"w5:{n}:compiled"] = gpt2_train_step(n, cfg, compile_backend=backend)
-    t = interleaved(contenders, repeats=cfg["repeats"]["w7"], warmup=2)
+    t = interleaved(contenders, repeats=cfg["repeats"]["w7"], warmup=1 + cfg["warmup"])
     rows = []
     for w in ("w1", "w5"):
-        for n in layers:
+        for n in ("plain", "ours_cs", "ours_hc"):
             if f"{w}:{n}:eager" in t:
                 rows.append(_ratio_row(f"workload {w[1]} {n}: eager / compiled (speed-up)", t, f"{w}:{n}:eager",
                                        f"{w}:{n}:compiled"))
