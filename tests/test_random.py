@@ -1,8 +1,6 @@
 """The explicit PRNG (neurosurgeon.functional.random): Threefry-2x32-20 known answers, key
 derivation, value ranges and dtypes, statistical quality, and vmap over keys."""
 
-import math
-
 import pytest
 import torch
 from hypothesis import given
@@ -10,10 +8,7 @@ from hypothesis import strategies as st
 
 from neurosurgeon.functional import random as nr
 
-try:
-    from scipy import stats
-except ImportError:  # pragma: no cover - scipy is optional
-    stats = None
+from _stats import chi2_uniform_pvalue as _chi2_uniform_pvalue
 
 FLOATS = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
@@ -23,19 +18,6 @@ KAT = [
     ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
     ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
 ]
-
-
-def _chi2_uniform_pvalue(counts: torch.Tensor) -> float:
-    """p-value of Pearson's chi-square test that ``counts`` come from equal-probability bins."""
-    counts = counts.to(torch.float64)
-    expected = counts.sum() / counts.numel()
-    stat = float(((counts - expected) ** 2 / expected).sum())
-    dof = counts.numel() - 1
-    if stats is not None:
-        return float(stats.chi2.sf(stat, dof))
-    # Wilson-Hilferty normal approximation of the chi-square tail (accurate for dof >= 30).
-    z = ((stat / dof) ** (1 / 3) - (1 - 2 / (9 * dof))) / math.sqrt(2 / (9 * dof))
-    return 0.5 * math.erfc(z / math.sqrt(2))
 
 
 # -- known answers ----------------------------------------------------------------------------
