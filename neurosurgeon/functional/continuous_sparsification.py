@@ -26,6 +26,8 @@ def continuous_sparsification_mask(mask_params: torch.Tensor, *, temperature: fl
         tensor([0.5000, 0.5000])
     """
     beta = check_temperature(temperature)
+    if isinstance(beta, float) and beta == 1.0:
+        return torch.sigmoid(mask_params)  # theta * 1.0 == theta: skip a pass forward and backward
     return torch.sigmoid(mask_params * beta)
 
 
