@@ -156,8 +156,10 @@ def test_v0_l0_agrees_except_hard_concrete_neuron_penalty(name):
 def test_v0_conv_neuron_masks_fail_loudly_then_convert(name):
     rec = _fixture(name)
     layer = _ours(rec)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
     with pytest.raises(RuntimeError, match="size mismatch for weight_mask_params"):
         layer.load_state_dict(rec["state_dict"], strict=True)
+    assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())  # nothing half-loaded
     converted = from_v0_state_dict(rec["state_dict"])
     assert "_base_layer.weight" not in converted
     layer = _ours(rec, mask_unit="weight")

@@ -203,6 +203,25 @@ def test_setting_mask_bias_on_a_layer_without_bias_is_rejected_unchanged(name):
     assert_same_snapshot(before, snapshot(layer))
 
 
+# -- loading mismatched state dicts ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_mismatched_state_dict_lists_every_mismatch_and_changes_nothing(name):
+    layer = make(name, mask_bias=True)
+    other = make(name, mask_bias=True, mask_unit="neuron", key=1)
+    sd = other.state_dict()
+    sd["bias_mask_params"] = torch.zeros(layer.bias.numel() + 1)
+    sd["weight"] = sd["weight"] + 1.0  # loadable on its own: must not be copied either
+    before = snapshot(layer)
+    with pytest.raises(RuntimeError) as info:
+        layer.load_state_dict(sd, strict=True)
+    msg = str(info.value)
+    assert "size mismatch for weight_mask_params" in msg and "size mismatch for bias_mask_params" in msg
+    assert str(tuple(other.weight_mask_params.shape)) in msg and str(tuple(layer.weight_mask_params.shape)) in msg
+    assert_same_snapshot(before, snapshot(layer))
+
+
 # -- non-finite mask parameters -------------------------------------------------------------------------
 
 

@@ -318,6 +318,18 @@ class MaskLayer(nn.Module):
             dup = state_dict.pop(prefix + "_base_layer." + name, None)
             if dup is not None:
                 state_dict.setdefault(prefix + name, dup)
+        # All or nothing: with any shape mismatch, report every one and change no tensor
+        # (torch alone would copy the matching entries before raising).
+        mismatches = [
+            f"size mismatch for {prefix}{name}: copying a param with shape {tuple(state_dict[prefix + name].shape)} "
+            f"from checkpoint, the shape in current model is {tuple(t.shape)}."
+            for name, t in (*self._parameters.items(), *self._buffers.items())
+            if t is not None and isinstance(state_dict.get(prefix + name), torch.Tensor)
+            and tuple(state_dict[prefix + name].shape) != tuple(t.shape)
+        ]
+        if mismatches:
+            error_msgs.extend(mismatches)
+            return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         self._cache = None
         self._checked = None
