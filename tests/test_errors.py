@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 
 import pytest
 import torch
-from transformers.pytorch_utils import Conv1D
 
 import neurosurgeon as ns
 import neurosurgeon.functional as F
