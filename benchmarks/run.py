@@ -87,7 +87,13 @@ def run(*, smoke: bool = False, only=None, threads: int = 2, memory: str | None 
             v = row["value"]
             log(f"    {row['name']}: {'n/a' if v is None else f'{v:.3f}'}  target {row['target']}  met {row['met']}")
         results.append(res)
-    return {"env": environment(threads), "config": cfg, "original_available": orig is not None,
+    env = environment(threads)
+    try:
+        with open("/proc/loadavg") as f:
+            env["load average at end"] = f.read().split()[:3]
+    except OSError:
+        pass
+    return {"env": env, "config": cfg, "original_available": orig is not None,
             "workloads": results, "elapsed_s": time.perf_counter() - start}
 
 
@@ -102,6 +108,9 @@ def to_markdown(report: dict) -> str:
              "do not edit by hand (the analysis text lives in `benchmarks/notes.py`).", "",
              "## Machine", ""]
     lines += [f"- {k}: {v}" for k, v in env.items()]
+    if cfg["smoke"]:
+        lines += ["", "**Smoke run: tiny shapes, no warm-up, one repeat. The values are meaningless; only the "
+                  "structure is checked.**"]
     lines += ["", "Ratios come from one process, contenders interleaved round by round in a rotating order, "
               "medians over the repeats. The machine is shared: absolute times are indicative only.", "",
               "## Ratios", "", "| # | ratio | value | target | met |", "|---|---|---|---|---|"]
