@@ -1,4 +1,4 @@
-"""The model-level documentation runs: module docstring examples and docs/model.md's example."""
+"""The documentation runs: module docstring examples, the README's quick start and its whole-model example."""
 
 import doctest
 import pathlib
@@ -9,7 +9,12 @@ import pytest
 import neurosurgeon.model as model_pkg
 from neurosurgeon.model import baselines, inject, l0, schedule
 
-DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "model.md"
+DOC = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _section(title: str) -> str:
+    text = DOC.read_text()
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
 @pytest.mark.parametrize("module", [inject, l0, schedule, baselines], ids=lambda m: m.__name__)
@@ -18,8 +23,15 @@ def test_docstring_examples_run(module):
     assert result.failed == 0
 
 
-def test_docs_model_example_runs(tmp_path, monkeypatch):
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+def test_readme_quick_start_runs(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", _section("Quick start"), re.S)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], str(DOC), "exec"), {"__name__": "__docs__"})
+
+
+def test_readme_whole_model_example_runs(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", _section("Masking a whole model"), re.S)
     assert blocks
     monkeypatch.chdir(tmp_path)
     exec(compile(blocks[0], str(DOC), "exec"), {"__name__": "__docs__"})
