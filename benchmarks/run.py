@@ -61,7 +61,8 @@ def environment(threads: int) -> dict:
     return env
 
 
-def run(*, smoke: bool = False, only=None, threads: int = 2, memory: str | None = None, log=print) -> dict:
+def run(*, smoke: bool = False, only=None, threads: int = 2, memory: str | None = None, log=print,
+        partial=None) -> dict:
     """Run the workloads; returns {"env", "config", "workloads": [result dicts], "elapsed_s"}."""
     torch.set_num_threads(threads)
     cfg = dict(workloads.SMOKE if smoke else workloads.FULL)
@@ -87,6 +88,9 @@ def run(*, smoke: bool = False, only=None, threads: int = 2, memory: str | None 
             v = row["value"]
             log(f"    {row['name']}: {'n/a' if v is None else f'{v:.3f}'}  target {row['target']}  met {row['met']}")
         results.append(res)
+        if partial is not None:  # e.g. rewrite RESULTS.md after each workload, so a long run can be cut short
+            partial({"env": environment(threads), "config": cfg, "original_available": orig is not None,
+                     "workloads": results, "elapsed_s": time.perf_counter() - start})
     env = environment(threads)
     try:
         with open("/proc/loadavg") as f:
@@ -155,15 +159,20 @@ def main(argv=None) -> int:
         print(f"[benchmarks] wrote {out}")
         return 0
     only = {int(s) for s in args.only.split(",") if s.strip()}
-    report = run(smoke=args.smoke, only=only or None, threads=args.threads)
     out = args.output or (None if args.smoke else os.path.join(HERE, "RESULTS.md"))
+
+    def write(report):
+        if out:
+            with open(out, "w") as f:
+                f.write(to_markdown(report))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=1, default=str)
+
+    report = run(smoke=args.smoke, only=only or None, threads=args.threads, partial=write)
+    write(report)
     if out:
-        with open(out, "w") as f:
-            f.write(to_markdown(report))
         print(f"[benchmarks] wrote {out}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1, default=str)
     print(f"[benchmarks] done in {report['elapsed_s']:.1f} s")
     return 0
 
