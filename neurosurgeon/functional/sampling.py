@@ -76,26 +76,64 @@ def _first_distinct(key: torch.Tensor, eligible: torch.Tensor | None, n: int, m:
         draws *= 2  # rare: the estimate fell short; the stream's prefix is unchanged
 
 
-def _sample_zeros_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int) -> torch.Tensor:
-    flat = eligible.reshape(-1)
+def _choose(key: torch.Tensor, flat: torch.Tensor, k: int):
+    """(chosen units, keep_side) for k zeros among the eligible units of ``flat``; None if trivial."""
     n = flat.numel()
     m = int(torch.count_nonzero(flat))
     if k > m:
         raise ValueError(f"cannot choose {k} mask units from only {m} eligible ones")
-    if k == 0:
-        return torch.zeros_like(eligible)
-    if k == m:
-        return eligible.clone()
+    if k == 0 or k == m:
+        return None, k == m
     keep_side = k > m - k  # draw the smaller side: the m - k survivors
-    chosen = _first_distinct(key, None if m == n else flat, n, m, m - k if keep_side else k)
-    picked = torch.zeros(n, dtype=torch.bool, device=flat.device).index_fill_(0, chosen, True)
-    out = flat & ~picked if keep_side else picked
-    return out.reshape(eligible.shape)
+    return _first_distinct(key, None if m == n else flat, n, m, m - k if keep_side else k), keep_side
+
+
+def _zeros_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, out: torch.Tensor) -> torch.Tensor:
+    """Write the bool zero-set (True = zeroed) into ``out`` (eligible's shape)."""
+    flat, dst = eligible.reshape(-1), out.view(-1)
+    chosen, keep_side = _choose(key, flat, k)
+    if chosen is None:
+        dst.copy_(flat) if keep_side else dst.zero_()
+    else:
+        dst.zero_().index_fill_(0, chosen, True)
+        if keep_side:
+            dst.logical_not_().logical_and_(flat)
+    return out
+
+
+def _mask_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, out: torch.Tensor) -> torch.Tensor:
+    """Write the sampled *mask* (1 = kept, 0 = zeroed) into ``out`` (floating, eligible's shape)
+    directly: one pass over n plus k scattered writes, instead of bool set, not, cast."""
+    flat, dst = eligible.reshape(-1), out.view(-1)
+    chosen, keep_side = _choose(key, flat, k)
+    if chosen is None:
+        torch.logical_not(flat, out=dst) if keep_side else dst.fill_(1)
+    elif keep_side:  # zero every eligible unit, then restore the chosen survivors
+        torch.logical_not(flat, out=dst).index_fill_(0, chosen, 1)
+    else:
+        dst.fill_(1).index_fill_(0, chosen, 0)
+    return out
+
+
+def _batched(kernel, op, info, in_dims, key, eligible, num_zeros, dtype):
+    # One unbatched kernel call per entry, written into its slice of one preallocated output:
+    # vmap == loop by construction, and each call touches a cache-sized working set (batched
+    # scatter/kthvalue over (K, n) are far slower on CPU, and stacking K outputs costs a copy).
+    args = (key, eligible, num_zeros)
+    slices = [tuple(a if d is None else a.select(d, i) for a, d in zip(args, in_dims)) for i in range(info.batch_size)]
+    if torch.compiler.is_compiling() or any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in args):
+        # traced by torch.compile, or nested vmap: one (opaque) op call per entry
+        extra = () if op is _sample_zeros_op else (dtype,)
+        return torch.stack([op(*sl, *extra) for sl in slices]), 0
+    out = torch.empty((info.batch_size, *slices[0][1].shape), dtype=dtype, device=eligible.device)
+    for i, (k_i, e_i, n_i) in enumerate(slices):
+        kernel(k_i, e_i, int(n_i), out[i])
+    return out, 0
 
 
 @torch.library.custom_op("neurosurgeon::sample_zeros", mutates_args=())
 def _sample_zeros_op(key: torch.Tensor, eligible: torch.Tensor, num_zeros: torch.Tensor) -> torch.Tensor:
-    return _sample_zeros_kernel(key, eligible, int(num_zeros))
+    return _zeros_kernel(key, eligible, int(num_zeros), torch.empty_like(eligible))
 
 
 @_sample_zeros_op.register_fake
@@ -103,18 +141,45 @@ def _(key, eligible, num_zeros):
     return torch.empty_like(eligible, dtype=torch.bool)
 
 
-def _sample_zeros_vmap(info, in_dims, key, eligible, num_zeros):
-    # One unbatched kernel call per entry: vmap == loop by construction, and each call touches
-    # a cache-sized working set (batched scatter/kthvalue over (K, n) is far slower on CPU).
-    args = (key, eligible, num_zeros)
-    outs = [
-        _sample_zeros_op(*(a if d is None else a.select(d, i) for a, d in zip(args, in_dims)))
-        for i in range(info.batch_size)
-    ]
-    return torch.stack(outs), 0
+torch.library.register_vmap(
+    _sample_zeros_op,
+    lambda info, in_dims, key, eligible, num_zeros: _batched(
+        _zeros_kernel, _sample_zeros_op, info, in_dims, key, eligible, num_zeros, torch.bool),
+)
 
 
-torch.library.register_vmap(_sample_zeros_op, _sample_zeros_vmap)
+@torch.library.custom_op("neurosurgeon::sampled_mask", mutates_args=())
+def _sampled_mask_op(key: torch.Tensor, eligible: torch.Tensor, num_zeros: torch.Tensor,
+                     dtype: torch.dtype) -> torch.Tensor:
+    return _mask_kernel(key, eligible, int(num_zeros), torch.empty(eligible.shape, dtype=dtype, device=eligible.device))
+
+
+@_sampled_mask_op.register_fake
+def _(key, eligible, num_zeros, dtype):
+    return torch.empty(eligible.shape, dtype=dtype, device=eligible.device)
+
+
+torch.library.register_vmap(
+    _sampled_mask_op,
+    lambda info, in_dims, key, eligible, num_zeros, dtype: _batched(
+        _mask_kernel, _sampled_mask_op, info, in_dims, key, eligible, num_zeros, dtype),
+)
+
+
+def _count_tensor(num_zeros: int | torch.Tensor) -> torch.Tensor:
+    if isinstance(num_zeros, int):
+        if num_zeros < 0:
+            raise ValueError(f"num_zeros must be >= 0, got {num_zeros}")
+        return torch.tensor(num_zeros, dtype=torch.int64)
+    return num_zeros.to(torch.int64)
+
+
+def _sampled_mask(key: torch.Tensor, eligible: torch.Tensor, num_zeros, dtype: torch.dtype) -> torch.Tensor:
+    """Ones except ``num_zeros`` units drawn from ``eligible``: ``(~sample_zeros(...)).to(dtype)``, fused."""
+    check_key(key)
+    if eligible.numel() > _MAX_UNITS:
+        raise ValueError(f"cannot sample over {eligible.numel()} mask units (at most {_MAX_UNITS})")
+    return _sampled_mask_op(key, eligible, _count_tensor(num_zeros), dtype)
 
 
 def sample_zeros(key: torch.Tensor, eligible: torch.Tensor, num_zeros: int | torch.Tensor) -> torch.Tensor:
@@ -138,13 +203,7 @@ def sample_zeros(key: torch.Tensor, eligible: torch.Tensor, num_zeros: int | tor
         raise ValueError(f"cannot sample over {n} mask units (at most {_MAX_UNITS})")
     if eligible.dtype != torch.bool:
         raise TypeError(f"eligible must be a bool tensor, got {eligible.dtype}")
-    if isinstance(num_zeros, int):
-        if num_zeros < 0:
-            raise ValueError(f"num_zeros must be >= 0, got {num_zeros}")
-        k = torch.tensor(num_zeros, dtype=torch.int64)
-    else:
-        k = num_zeros.to(torch.int64)
-    return _sample_zeros_op(key, eligible, k)
+    return _sample_zeros_op(key, eligible, _count_tensor(num_zeros))
 
 
 def _concrete_or_tensor(t: torch.Tensor) -> int | torch.Tensor:
@@ -184,7 +243,7 @@ def randomly_sampled_mask(key: torch.Tensor, hard_mask: torch.Tensor, *, num_zer
     """
     eligible = torch.ones_like(hard_mask, dtype=torch.bool)
     k = _checked_count(hard_mask, num_zeros, hard_mask.numel(), "randomly_sampled")
-    return (~sample_zeros(key, eligible, k)).to(hard_mask.dtype)
+    return _sampled_mask(key, eligible, k, hard_mask.dtype)
 
 
 def complement_sampled_mask(key: torch.Tensor, hard_mask: torch.Tensor, *, num_zeros: int | None = None) -> torch.Tensor:
@@ -198,4 +257,4 @@ def complement_sampled_mask(key: torch.Tensor, hard_mask: torch.Tensor, *, num_z
     if num_zeros is None:  # k = sum(h) = #(h != 0), counted once
         num_zeros = _concrete_or_tensor(hard_mask.numel() - available)
     k = _checked_count(hard_mask, num_zeros, available, "complement_sampled")
-    return (~sample_zeros(key, outside, k)).to(hard_mask.dtype)
+    return _sampled_mask(key, outside, k, hard_mask.dtype)
