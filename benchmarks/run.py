@@ -62,10 +62,11 @@ def environment(threads: int) -> dict:
 
 
 def run(*, smoke: bool = False, only=None, threads: int = 2, memory: str | None = None, log=print,
-        partial=None) -> dict:
+        partial=None, overrides=None) -> dict:
     """Run the workloads; returns {"env", "config", "workloads": [result dicts], "elapsed_s"}."""
     torch.set_num_threads(threads)
     cfg = dict(workloads.SMOKE if smoke else workloads.FULL)
+    cfg.update(overrides or {})
     orig = workloads.original()
     memory = memory or ("inprocess-skip" if smoke else "subprocess")
     results = []
@@ -147,6 +148,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", default=None, help="markdown path (default benchmarks/RESULTS.md; smoke: none)")
     ap.add_argument("--json", default=None, help="also write the raw results as JSON here")
+    ap.add_argument("--quick", action="store_true",
+                    help="full shapes, but no warm-up round for workload 6, 3 sequential originals, and no GPT-2 "
+                         "compile in workload 7 (minutes instead of tens of minutes on 2 loaded cores)")
     ap.add_argument("--render", default=None, metavar="JSON",
                     help="only re-render the markdown from a saved --json report (e.g. after editing notes.py)")
     args = ap.parse_args(argv)
@@ -169,7 +173,8 @@ def main(argv=None) -> int:
             with open(args.json, "w") as f:
                 json.dump(report, f, indent=1, default=str)
 
-    report = run(smoke=args.smoke, only=only or None, threads=args.threads, partial=write)
+    overrides = dict(w6_warmup=0, orig_baselines=3, w7_gpt2_compile=False) if args.quick else None
+    report = run(smoke=args.smoke, only=only or None, threads=args.threads, partial=write, overrides=overrides)
     write(report)
     if out:
         print(f"[benchmarks] wrote {out}")

@@ -372,7 +372,7 @@ def w6(cfg, orig):
     contenders = {"ours_vmapped_all": ours_all, "plain_seq": seq(models["plain"], False)}
     if "orig" in models:
         contenders["orig_seq"] = seq(models["orig"], True)
-    t = interleaved(contenders, repeats=cfg["repeats"]["w6"], warmup=cfg["warmup"])
+    t = interleaved(contenders, repeats=cfg["repeats"]["w6"], warmup=cfg.get("w6_warmup", cfg["warmup"]))
     # the sequential contenders ran n_seq evaluations: scale to K
     rows = [
         _ratio_row(f"{K} baselines: original sequential / ours vmapped (speed-up)", t, "orig_seq", "ours_vmapped_all",
@@ -403,7 +403,7 @@ def w7(cfg, orig):
         step = _linear_step(compiled, x, gy)
         compiled.forward = torch.compile(compiled.forward, backend=backend)
         contenders[f"w1:{n}:compiled"] = step
-    if not cfg["smoke"]:  # tracing a GPT-2 takes too long for a smoke run
+    if not cfg["smoke"] and cfg.get("w7_gpt2_compile", True):  # tracing a GPT-2 is too slow for a smoke run
         for n in ("ours_cs",):  # compiling a GPT-2 costs minutes on 2 cores: one strategy
             contenders[f"w5:{n}:eager"] = gpt2_train_step(n, cfg)
             contenders[f"w5:{n}:compiled"] = gpt2_train_step(n, cfg, compile_backend=backend)
