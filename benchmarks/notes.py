@@ -49,10 +49,21 @@ LM head) and 48 complement-sampled masks (85M mask units). The vmapped path batc
 forwards over keys (chunked), draws every layer's mask with the O(k) sampler and never
 touches module state; SDPA attention has no vmap batching rule in torch 2.13 and falls back
 to a per-key loop (a warning at run time), a small share of the time. The original resamples
-every layer's mask in eager torch and runs one forward per baseline.""",
+every layer's mask in eager torch and runs one forward per baseline. Measured per baseline (run
+A): plain unmasked forward ~1.0 s, ours ~2.0 s, original ~5.1 s. Ours spends about one forward's
+worth on masks: per key and layer it recomputes h = 1[theta > 0] and its count inside vmap
+(theta is unbatched, so this is K-fold redundant), samples 85M units, and materialises K x 85M
+effective weights (W*m) per chunk before the batched GEMMs. Reaching 3x needs the hard masks and
+counts hoisted out of the vmap (computed once per model, passed in as constants) and the
+sampled mask applied without a separate W*m pass; both live in neurosurgeon/model/baselines.py
+and functional/masking.py (other owners).""",
     7: """**Bound.** Inductor fuses the element-wise mask maths (and, for hard concrete, the Threefry rounds:
 ~2 ms instead of ~15-50 ms eager) into a few vectorised C++ loops around the GEMMs, which it
-leaves to MKL/oneDNN; the plain layer has nothing to fuse, so its speed-up is ~1.""",
+leaves to MKL/oneDNN; the plain layer has nothing to fuse, so its speed-up is ~1 (and can be
+below 1: the compiled graph adds a dispatch layer around the same GEMMs). The GPT-2 compile
+(workload 5 under torch.compile) was not measured in the final runs: compiling a 12-layer GPT-2
+train step with inductor takes many minutes on 2 loaded cores; `python -m benchmarks.run --only 7`
+(without `--quick`) measures it.""",
 }
 
 PROFILE_NOTES = """- Method: `torch.profiler` tables (`key_averages`, sorted by self CPU) of one step of every workload, and
