@@ -11,12 +11,12 @@ import torch.nn as nn
 from .. import functional as F
 from ..functional._checks import check_finite, check_temperature
 from ._layer_types import CONV1D, CONV2D, GPT_CONV1D, LINEAR
-from .mask_layer import MaskLayer
+from .mask_layer import MaskLayer, TemperedMixin
 
 __all__ = ["ContSparseLayer", "ContSparseLinear", "ContSparseGPTConv1D", "ContSparseConv1d", "ContSparseConv2d"]
 
 
-class ContSparseLayer(MaskLayer):
+class ContSparseLayer(TemperedMixin, MaskLayer):
     """Abstract continuous-sparsification layer.
 
     Args (beyond :class:`MaskLayer`):
@@ -45,15 +45,6 @@ class ContSparseLayer(MaskLayer):
     @mask_init_value.setter
     def mask_init_value(self, value: float) -> None:
         self._mask_init_value = check_finite("mask_init_value", value)
-
-    @property
-    def temperature(self) -> float:
-        """beta in sigma(beta * theta)."""
-        return self._temperature
-
-    @temperature.setter
-    def temperature(self, value: float) -> None:
-        self._temperature = check_temperature(value)
 
     @classmethod
     def from_layer(cls, layer: nn.Module, ablation: str = "none", mask_unit: str = "weight", mask_bias: bool = False,

@@ -12,12 +12,12 @@ import torch.nn as nn
 from .. import functional as F
 from ..functional._checks import check_fraction, check_stretch, check_temperature
 from ._layer_types import CONV1D, CONV2D, GPT_CONV1D, LINEAR
-from .mask_layer import MaskLayer
+from .mask_layer import MaskLayer, TemperedMixin
 
 __all__ = ["HardConcreteLayer", "HardConcreteLinear", "HardConcreteGPTConv1D", "HardConcreteConv1d", "HardConcreteConv2d"]
 
 
-class HardConcreteLayer(MaskLayer):
+class HardConcreteLayer(TemperedMixin, MaskLayer):
     """Abstract hard-concrete layer.
 
     Args (beyond :class:`MaskLayer`):
@@ -49,15 +49,6 @@ class HardConcreteLayer(MaskLayer):
     @mask_init_percentage.setter
     def mask_init_percentage(self, value: float) -> None:
         self._mask_init_percentage = check_fraction("mask_init_percentage", value)
-
-    @property
-    def temperature(self) -> float:
-        """beta of the concrete distribution."""
-        return self._temperature
-
-    @temperature.setter
-    def temperature(self, value: float) -> None:
-        self._temperature = check_temperature(value)
 
     @property
     def left_stretch(self) -> float:

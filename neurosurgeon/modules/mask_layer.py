@@ -15,10 +15,10 @@ import torch.nn as nn
 
 from .. import functional as F
 from ..functional import random as nr
-from ..functional._checks import ABLATIONS, MASK_UNITS, RANDOM_ABLATIONS, check_bool, check_choice, check_key
+from ..functional._checks import ABLATIONS, MASK_UNITS, RANDOM_ABLATIONS, check_bool, check_choice, check_key, check_temperature
 from ._layer_types import LayerType
 
-__all__ = ["MaskLayer"]
+__all__ = ["MaskLayer", "TemperedMixin"]
 
 
 def _initial_key(key: torch.Tensor | int | None, device) -> torch.Tensor:
@@ -345,3 +345,19 @@ class MaskLayer(nn.Module):
     def extra_repr(self) -> str:
         cfg = ", ".join(f"{n}={getattr(self, n)}" for n in self._layer.config)
         return f"{cfg}, bias={self.bias is not None}, ablation={self._ablation!r}, mask_unit={self._mask_unit!r}, mask_bias={self._mask_bias}"
+
+
+class TemperedMixin:
+    """The ``temperature`` property of the strategies with one: beta in sigma(beta * theta)
+    (continuous sparsification) or of the concrete distribution (hard concrete)."""
+
+    _temperature: float
+
+    @property
+    def temperature(self) -> float:
+        """The temperature beta; setting it validates (finite, > 0) and changes nothing else."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._temperature = check_temperature(value)
