@@ -211,3 +211,19 @@ def test_uniform_property_in_range_deterministic_and_key_sensitive(seed, n, dtyp
     other = nr.key((seed + 1) % 2**64)
     if n >= 8:
         assert not torch.equal(u, nr.uniform(other, (n,), dtype=dtype))
+
+
+def test_split_children_differ_from_fold_in_children_of_the_same_key():
+    """split and fold_in use disjoint counter domains: a key derived one way is never the other."""
+    k = nr.key(2026)
+    kids = nr.split(k, 16)
+    for i in range(16):
+        assert not torch.equal(kids[i], nr.fold_in(k, i))
+        # split's counter is (i, 2**31), outside every fold_in counter (lo, hi < 2**31)
+        expected = nr.threefry2x32(k, torch.tensor([i, 2**31], dtype=torch.int64))
+        assert torch.equal(kids[i], expected)
+
+
+def test_fold_in_rejects_data_outside_its_domain():
+    with pytest.raises(ValueError, match=r"data must be an int in \[0, 2\*\*63\)"):
+        nr.fold_in(nr.key(0), 2**63)

@@ -30,6 +30,7 @@ from ._checks import check_key
 __all__ = ["key", "split", "fold_in", "bits", "uniform", "normal", "threefry2x32"]
 
 _MASK32 = 0xFFFFFFFF
+_SPLIT_DOMAIN = -(2**31)  # high counter word 0x80000000 as int32
 _PARITY = 0x1BD11BDA  # Threefish key-schedule parity constant (Random123, threefry.h)
 _ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)  # Threefry-2x32 rotation constants R_32x2
 _ROUNDS = 20
@@ -130,7 +131,9 @@ def split(key_: torch.Tensor, num: int = 2) -> torch.Tensor:
         raise ValueError(f"num must be a positive int, got {num!r}")
     k = _to_i32(key_)
     c0 = torch.arange(num, dtype=torch.int32, device=key_.device)
-    y0, y1 = _threefry_i32(k[0], k[1], c0, torch.zeros_like(c0))
+    # Counters (i, 2**31): a domain fold_in (high word < 2**31) never reaches, so
+    # split(k, n)[i] and fold_in(k, d) are different keys for every i and d.
+    y0, y1 = _threefry_i32(k[0], k[1], c0, torch.full_like(c0, _SPLIT_DOMAIN))
     return torch.stack([_to_u32(y0), _to_u32(y1)], dim=-1)
 
 
@@ -139,7 +142,7 @@ def fold_in(key_: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
 
     Args:
         key_: a key ``(2,)``.
-        data: a Python int in [0, 2**64) or a 0-d integer tensor (may be batched by vmap).
+        data: a Python int in [0, 2**63) or a non-negative 0-d integer tensor (may be batched by vmap).
 
     Returns:
         a new key ``(2,)``: Threefry of the counter (data & 0xFFFFFFFF, data >> 32).
@@ -152,8 +155,8 @@ def fold_in(key_: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
         lo, hi = d & _MASK32, (d >> 32) & _MASK32
         counter = torch.stack([lo, hi])
     else:
-        if isinstance(data, bool) or not isinstance(data, int) or not 0 <= data < 2**64:
-            raise ValueError(f"data must be an int in [0, 2**64) or an integer tensor, got {data!r}")
+        if isinstance(data, bool) or not isinstance(data, int) or not 0 <= data < 2**63:
+            raise ValueError(f"data must be an int in [0, 2**63) or an integer tensor, got {data!r}")
         counter = torch.tensor([data & _MASK32, data >> 32], dtype=torch.int64, device=key_.device)
     return threefry2x32(key_, counter)
 
