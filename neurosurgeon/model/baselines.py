@@ -153,7 +153,9 @@ def evaluate_baselines(
         keys: int64 ``(K, 2)``, e.g. ``neurosurgeon.functional.random.split(key(0), K)``.
         ablation: usually ``randomly_sampled``, ``complement_sampled`` or ``random_ablate``;
             any ablation is accepted.
-        chunk_size: evaluate at most this many keys at once (bounds memory); default all.
+        chunk_size: evaluate at most this many keys at once (bounds memory); default all. For
+            large models on CPU small chunks are also faster, being bound by memory bandwidth:
+            GPT-2 small, 16 x 32 tokens, 2 threads: 1.9 s per key with chunks of 10, 1.5 s with 2.
 
     Returns:
         ``fn``'s result with a leading dimension K on every tensor.
