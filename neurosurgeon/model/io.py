@@ -4,11 +4,14 @@ A mask file holds, for every mask layer ``<name>``: ``<name>.weight_mask_params`
 ``<name>.bias_mask_params`` when the bias is masked; magnitude pruning has neither),
 ``<name>.mask_key`` and ``<name>.noise_step``, so random ablations and hard-concrete noise
 are reproduced exactly after loading. The metadata ``neurosurgeon`` entry is JSON with each
-layer's strategy, layer kind, mask unit, bias flag and hyper-parameters.
+layer's strategy, layer kind, mask unit, bias flag and hyper-parameters, and a SHA-256 of the
+tensors: safetensors checks the file's structure but not its contents, so a flipped byte
+would otherwise load as a silently different subnetwork.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -51,6 +54,42 @@ def mask_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The metadata and tensors of a mask file, or a ValueError saying why it is unreadable."""
+    from safetensors import SafetensorError, safe_open
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"mask file {path!r} does not exist")
+    try:
+        with safe_open(path, framework="pt") as f:
+            raw = (f.metadata() or {}).get("neurosurgeon")
+        tensors = load_file(path)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupted?): {e}") from None
+    if raw is None:
+        raise ValueError(f"{path} is not a neurosurgeon mask file (no 'neurosurgeon' metadata)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} has corrupted neurosurgeon metadata: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{path} has mask format {fmt!r}; this version reads {FORMAT!r}")
+    if "sha256" in meta and meta["sha256"] != _digest(tensors):
+        raise ValueError(f"{path} is corrupted: its tensors do not match the checksum written with them")
+    return meta, tensors
+
+
 def save_masks(model: nn.Module, path: str | os.PathLike) -> None:
     """Write ``model``'s masks (parameters and keys) to a safetensors file.
 
@@ -59,8 +98,9 @@ def save_masks(model: nn.Module, path: str | os.PathLike) -> None:
         path: file to write.
     """
     layers = require_mask_layers(model)
-    meta = {"format": FORMAT, "layers": {n: _describe(n, m) for n, m in layers.items()}}
-    save_file(mask_state(model), os.fspath(path), metadata={"neurosurgeon": json.dumps(meta)})
+    state = mask_state(model)
+    meta = {"format": FORMAT, "layers": {n: _describe(n, m) for n, m in layers.items()}, "sha256": _digest(state)}
+    save_file(state, os.fspath(path), metadata={"neurosurgeon": json.dumps(meta)})
 
 
 def load_masks(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> None:
@@ -76,20 +116,13 @@ def load_masks(model: nn.Module, path: str | os.PathLike, *, strict: bool = True
         strict: require the file and the model to hold exactly the same mask layers.
 
     Raises:
-        ValueError: listing every mismatch; the model is unchanged.
+        FileNotFoundError: no such file.
+        ValueError: a truncated, corrupted or foreign file, or a list of every mismatch; in
+            every case the model is unchanged.
     """
-    from safetensors import safe_open
-
     path = os.fspath(path)
-    with safe_open(path, framework="pt") as f:
-        raw = (f.metadata() or {}).get("neurosurgeon")
-    if raw is None:
-        raise ValueError(f"{path} is not a neurosurgeon mask file (no 'neurosurgeon' metadata)")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} has mask format {meta.get('format')!r}; this version reads {FORMAT!r}")
+    meta, tensors = _read(path)
     saved_layers: dict = meta["layers"]
-    tensors = load_file(path)
     layers = require_mask_layers(model)
     problems = []
     missing = [n for n in layers if n not in saved_layers]
