@@ -48,8 +48,8 @@ Threefry. Peak memory: activations dominate; masks keep theta's grad and the eff
 LM head) and 48 complement-sampled masks (85M mask units). The vmapped path batches the
 forwards over keys in chunks of 2, draws every layer's mask with the O(k) sampler and never
 touches module state. All contenders use eager attention: torch 2.13 has no vmap batching rule
-for CPU SDPA, which would silently loop over keys inside every attention call. Per baseline
-(idle box): plain unmasked forward 0.91 s, ours 1.52 s, original 5.87 s. What ours adds over a
+for CPU SDPA, which would silently loop over keys inside every attention call. Per-baseline
+times are in the info line above (idle box: plain ~0.9 s, ours ~1.5 s, original ~5-6 s). What ours adds over a
 plain forward is the 85M-unit sampling and one W*m pass per key (unbatched work such as h =
 1[theta > 0] runs once per chunk: vmap does not repeat unbatched ops). Chunking is the main
 lever: with chunks of 10 keys the K x 85M effective weights and K x 16 x 32 x 50257 logits
