@@ -2,15 +2,16 @@
 
 - :mod:`neurosurgeon.functional`: pure mask functions with explicit PRNG keys.
 - :mod:`neurosurgeon.modules`: ``nn.Module`` shells with NeuroSurgeon 0.1.0's class names.
+- :mod:`neurosurgeon.model`: whole-model surgery (inject, train, analyse, bake, vmapped baselines).
+- :mod:`neurosurgeon.compat`: state-dict conversion to and from NeuroSurgeon 0.1.0.
+- :mod:`neurosurgeon.cli`: the ``neurosurgeon`` command.
 """
 
-from . import functional
+from . import compat, functional
+from .model import *  # noqa: F401,F403
+from .model import __all__ as _model_names
 from .modules import *  # noqa: F401,F403
 from .modules import __all__ as _module_names
 
 __version__ = "0.2.0"
-__all__ = ["functional", *_module_names]
-from .model import *  # noqa: F401,F403,E402  (whole-model surgery, issue 3)
-from .model import __all__ as _model_names  # noqa: E402
-
-__all__ = [*__all__, *_model_names]
+__all__ = ["functional", "compat", *_module_names, *_model_names]
