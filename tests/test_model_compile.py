@@ -10,10 +10,13 @@ import neurosurgeon as ns
 
 
 @pytest.fixture(autouse=True)
-def _compile_in_process(monkeypatch):
-    # A worker pool costs more than it saves for graphs this small on 2 cores.
+def _compile_in_process():
+    # A worker pool costs more than it saves for graphs this small on 2 cores. config.patch
+    # restores the setting itself (monkeypatch's undo deletes config entries it did not create).
     import torch._inductor.config as inductor_config
-    monkeypatch.setattr(inductor_config, "compile_threads", 1)
+
+    with inductor_config.patch(compile_threads=1):
+        yield
 
 
 def _model(strategy):
