@@ -601,3 +601,23 @@ def test_changing_mask_unit_reshapes_weight_mask_and_keeps_bias_mask(name):
     layer.eval()
     layer(example_input(suffix_of(name)))
     assert layer.weight_mask.shape == layer.weight.shape
+
+
+@pytest.mark.parametrize("name", ALL_CLASSES)
+def test_public_configuration_accessors_describe_the_layer(name):
+    layer = mask_layer(name)
+    strategy = {"ContSparse": "continuous_sparsification", "HardConcrete": "hard_concrete",
+                "MagPrune": "magnitude_pruning"}[next(p for p in ("ContSparse", "HardConcrete", "MagPrune") if name.startswith(p))]
+    assert layer.strategy == strategy
+    assert layer.layer_kind == {"Linear": "linear", "GPTConv1D": "gpt_conv1d", "Conv1d": "conv1d",
+                                "Conv2d": "conv2d"}[suffix_of(name)]
+    wp, _ = layer.mask_tensors()
+    assert wp is (layer.weight if strategy == "magnitude_pruning" else layer.weight_mask_params)
+    # the accessors feed the functional core: it reproduces the layer's eval output
+    layer.eval()
+    x = example_input(suffix_of(name))
+    p = ns.functional.mask_parameters(layer.weight, layer.bias, *layer.mask_tensors(), None, strategy=layer.strategy,
+                                      kind=layer.layer_kind, hard=True, **layer.mask_hparams)
+    assert torch.equal(p.weight, layer.masked_parameters().weight)
+    with pytest.raises(AttributeError):
+        layer.strategy = "hard_concrete"

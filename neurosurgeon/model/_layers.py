@@ -32,7 +32,7 @@ class LayerSpec(NamedTuple):
 
 def layer_spec(layer: MaskLayer) -> LayerSpec:
     """The :class:`LayerSpec` of ``layer``."""
-    return LayerSpec(layer._strategy, layer._layer.kind, dict(layer._hparams()), layer.mask_bias)
+    return LayerSpec(layer.strategy, layer.layer_kind, layer.mask_hparams, layer.mask_bias)
 
 
 def mask_layers(model: nn.Module) -> dict[str, MaskLayer]:

@@ -70,7 +70,7 @@ def subnetwork(model: nn.Module, *, broadcast: bool = True) -> dict[str, torch.T
     for name, layer in require_mask_layers(model).items():
         spec = layer_spec(layer)
         prefix = f"{name}." if name else ""
-        wp, bp = layer._mask_tensors()
+        wp, bp = layer.mask_tensors()
         hp = {k: v for k, v in spec.hparams.items() if k in ("left", "right", "prune_percentage")}
         for suffix, params, base in (("weight", wp, layer.weight), ("bias", bp, layer.bias)):
             if params is None or (suffix == "bias" and not spec.mask_bias):

@@ -18,7 +18,7 @@ __all__ = ["TemperatureSchedule", "TemperatureCallback", "set_temperature", "get
 
 
 def _annealed(model: nn.Module):
-    layers = [m for m in require_mask_layers(model).values() if m._strategy == "continuous_sparsification"]
+    layers = [m for m in require_mask_layers(model).values() if m.strategy == "continuous_sparsification"]
     if not layers:
         raise ValueError("model has no continuous-sparsification layers: only they anneal a temperature")
     return layers

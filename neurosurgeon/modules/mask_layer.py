@@ -200,6 +200,27 @@ class MaskLayer(nn.Module):
         """The bias mask applied by the last forward (None when the bias is not masked)."""
         return None if self._last is None else self._last.bias_mask
 
+    @property
+    def strategy(self) -> str:
+        """``continuous_sparsification``, ``hard_concrete`` or ``magnitude_pruning`` (read-only)."""
+        return self._strategy
+
+    @property
+    def layer_kind(self) -> str:
+        """The wrapped layer type as the functional core names it: ``linear``, ``gpt_conv1d``,
+        ``conv1d`` or ``conv2d`` (read-only)."""
+        return self._layer.kind
+
+    @property
+    def mask_hparams(self) -> dict[str, Any]:
+        """The strategy's hyper-parameters as :func:`neurosurgeon.functional.layer_masks` takes them."""
+        return dict(self._hparams())
+
+    def mask_tensors(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(weight, bias) mask inputs of the functional core: theta, or for magnitude pruning the
+        weight (and the bias when it is masked) itself; None where nothing is masked."""
+        return self._mask_tensors()
+
     # -- strategy hooks -------------------------------------------------------------------
     def _mask_tensors(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(weight, bias) mask parameters as the functional core takes them."""
