@@ -9,7 +9,6 @@ Contenders: ``plain`` (plain torch: the floor), ``ours`` (neurosurgeon), ``orig`
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn as nn

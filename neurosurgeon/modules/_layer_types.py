@@ -5,7 +5,6 @@ The mask layers hold one of these descriptors; the masking itself is layer-indep
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -130,11 +129,9 @@ class _ConvNd(LayerType):
         return (m.out_channels, m.in_channels // m.groups, *m.kernel_size), (m.out_channels,)
 
     def reset(self, m):
-        # nn.Conv*d.reset_parameters: kaiming-uniform(a=sqrt(5)) weight, U(+-1/sqrt(fan_in)) bias.
-        nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
-        if m.bias is not None:
-            bound = 1 / math.sqrt(F.fan_in(self.kind, tuple(m.weight.shape)))
-            nn.init.uniform_(m.bias, -bound, bound)
+        # torch's own initialiser reads only .weight and .bias: kaiming-uniform(a=sqrt(5)) weight,
+        # U(+-1/sqrt(fan_in)) bias.
+        nn.modules.conv._ConvNd.reset_parameters(m)
 
     def conv_args(self, m) -> dict[str, Any]:
         return dict(stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups, padding_mode=m.padding_mode)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .. import functional as F
 from ..functional._checks import check_finite, check_temperature
 from ._layer_types import CONV1D, CONV2D, GPT_CONV1D, LINEAR
 from .mask_layer import MaskLayer, TemperedMixin
