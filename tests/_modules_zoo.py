@@ -7,6 +7,9 @@ from transformers.pytorch_utils import Conv1D
 import neurosurgeon as ns
 
 STRATEGIES = ["ContSparse", "HardConcrete", "MagPrune"]
+#: class-name prefix -> strategy name of the functional core
+STRATEGY_OF_PREFIX = {"ContSparse": "continuous_sparsification", "HardConcrete": "hard_concrete",
+                      "MagPrune": "magnitude_pruning"}
 LEARNED = ["ContSparse", "HardConcrete"]
 SUFFIXES = ["Linear", "GPTConv1D", "Conv1d", "Conv2d"]
 ABLATIONS = ["none", "zero_ablate", "random_ablate", "randomly_sampled", "complement_sampled"]

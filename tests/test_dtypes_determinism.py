@@ -14,9 +14,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _modules_zoo import STRATEGY_OF_PREFIX
+
 import neurosurgeon as ns
 import neurosurgeon.functional as F
 from neurosurgeon.functional import ABLATIONS
+from neurosurgeon.functional._checks import RANDOM_ABLATIONS
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 LAYERS = {
@@ -25,9 +28,8 @@ LAYERS = {
     "Conv1d": ((2, 4, 3), (2, 2, 7), "conv1d"),
     "Conv2d": ((2, 4, 2), (2, 2, 5, 5), "conv2d"),
 }
-STRATEGIES = {"ContSparse": "continuous_sparsification", "HardConcrete": "hard_concrete", "MagPrune": "magnitude_pruning"}
+STRATEGIES = STRATEGY_OF_PREFIX
 CLASSES = [p + s for p in STRATEGIES for s in LAYERS]
-RANDOM_ABLATIONS = ("random_ablate", "randomly_sampled", "complement_sampled")
 
 
 def parts(name):

@@ -16,9 +16,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from _modules_zoo import STRATEGY_OF_PREFIX
+
 import neurosurgeon as ns
 import neurosurgeon.functional as F
 from neurosurgeon.functional import ABLATIONS
+from neurosurgeon.functional._checks import RANDOM_ABLATIONS
 
 LAYERS = {
     "Linear": ((5, 4), (2, 5), "linear"),
@@ -26,8 +29,7 @@ LAYERS = {
     "Conv1d": ((2, 3, 3), (2, 2, 6), "conv1d"),
     "Conv2d": ((2, 3, 2), (1, 2, 4, 4), "conv2d"),
 }
-STRATEGIES = {"ContSparse": "continuous_sparsification", "HardConcrete": "hard_concrete", "MagPrune": "magnitude_pruning"}
-RANDOM_ABLATIONS = ("random_ablate", "randomly_sampled", "complement_sampled")
+STRATEGIES = STRATEGY_OF_PREFIX
 
 
 def layer_info(layer):
