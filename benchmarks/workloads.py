@@ -8,6 +8,7 @@ Contenders: ``plain`` (plain torch: the floor), ``ours`` (neurosurgeon), ``orig`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -16,6 +17,7 @@ import torch.nn as nn
 import neurosurgeon as ns
 from neurosurgeon import functional as F
 from neurosurgeon.functional import random as nr
+from neurosurgeon.functional.fused import fused_kernels
 
 from ._timing import interleaved, ratio
 
@@ -23,13 +25,13 @@ FULL = dict(
     smoke=False, d_in=768, d_out=3072, tokens=1024, n_masks=64, density=0.1, mag_shape=(21000, 4000),
     gpt2=dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
     gpt2_batch=(2, 256), baselines=50, baseline_batch=(16, 32), baseline_chunk=2, orig_baselines=5,
-    repeats=dict(w1=5, w2=9, w3=2, w4=3, w5=3, w6=1, w7=3), compile_backend="inductor", warmup=1,
+    w2_batches=10, repeats=dict(w1=5, w2=9, w3=2, w4=3, w5=3, w6=1, w7=3), compile_backend="inductor", warmup=1,
 )
 SMOKE = dict(
     smoke=True, d_in=16, d_out=32, tokens=8, n_masks=4, density=0.1, mag_shape=(64, 32),
     gpt2=dict(n_layer=2, n_embd=32, n_head=2, vocab_size=101, n_positions=64),
     gpt2_batch=(2, 8), baselines=3, baseline_batch=(2, 8), baseline_chunk=2, orig_baselines=2,
-    repeats=dict(w1=1, w2=1, w3=1, w4=1, w5=1, w6=1, w7=1), compile_backend="eager", warmup=0,
+    w2_batches=2, repeats=dict(w1=1, w2=1, w3=1, w4=1, w5=1, w6=1, w7=1), compile_backend="eager", warmup=0,
 )
 
 
@@ -69,7 +71,7 @@ def _set_theta(layer, theta):
 
 
 # -- workload 1 and 7a: masked Linear train step ------------------------------------------------------
-def _linear_step(layer, x, gy):
+def _linear_step(layer, x, gy, fused_mode: str | None = None):
     params = [p for p in layer.parameters() if p.requires_grad]
 
     def step():
@@ -78,7 +80,19 @@ def _linear_step(layer, x, gy):
         x.grad = None
         layer(x).backward(gy)
 
-    return step
+    return _with_fused_mode(step, fused_mode)
+
+
+def _with_fused_mode(fn, mode: str | None):
+    """``fn`` run under ``fused_kernels(mode)`` (None: the library default, ``auto``)."""
+    if mode is None:
+        return fn
+
+    def run():
+        with fused_kernels(mode):
+            return fn()
+
+    return run
 
 
 def _masked_linears(cfg, orig):
@@ -94,6 +108,7 @@ def _masked_linears(cfg, orig):
 
     layers["ours_cs"] = frozen(ns.ContSparseLinear.from_layer(copy.deepcopy(base), key=0))
     layers["ours_hc"] = frozen(ns.HardConcreteLinear.from_layer(copy.deepcopy(base), key=0))
+    layers["ours_hc_eager"] = frozen(ns.HardConcreteLinear.from_layer(copy.deepcopy(base), key=0))
     if orig is not None:
         layers["orig_cs"] = frozen(orig["CS"].from_layer(copy.deepcopy(base)))
         layers["orig_hc"] = frozen(orig["HC"].from_layer(copy.deepcopy(base)))
@@ -104,10 +119,13 @@ def w1(cfg, orig):
     layers = _masked_linears(cfg, orig)
     x = torch.randn(cfg["tokens"], cfg["d_in"], requires_grad=True)
     gy = torch.randn(cfg["tokens"], cfg["d_out"])
-    t = interleaved({n: _linear_step(layer, x, gy) for n, layer in layers.items()}, repeats=cfg["repeats"]["w1"], warmup=cfg["warmup"])
+    steps = {n: _linear_step(layer, x, gy, "never" if n == "ours_hc_eager" else None) for n, layer in layers.items()}
+    # warmup >= 1 always: the first hard-concrete step compiles the fused kernel (once per process).
+    t = interleaved(steps, repeats=cfg["repeats"]["w1"], warmup=max(1, cfg["warmup"]))
     rows = [
         _ratio_row("CS step / plain Linear step (ours)", t, "ours_cs", "plain", 1.05),
-        _ratio_row("HC step / plain Linear step (ours)", t, "ours_hc", "plain", 1.15),
+        _ratio_row("HC step / plain Linear step (ours, default: fused kernel)", t, "ours_hc", "plain", 1.15),
+        _ratio_row("HC step / plain Linear step (ours, NEUROSURGEON_FUSED=never)", t, "ours_hc_eager", "plain"),
         _ratio_row("CS step / plain Linear step (original)", t, "orig_cs", "plain"),
         _ratio_row("HC step / plain Linear step (original)", t, "orig_hc", "plain"),
     ]
@@ -129,19 +147,26 @@ def w2(cfg, orig):
         _set_theta(o, theta)
         o.train(False)
         layers["orig"] = o
+    layers["ours_cached"] = copy.deepcopy(ours)
     x = torch.randn(cfg["tokens"], cfg["d_in"])
+    n_batches = cfg["w2_batches"]
 
-    def fwd(layer):
+    def fwd(name, layer):
+        # One evaluation loop over n_batches batches; ``ours_cached`` runs it inside cached_masks().
         def run():
-            with torch.no_grad():
-                layer(x)
+            with torch.no_grad(), (ns.cached_masks() if name == "ours_cached" else contextlib.nullcontext()):
+                for _ in range(n_batches):
+                    layer(x)
         return run
 
-    t = interleaved({n: fwd(layer) for n, layer in layers.items()}, repeats=cfg["repeats"]["w2"], warmup=cfg["warmup"])
-    rows = [_ratio_row("eval forward / plain Linear (ours)", t, "ours", "plain", 1.05),
+    t = interleaved({n: fwd(n, layer) for n, layer in layers.items()}, repeats=cfg["repeats"]["w2"], warmup=cfg["warmup"])
+    rows = [_ratio_row("eval forward / plain Linear (ours, default: mask recomputed per call)", t, "ours", "plain", 1.05),
+            _ratio_row(f"eval forward / plain Linear (ours, cached_masks(), {n_batches} batches)", t, "ours_cached",
+                       "plain", 1.05),
             _ratio_row("eval forward / plain Linear (original)", t, "orig", "plain")]
     return {"id": 2, "title": "eval-mode forward with a hard mask (continuous sparsification)", "timings": t,
-            "ratios": rows, "info": {"shape": f"x ({cfg['tokens']}, {cfg['d_in']}) -> {cfg['d_out']}"}}
+            "ratios": rows, "info": {"shape": f"x ({cfg['tokens']}, {cfg['d_in']}) -> {cfg['d_out']}",
+                                        "batches_per_timed_loop": n_batches}}
 
 
 # -- workload 3: K sampled masks ---------------------------------------------------------------------
@@ -259,6 +284,12 @@ def gpt2_model(contender: str, cfg):
     model, targets = _gpt2(cfg)
     if contender == "plain":
         return model.train(), _gpt2_input(cfg)
+    if contender == "floor":
+        # The floor of any weight-mask training step: the same GEMMs (forward, dX, dW of every
+        # Conv1D weight) with no mask maths; everything else frozen, as in the masked models.
+        for name, p in model.named_parameters():
+            p.requires_grad_(any(name == f"{t}.weight" for t in targets))
+        return model.train(), _gpt2_input(cfg)
     kind, strategy = contender.split("_")
     method = {"cs": "continuous_sparsification", "hc": "hard_concrete"}[strategy]
     hp = {"ablation": "none", "mask_unit": "weight", "mask_bias": False}
@@ -287,11 +318,18 @@ def gpt2_train_step(contender: str, cfg, *, compile_backend: str | None = None):
 
 def w5(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
     strategies = ["cs"] if cfg["smoke"] else ["cs", "hc"]
-    names = ["plain"] + [f"{w}_{s}" for s in strategies for w in ("ours", "orig") if w == "ours" or orig is not None]
-    t = interleaved({n: gpt2_train_step(n, cfg) for n in names}, repeats=cfg["repeats"]["w5"], warmup=cfg["warmup"])
+    names = ["plain", "floor"] + [f"{w}_{s}" for s in strategies for w in ("ours", "orig") if w == "ours" or orig is not None]
+    steps = {n: gpt2_train_step(n, cfg) for n in names}
+    if not cfg["smoke"]:
+        steps["ours_hc_eager"] = _with_fused_mode(gpt2_train_step("ours_hc", cfg), "never")
+    t = interleaved(steps, repeats=cfg["repeats"]["w5"], warmup=max(1, cfg["warmup"]))
     rows = [
         _ratio_row("CS train step: ours / original", t, "ours_cs", "orig_cs", 0.9),
-        _ratio_row("HC train step: ours / original", t, "ours_hc", "orig_hc", 0.9),
+        _ratio_row("HC train step: ours / original (default: fused kernel)", t, "ours_hc", "orig_hc", 0.9),
+        _ratio_row("HC train step: ours / original (NEUROSURGEON_FUSED=never)", t, "ours_hc_eager", "orig_hc"),
+        _ratio_row("floor (Conv1D weights trainable, no masks) / original CS step", t, "floor", "orig_cs"),
+        _ratio_row("CS train step: ours / floor", t, "ours_cs", "floor"),
+        _ratio_row("HC train step: ours / floor", t, "ours_hc", "floor"),
         _ratio_row("CS train step: ours / plain GPT-2 (all weights trainable)", t, "ours_cs", "plain"),
         _ratio_row("HC train step: ours / plain GPT-2 (all weights trainable)", t, "ours_hc", "plain"),
     ]
@@ -392,7 +430,7 @@ def w6(cfg, orig):
 # -- workload 7: torch.compile ----------------------------------------------------------------------------
 def w7(cfg, orig):
     backend = cfg["compile_backend"]
-    layers = _masked_linears(cfg, None)
+    layers = {n: layer for n, layer in _masked_linears(cfg, None).items() if n != "ours_hc_eager"}
     x = torch.randn(cfg["tokens"], cfg["d_in"], requires_grad=True)
     gy = torch.randn(cfg["tokens"], cfg["d_out"])
     contenders = {}

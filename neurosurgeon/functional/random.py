@@ -72,6 +72,30 @@ def _threefry_i32(k0: torch.Tensor, k1: torch.Tensor, c0: torch.Tensor, c1: torc
     return x0, x1
 
 
+def _threefry_words(k0: int, k1: int, c0: int, c1: int) -> tuple[int, int]:
+    """Threefry-2x32-20 of one counter on Python ints: deriving a key (``split``, ``fold_in``)
+    is ~100 tensor ops on two words, whose dispatch costs ~1 ms; Python ints cost ~20 us."""
+    ks = (k0, k1, k0 ^ k1 ^ _PARITY)
+    x0, x1 = (c0 + k0) & _MASK32, (c1 + k1) & _MASK32
+    for i in range(_ROUNDS):
+        r = _ROTATIONS[i % 8]
+        x0 = (x0 + x1) & _MASK32
+        x1 = (((x1 << r) | (x1 >> (32 - r))) & _MASK32) ^ x0
+        if i % 4 == 3:
+            s = i // 4 + 1
+            x0 = (x0 + ks[s % 3]) & _MASK32
+            x1 = (x1 + ks[(s + 1) % 3] + s) & _MASK32
+    return x0, x1
+
+
+def _host_words(*tensors: torch.Tensor) -> bool:
+    """True when key words can be read on the host: eager CPU tensors (no device sync, no
+    transform that a Python int would escape)."""
+    return not torch.compiler.is_compiling() and all(
+        t.device.type == "cpu" and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors
+    )
+
+
 def threefry2x32(key_: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
     """Threefry-2x32-20 block function (Salmon et al. 2011, Random123 ``threefry2x32``).
 
@@ -129,6 +153,9 @@ def split(key_: torch.Tensor, num: int = 2) -> torch.Tensor:
     check_key(key_)
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise ValueError(f"num must be a positive int, got {num!r}")
+    if num <= 64 and _host_words(key_):
+        k0, k1 = (w & _MASK32 for w in key_.tolist())
+        return torch.tensor([_threefry_words(k0, k1, i, 2**31) for i in range(num)], dtype=torch.int64)
     k = _to_i32(key_)
     c0 = torch.arange(num, dtype=torch.int32, device=key_.device)
     # Counters (i, 2**31): a domain fold_in (high word < 2**31) never reaches, so
@@ -151,21 +178,31 @@ def fold_in(key_: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
     if isinstance(data, torch.Tensor):
         if data.dtype.is_floating_point or data.dtype == torch.bool or data.dim() != 0:
             raise ValueError(f"data must be a 0-d integer tensor, got {data.dtype} of shape {tuple(data.shape)}")
+        if _host_words(key_, data):
+            return _fold_in_words(key_, int(data))
         d = data.to(device=key_.device, dtype=torch.int64)
         lo, hi = d & _MASK32, (d >> 32) & _MASK32
         counter = torch.stack([lo, hi])
     else:
         if isinstance(data, bool) or not isinstance(data, int) or not 0 <= data < 2**63:
             raise ValueError(f"data must be an int in [0, 2**63) or an integer tensor, got {data!r}")
+        if _host_words(key_):
+            return _fold_in_words(key_, data)
         counter = torch.tensor([data & _MASK32, data >> 32], dtype=torch.int64, device=key_.device)
     return threefry2x32(key_, counter)
+
+
+def _fold_in_words(key_: torch.Tensor, data: int) -> torch.Tensor:
+    k0, k1 = (w & _MASK32 for w in key_.tolist())
+    return torch.tensor(_threefry_words(k0, k1, data & _MASK32, (data >> 32) & _MASK32), dtype=torch.int64)
 
 
 def _numel(shape: Sequence[int]) -> int:
     if isinstance(shape, int):
         shape = (shape,)
     shape = tuple(shape)
-    if any((not isinstance(s, int)) or s < 0 for s in shape):
+    # torch.SymInt: a size traced symbolically by torch.compile(dynamic=True) (the fused kernel).
+    if any((not isinstance(s, (int, torch.SymInt))) or s < 0 for s in shape):
         raise ValueError(f"shape must be a sequence of non-negative ints, got {shape!r}")
     return math.prod(shape)
 

@@ -1,6 +1,7 @@
 """Stateful ``nn.Module`` shells with the reference's class names; all maths is in
 :mod:`neurosurgeon.functional`."""
 
+from .cache import cached_masks
 from .contsparse import ContSparseConv1d, ContSparseConv2d, ContSparseGPTConv1D, ContSparseLayer, ContSparseLinear
 from .hardconcrete import (
     HardConcreteConv1d,
@@ -13,7 +14,7 @@ from .magprune import MagPruneConv1d, MagPruneConv2d, MagPruneGPTConv1D, MagPrun
 from .mask_layer import MaskLayer
 
 __all__ = [
-    "MaskLayer",
+    "MaskLayer", "cached_masks",
     "ContSparseLayer", "ContSparseLinear", "ContSparseGPTConv1D", "ContSparseConv1d", "ContSparseConv2d",
     "HardConcreteLayer", "HardConcreteLinear", "HardConcreteGPTConv1D", "HardConcreteConv1d", "HardConcreteConv2d",
     "MagPruneLayer", "MagPruneLinear", "MagPruneGPTConv1D", "MagPruneConv1d", "MagPruneConv2d",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .. import functional as F
+from ..functional import fused
 from ..functional._checks import check_fraction, check_stretch, check_temperature
 from ._layer_types import CONV1D, CONV2D, GPT_CONV1D, LINEAR
 from .mask_layer import MaskLayer, TemperedMixin
@@ -41,6 +42,23 @@ class HardConcreteLayer(TemperedMixin, MaskLayer):
 
     def _hparams(self):
         return {"temperature": self._temperature, "left": self._left, "right": self._right}
+
+    def masked_parameters(self) -> F.MaskedParameters:
+        """As :meth:`MaskLayer.masked_parameters`; large weight masks being trained go through
+        the fused kernel of :mod:`neurosurgeon.functional.fused` (same key, same gates)."""
+        wp, bp = self._mask_tensors()
+        if not (self._use_masks and self._ablation == "none" and not self._is_hard()
+                and fused.fused_eligible(self.weight, wp)):
+            return super().masked_parameters()
+        self._resample_if_requested()
+        k_weight, k_bias = F.draw_keys(self._next_noise_key())[:2]
+        hp = self._hparams()
+        w, z = fused.fused_hard_concrete_weight(self.weight, wp, k_weight, **hp)
+        b, bias_mask = self.bias, None
+        if bp is not None:
+            m = F.soft_mask(self._strategy, bp, k_bias, **hp)
+            b, bias_mask = F.apply_mask(self.bias, m), m.to(self.bias.dtype)
+        return F.MaskedParameters(w, b, z.to(self.weight.dtype), bias_mask)
 
     @property
     def mask_init_percentage(self) -> float:

@@ -17,6 +17,7 @@ from .. import functional as F
 from ..functional import random as nr
 from ..functional._checks import ABLATIONS, MASK_UNITS, RANDOM_ABLATIONS, check_bool, check_choice, check_key, check_temperature
 from ._layer_types import LayerType
+from .cache import cache_generation
 
 __all__ = ["MaskLayer", "TemperedMixin"]
 
@@ -74,6 +75,7 @@ class MaskLayer(nn.Module):
         self._cache: tuple[Any, tuple, F.LayerMasks] | None = None  # (settings, hard masks h, masks)
         self._checked: Any = None  # versions of the mask parameters last checked for NaN/inf
         self._last: F.MaskedParameters | None = None
+        self._eff: tuple | None = None  # (stamp, tensors, result) under cached_masks()
         self._layer.configure(self, **layer_args)
         if base is None:
             w_shape, b_shape = self._layer.shapes(self)
@@ -109,6 +111,7 @@ class MaskLayer(nn.Module):
         """(Re)create the mask parameters at their initial value; drop cached masks."""
         self._cache = None
         self._checked = None
+        self._eff = None
         self._make_mask_params()
 
     def reset_parameters(self) -> None:
@@ -155,6 +158,7 @@ class MaskLayer(nn.Module):
             self._mask_unit = value
             self._cache = None
             self._checked = None
+            self._eff = None
             self._make_weight_mask_params()
 
     @property
@@ -171,6 +175,7 @@ class MaskLayer(nn.Module):
             self._mask_bias = value
             self._cache = None
             self._checked = None
+            self._eff = None
             self._make_bias_mask_params()
 
     @property
@@ -240,14 +245,18 @@ class MaskLayer(nn.Module):
                 self.mask_key.copy_(nr.fold_in(self.mask_key, 1))
             self._force_resample = False
 
+    def _next_noise_key(self) -> torch.Tensor:
+        """A fresh noise key per training step, reproducible from (key, step)."""
+        key = F.noise_key(self.mask_key, self.noise_step)
+        self.noise_step.add_(1)
+        return key
+
     def _masks(self, hard: bool) -> F.LayerMasks:
         wp, bp = self._mask_tensors()
         if hard:
             key = self.mask_key if self._ablation in RANDOM_ABLATIONS else None
         elif self._strategy == "hard_concrete":
-            # A fresh noise draw per training step, reproducible from (key, step).
-            key = F.noise_key(self.mask_key, self.noise_step)
-            self.noise_step.add_(1)
+            key = self._next_noise_key()
         else:
             key = None
         # check_finite=False: hard parameters are checked below, once per version, with our name.
@@ -255,10 +264,7 @@ class MaskLayer(nn.Module):
                       check_finite=False, **self._hparams())
         if not hard:
             return F.layer_masks(self.weight, self.bias, wp, bp, key, **kwargs)
-        transformed = torch.compiler.is_compiling() or any(
-            torch._C._functorch.is_functorch_wrapped_tensor(t) for t in (wp, bp, self.weight, self.mask_key) if t is not None
-        )
-        if transformed:
+        if self._transformed():
             return F.layer_masks(self.weight, self.bias, wp, bp, key, **kwargs)
         # Validate once per version of the parameters (reading a value costs a device sync).
         versions = (_version(wp), _version(bp))
@@ -290,7 +296,27 @@ class MaskLayer(nn.Module):
         self._resample_if_requested()
         if not self._use_masks:
             return F.MaskedParameters(self.weight, self.bias, None, None)
-        return F.apply_layer_masks(self.weight, self.bias, self._masks(self._is_hard()))
+        hard = self._is_hard()
+        generation = cache_generation() if hard else None
+        if generation is None or self._transformed():
+            return F.apply_layer_masks(self.weight, self.bias, self._masks(hard))
+        # The entry holds the tensors it was computed from, so their ids cannot be reused.
+        tensors = (*self._mask_tensors(), self.weight, self.bias, self.mask_key)
+        stamp = (generation, *(_version(t) for t in tensors), self._ablation, self._mask_unit, self._mask_bias,
+                 tuple(sorted(self._hparams().items())))
+        if self._eff is not None and self._eff[0] == stamp and all(a is b for a, b in zip(self._eff[1], tensors)):
+            return self._eff[2]
+        p = F.apply_layer_masks(self.weight, self.bias, self._masks(hard))
+        graph = any(t is not None and t.grad_fn is not None for t in p)
+        self._eff = None if graph else (stamp, tensors, p)
+        return p
+
+    def _transformed(self) -> bool:
+        """Inside torch.compile or a functorch transform (vmap, grad, functional_call batching)."""
+        return torch.compiler.is_compiling() or any(
+            torch._C._functorch.is_functorch_wrapped_tensor(t)
+            for t in (*self._mask_tensors(), self.weight, self.mask_key) if t is not None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.masked_parameters()
@@ -354,13 +380,14 @@ class MaskLayer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         self._cache = None
         self._checked = None
+        self._eff = None
 
     def __getstate__(self):
         # The last forward's masks may be non-leaf tensors (training), which copy.deepcopy
         # refuses; they and the cached draws are derived state, recomputed at the next forward.
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         state = dict(state)
-        state.update(_last=None, _cache=None, _checked=None)
+        state.update(_last=None, _cache=None, _checked=None, _eff=None)
         return state
 
     def extra_repr(self) -> str:

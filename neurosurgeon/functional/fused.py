@@ -1,0 +1,147 @@
+"""A fused hard-concrete training kernel: noise, gate and ``W * z`` in one compiled kernel.
+
+Eager torch runs each element-wise op as its own pass over memory, so one hard-concrete
+training forward costs ~130 passes of Threefry (the noise) plus ~10 for the gate of Louizos,
+Welling & Kingma (2018, arXiv 1712.01312, eq. 9-10) and its backward. Compiled by
+``torch.compile`` (Inductor), the same functions become a couple of vectorised loops: on a
+768x3072 weight, 7 ms forward and backward instead of 34 ms (benchmarks/RESULTS.md,
+workload 1).
+
+The kernel computes exactly the functions of :mod:`~neurosurgeon.functional.hard_concrete`
+(the same key gives the same noise words); only the last bit of the float maths may differ,
+as between any two compilations. It is an implementation choice of the module shells, never a
+different mask:
+
+- ``auto`` (the default): used for weight-unit masks of at least ``min_numel`` entries while
+  training with autograd on eager tensors; the one compilation (~15 s on 2 CPU cores, cached
+  on disk by Inductor afterwards) then pays for itself within a few dozen steps. If compiling
+  fails (no C++ compiler, no Triton), one warning, and the eager path from then on.
+- ``always``: every eligible layer, whatever its size; a compile failure raises.
+- ``never``: the eager path only.
+
+Set the mode with :func:`fused_kernels` or the ``NEUROSURGEON_FUSED`` environment variable.
+Inside ``torch.compile`` and functorch transforms (``vmap``, ``grad``) the eager functions run:
+the outer transform sees, and fuses, them itself.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from ._checks import check_choice
+from .hard_concrete import gate_from_noise, noise_uniform
+
+__all__ = ["FUSED_MODES", "fused_kernels", "fused_settings", "fused_eligible", "fused_hard_concrete_weight"]
+
+FUSED_MODES = ("auto", "always", "never")
+ENV_VAR = "NEUROSURGEON_FUSED"
+#: Below ~250k entries (toy models, tests) the eager path costs ~1 ms a step: not worth a compilation.
+DEFAULT_MIN_NUMEL = 2**18
+
+_settings: dict = {"mode": None, "min_numel": DEFAULT_MIN_NUMEL}
+_failed: list[str] = []  # why compiling failed in ``auto`` mode (then the eager path is used)
+_compiled = None
+
+
+def _mode() -> str:
+    if _settings["mode"] is None:
+        value = os.environ.get(ENV_VAR, "auto").strip().lower()
+        _settings["mode"] = check_choice(ENV_VAR, value, FUSED_MODES)
+    return _settings["mode"]
+
+
+def fused_settings() -> dict:
+    """The current settings: ``{"mode", "min_numel", "failed"}`` (``failed``: why the kernel
+    could not be compiled in ``auto`` mode, or None)."""
+    return {"mode": _mode(), "min_numel": _settings["min_numel"], "failed": _failed[0] if _failed else None}
+
+
+class fused_kernels:
+    """Set when the module shells use the fused hard-concrete kernel; also a context manager
+    that restores the previous settings on exit (like ``torch.set_grad_enabled``).
+
+    Args:
+        mode: ``auto``, ``always`` or ``never`` (see the module docstring).
+        min_numel: the smallest weight ``auto`` fuses (default 2**18); unchanged when None.
+
+    Example:
+        >>> from neurosurgeon.functional.fused import fused_kernels, fused_settings
+        >>> with fused_kernels("never"):
+        ...     fused_settings()["mode"]
+        'never'
+    """
+
+    def __init__(self, mode: str, *, min_numel: int | None = None):
+        mode = check_choice("mode", mode, FUSED_MODES)
+        if min_numel is not None and (isinstance(min_numel, bool) or not isinstance(min_numel, int) or min_numel < 0):
+            raise ValueError(f"min_numel must be a non-negative int, got {min_numel!r}")
+        self._previous = (_mode(), _settings["min_numel"], list(_failed))
+        _settings["mode"] = mode
+        if min_numel is not None:
+            _settings["min_numel"] = min_numel
+        if mode == "always":
+            _failed.clear()  # asked for explicitly: try again, and raise if it still fails
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _settings["mode"], _settings["min_numel"], failed = self._previous
+        _failed[:] = failed
+        return False
+
+
+def fused_eligible(weight: torch.Tensor, log_alpha: torch.Tensor) -> bool:
+    """Whether the module shells compute this weight's training gate with the fused kernel."""
+    mode = _mode()
+    if mode == "never" or (_failed and mode == "auto"):
+        return False
+    if torch.compiler.is_compiling() or any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in (weight, log_alpha)):
+        return False
+    if not (torch.is_grad_enabled() and log_alpha.requires_grad):
+        return False  # inference-mode calls would compile a second graph for little gain
+    if log_alpha.shape != weight.shape or log_alpha.device != weight.device or weight.device.type not in ("cpu", "cuda"):
+        return False  # neuron masks are small: the eager path is cheap there
+    return mode == "always" or log_alpha.numel() >= _settings["min_numel"]
+
+
+def _kernel(weight, log_alpha, key, beta, scale, left):
+    u = noise_uniform(key, (log_alpha.shape[0],))
+    z = gate_from_noise(log_alpha, u, beta, scale, left)
+    # z leaves the graph: it is reported as weight_mask, and a second differentiable output would
+    # make autograd materialise (fill) a zero gradient for it on every backward.
+    return weight * z.to(weight.dtype), z.detach()
+
+
+def _compiled_kernel():
+    global _compiled
+    if _compiled is None:
+        # dynamic=True: one graph for every layer size (inputs are flattened, so every layer kind too).
+        _compiled = torch.compile(_kernel, dynamic=True, fullgraph=True)
+    return _compiled
+
+
+def fused_hard_concrete_weight(weight, log_alpha, key, *, temperature, left, right):
+    """``(W * z, z)`` for a weight-unit hard-concrete gate z drawn from ``key``, by the fused
+    kernel; falls back to the eager functions (with one warning) if compiling fails in ``auto`` mode.
+
+    ``key`` is the weight's draw key (``draw_keys(noise_key(...))[0]``), as
+    :func:`~neurosurgeon.functional.layer_masks` uses it; hyper-parameters are checked by the caller.
+    """
+    shape = weight.shape
+    hp = dict(dtype=log_alpha.dtype, device=log_alpha.device)
+    args = (weight.reshape(-1), log_alpha.reshape(-1), key, torch.tensor(float(temperature), **hp),
+            torch.tensor(float(right) - float(left), **hp), torch.tensor(float(left), **hp))
+    try:
+        w, z = _compiled_kernel()(*args)
+    except Exception as e:  # compiler missing or broken: the result must not depend on it
+        if _mode() == "always":
+            raise
+        _failed[:] = [f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"]
+        warnings.warn(f"neurosurgeon: the fused hard-concrete kernel could not be compiled ({_failed[0]}); "
+                      f"using the eager path. Set {ENV_VAR}=never to silence this.", RuntimeWarning, stacklevel=3)
+        w, z = _kernel(*args)
+    return w.view(shape), z.view(shape)
