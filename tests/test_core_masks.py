@@ -415,3 +415,14 @@ def test_masks_computed_in_theta_dtype_and_cast_to_weight_dtype(w_dtype, hard):
     p = F.apply_layer_masks(w, b, masks)
     assert p.weight.dtype == w_dtype and p.bias.dtype == w_dtype and p.weight_mask.dtype == w_dtype
     assert torch.equal(p.weight, w * masks.weight_mask.to(w_dtype))
+
+
+@given(values=st.lists(st.sampled_from([0.0, -0.0, 1e-38, -1e-38, 2.5, -2.5, float("inf"), float("-inf")]),
+                       min_size=1, max_size=40),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]))
+def test_cs_hard_mask_fast_path_equals_comparison_and_leaves_the_graph(values, dtype):
+    theta = torch.tensor(values, dtype=dtype).requires_grad_()
+    h = F.continuous_sparsification_hard_mask(theta)
+    assert h.dtype == dtype and not h.requires_grad
+    assert torch.equal(h, (theta.detach() > 0).to(dtype))
+    assert torch.equal(torch.signbit(h), torch.zeros_like(h, dtype=torch.bool))  # no -0.0 entries

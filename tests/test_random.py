@@ -227,3 +227,15 @@ def test_split_children_differ_from_fold_in_children_of_the_same_key():
 def test_fold_in_rejects_data_outside_its_domain():
     with pytest.raises(ValueError, match=r"data must be an int in \[0, 2\*\*63\)"):
         nr.fold_in(nr.key(0), 2**63)
+
+
+@given(k0=st.integers(0, 2**32 - 1), k1=st.integers(0, 2**32 - 1), data=st.integers(0, 2**63 - 1),
+       num=st.integers(1, 70))
+def test_host_side_key_derivation_equals_the_tensor_cipher(k0, k1, data, num):
+    # fold_in/split of an eager CPU key run Threefry on Python ints; the block function on
+    # tensors (checked against Random123 above) must give the same words.
+    k = torch.tensor([k0, k1])
+    assert torch.equal(nr.fold_in(k, data), nr.threefry2x32(k, torch.tensor([data & 0xFFFFFFFF, data >> 32])))
+    assert torch.equal(nr.fold_in(k, torch.tensor(data)), nr.fold_in(k, data))
+    counters = torch.stack([torch.arange(num), torch.full((num,), 2**31)], dim=-1)
+    assert torch.equal(nr.split(k, num), nr.threefry2x32(k, counters))

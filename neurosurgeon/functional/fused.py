@@ -76,8 +76,11 @@ class fused_kernels:
 
     def __init__(self, mode: str, *, min_numel: int | None = None):
         mode = check_choice("mode", mode, FUSED_MODES)
-        if min_numel is not None and (isinstance(min_numel, bool) or not isinstance(min_numel, int) or min_numel < 0):
-            raise ValueError(f"min_numel must be a non-negative int, got {min_numel!r}")
+        if min_numel is not None:
+            if isinstance(min_numel, bool) or not isinstance(min_numel, int):
+                raise TypeError(f"min_numel must be a non-negative int, got {min_numel!r} ({type(min_numel).__name__})")
+            if min_numel < 0:
+                raise ValueError(f"min_numel must be a non-negative int, got {min_numel!r}")
         self._previous = (_mode(), _settings["min_numel"], list(_failed))
         _settings["mode"] = mode
         if min_numel is not None:

@@ -1,0 +1,143 @@
+"""The fused hard-concrete training kernel (functional/fused.py): the same gates and gradients
+as the eager functions, used only where eligible, with a fallback that cannot change results."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
+
+import neurosurgeon as ns
+import neurosurgeon.functional as F
+from neurosurgeon.functional import fused
+from neurosurgeon.functional import random as nr
+
+HP = dict(temperature=0.5, left=-0.2, right=1.3)  # not the defaults: each must reach the kernel
+
+
+def _theta_and_weight(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g).requires_grad_(), torch.randn(shape, generator=g)
+
+
+def test_fused_kernel_equals_eager_gate_weight_and_gradient():
+    theta, w = _theta_and_weight((300, 257))  # odd sizes: a remainder after the vector loop
+    key = nr.key(42)
+    g_out = torch.randn(w.shape, generator=torch.Generator().manual_seed(3))
+    with fused.fused_kernels("always"):
+        w_fused, z_fused = fused.fused_hard_concrete_weight(w, theta, key, **HP)
+    (gf,) = torch.autograd.grad((w_fused * g_out).sum(), theta)
+    z_ref = F.hard_concrete_mask(theta, key, **HP)
+    (gr,) = torch.autograd.grad((F.apply_mask(w, z_ref) * g_out).sum(), theta)
+    # Same key -> same Threefry words (a wrong int32 wrap-around would move gates by ~1, not 1e-6);
+    # only the last bit of log/sigmoid may differ between the compiled and eager kernels.
+    torch.testing.assert_close(z_fused, z_ref.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(w_fused, (w * z_ref).detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gf, gr, rtol=1e-5, atol=1e-6)
+    assert 0.2 < float((z_ref == 0).float().mean() + (z_ref == 1).float().mean()) < 0.9  # both clamps and the interior
+    # A temperature change reaches the kernel as a tensor: no recompilation, a different gate.
+    with fused.fused_kernels("always"):
+        _, z_hot = fused.fused_hard_concrete_weight(w, theta, key, **{**HP, "temperature": 2.0})
+    torch.testing.assert_close(z_hot, F.hard_concrete_mask(theta, key, **{**HP, "temperature": 2.0}).detach(),
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Linear(96, 64), lambda: Conv1D(64, 96)], ids=["Linear", "GPTConv1D"])
+def test_module_training_steps_fused_equal_eager(make):
+    torch.manual_seed(0)
+    base = make()
+    eager = ns.HardConcreteLinear.from_layer(base, key=5, mask_bias=True, **{"temperature": 0.5}) \
+        if isinstance(base, nn.Linear) else ns.HardConcreteGPTConv1D.from_layer(base, key=5, mask_bias=True, temperature=0.5)
+    fused_layer = copy.deepcopy(eager)
+    x = torch.randn(4, 96)
+    for _ in range(2):  # two steps: the noise counter advances identically on both paths
+        with fused.fused_kernels("never"):
+            ye = eager(x)
+        with fused.fused_kernels("always"):
+            assert fused.fused_eligible(fused_layer.weight, fused_layer.weight_mask_params)
+            yf = fused_layer(x)
+        torch.testing.assert_close(yf, ye, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fused_layer.weight_mask, eager.weight_mask.detach(), rtol=1e-6, atol=1e-6)
+        assert torch.equal(fused_layer.bias_mask, eager.bias_mask)  # the bias gate stays eager
+        assert torch.equal(fused_layer.noise_step, eager.noise_step)
+        ye.square().sum().backward()
+        yf.square().sum().backward()
+    torch.testing.assert_close(fused_layer.weight_mask_params.grad, eager.weight_mask_params.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(fused_layer.bias_mask_params.grad, eager.bias_mask_params.grad, rtol=1e-5, atol=1e-7)
+    assert fused_layer.weight.grad is not None and torch.allclose(fused_layer.weight.grad, eager.weight.grad,
+                                                                   rtol=1e-4, atol=1e-6)
+
+
+def test_eligibility_rules():
+    w = torch.zeros(600, 500)
+    theta = torch.zeros(600, 500, requires_grad=True)
+    small_w, small_theta = torch.zeros(10, 10), torch.zeros(10, 10, requires_grad=True)
+    with fused.fused_kernels("auto", min_numel=2**18):
+        assert fused.fused_eligible(w, theta)
+        assert not fused.fused_eligible(small_w, small_theta)  # below min_numel
+        assert not fused.fused_eligible(w, torch.zeros(600, 1, requires_grad=True))  # neuron masks
+        assert not fused.fused_eligible(w, theta.detach())  # nothing to train: hard or frozen
+        with torch.no_grad():
+            assert not fused.fused_eligible(w, theta)
+        seen = []
+        torch.func.vmap(lambda t: seen.append(fused.fused_eligible(w, t)) or t)(theta.detach().unsqueeze(0).requires_grad_())
+        assert seen == [False]  # inside transforms the eager functions compose with them
+    with fused.fused_kernels("always"):
+        assert fused.fused_eligible(small_w, small_theta)
+    with fused.fused_kernels("never"):
+        assert not fused.fused_eligible(w, theta)
+
+
+def test_auto_mode_falls_back_to_eager_with_one_warning_and_always_mode_raises(monkeypatch):
+    theta, w = _theta_and_weight((40, 30))
+    key = nr.key(1)
+
+    def broken():
+        def kernel(*args):
+            raise RuntimeError("no C++ compiler")
+        return kernel
+
+    monkeypatch.setattr(fused, "_compiled_kernel", broken)
+    with fused.fused_kernels("always"):
+        with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+            fused.fused_hard_concrete_weight(w, theta, key, **HP)
+    with fused.fused_kernels("auto", min_numel=0):
+        with pytest.warns(RuntimeWarning, match="could not be compiled"):
+            w_eff, z = fused.fused_hard_concrete_weight(w, theta, key, **HP)
+        assert torch.equal(z, F.hard_concrete_mask(theta, key, **HP).detach())
+        assert torch.equal(w_eff, w * z)
+        assert "no C++ compiler" in fused.fused_settings()["failed"]
+        assert not fused.fused_eligible(w, theta)  # auto: eager from now on, no more warnings
+        layer = ns.HardConcreteLinear(30, 40, key=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            layer(torch.randn(2, 30))
+    assert fused.fused_settings()["failed"] is None  # the context restored the earlier state
+
+
+def test_settings_validate_and_restore(monkeypatch):
+    before = fused.fused_settings()
+    for bad, error in (("sometimes", ValueError), ("", ValueError), (None, TypeError), (1, TypeError)):
+        with pytest.raises(error, match="mode") as e:
+            fused.fused_kernels(bad)
+        assert "'auto', 'always', 'never'" in str(e.value) and repr(bad) in str(e.value)
+    for bad, error in ((-1, ValueError), (1.5, TypeError), (True, TypeError), ("8", TypeError)):
+        with pytest.raises(error, match=r"min_numel must be a non-negative int, got " + repr(bad)):
+            fused.fused_kernels("auto", min_numel=bad)
+    assert fused.fused_settings() == before  # rejected calls change nothing
+    with fused.fused_kernels("never", min_numel=7):
+        assert fused.fused_settings()["mode"] == "never" and fused.fused_settings()["min_numel"] == 7
+        with fused.fused_kernels("always"):
+            assert fused.fused_settings()["mode"] == "always" and fused.fused_settings()["min_numel"] == 7
+        assert fused.fused_settings()["mode"] == "never"
+    assert fused.fused_settings() == before
+    monkeypatch.setitem(fused._settings, "mode", None)  # as in a fresh process
+    monkeypatch.setenv("NEUROSURGEON_FUSED", "Never ")
+    assert fused.fused_settings()["mode"] == "never"
+    monkeypatch.setitem(fused._settings, "mode", None)
+    monkeypatch.setenv("NEUROSURGEON_FUSED", "fast")
+    with pytest.raises(ValueError, match="NEUROSURGEON_FUSED.*fast"):
+        fused.fused_settings()
+    monkeypatch.setitem(fused._settings, "mode", None)
