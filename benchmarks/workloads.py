@@ -25,7 +25,7 @@ FULL = dict(
     smoke=False, d_in=768, d_out=3072, tokens=1024, n_masks=64, density=0.1, mag_shape=(21000, 4000),
     gpt2=dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
     gpt2_batch=(2, 256), baselines=50, baseline_batch=(16, 32), baseline_chunk=2, orig_baselines=5,
-    w2_batches=10, repeats=dict(w1=5, w2=9, w3=2, w4=3, w5=3, w6=1, w7=3), compile_backend="inductor", warmup=1,
+    w2_batches=10, repeats=dict(w1=31, w2=31, w3=2, w4=3, w5=3, w6=1, w7=3), compile_backend="inductor", warmup=1,
 )
 SMOKE = dict(
     smoke=True, d_in=16, d_out=32, tokens=8, n_masks=4, density=0.1, mag_shape=(64, 32),
@@ -98,7 +98,9 @@ def _with_fused_mode(fn, mode: str | None):
 def _masked_linears(cfg, orig):
     torch.manual_seed(0)
     base = nn.Linear(cfg["d_in"], cfg["d_out"])
-    layers = {"plain": copy.deepcopy(base)}
+    # plain_twin: an identical plain layer, timed like every contender; twin / plain is the
+    # noise floor of these ratios on this machine.
+    layers = {"plain": copy.deepcopy(base), "plain_twin": copy.deepcopy(base)}
 
     def frozen(layer):
         layer.weight.requires_grad_(False)
@@ -126,6 +128,7 @@ def w1(cfg, orig):
         _ratio_row("CS step / plain Linear step (ours)", t, "ours_cs", "plain", 1.05),
         _ratio_row("HC step / plain Linear step (ours, default: fused kernel)", t, "ours_hc", "plain", 1.15),
         _ratio_row("HC step / plain Linear step (ours, NEUROSURGEON_FUSED=never)", t, "ours_hc_eager", "plain"),
+        _ratio_row("noise floor: identical plain layer / plain Linear step", t, "plain_twin", "plain"),
         _ratio_row("CS step / plain Linear step (original)", t, "orig_cs", "plain"),
         _ratio_row("HC step / plain Linear step (original)", t, "orig_hc", "plain"),
     ]
@@ -138,7 +141,7 @@ def w2(cfg, orig):
     torch.manual_seed(0)
     base = nn.Linear(cfg["d_in"], cfg["d_out"])
     theta = _subnetwork_theta((cfg["d_out"], cfg["d_in"]), 0.5)
-    layers = {"plain": copy.deepcopy(base).eval()}
+    layers = {"plain": copy.deepcopy(base).eval(), "plain_twin": copy.deepcopy(base).eval()}
     ours = ns.ContSparseLinear.from_layer(copy.deepcopy(base), key=0)
     _set_theta(ours, theta)
     layers["ours"] = ours.eval()
@@ -163,6 +166,7 @@ def w2(cfg, orig):
     rows = [_ratio_row("eval forward / plain Linear (ours, default: mask recomputed per call)", t, "ours", "plain", 1.05),
             _ratio_row(f"eval forward / plain Linear (ours, cached_masks(), {n_batches} batches)", t, "ours_cached",
                        "plain", 1.05),
+            _ratio_row("noise floor: identical plain layer / plain Linear", t, "plain_twin", "plain"),
             _ratio_row("eval forward / plain Linear (original)", t, "orig", "plain")]
     return {"id": 2, "title": "eval-mode forward with a hard mask (continuous sparsification)", "timings": t,
             "ratios": rows, "info": {"shape": f"x ({cfg['tokens']}, {cfg['d_in']}) -> {cfg['d_out']}",
@@ -430,7 +434,7 @@ def w6(cfg, orig):
 # -- workload 7: torch.compile ----------------------------------------------------------------------------
 def w7(cfg, orig):
     backend = cfg["compile_backend"]
-    layers = {n: layer for n, layer in _masked_linears(cfg, None).items() if n != "ours_hc_eager"}
+    layers = {n: layer for n, layer in _masked_linears(cfg, None).items() if n not in ("ours_hc_eager", "plain_twin")}
     x = torch.randn(cfg["tokens"], cfg["d_in"], requires_grad=True)
     gy = torch.randn(cfg["tokens"], cfg["d_out"])
     contenders = {}

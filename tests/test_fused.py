@@ -94,7 +94,7 @@ def test_auto_mode_falls_back_to_eager_with_one_warning_and_always_mode_raises(m
     theta, w = _theta_and_weight((40, 30))
     key = nr.key(1)
 
-    def broken():
+    def broken(which):
         def kernel(*args):
             raise RuntimeError("no C++ compiler")
         return kernel
@@ -106,8 +106,11 @@ def test_auto_mode_falls_back_to_eager_with_one_warning_and_always_mode_raises(m
     with fused.fused_kernels("auto", min_numel=0):
         with pytest.warns(RuntimeWarning, match="could not be compiled"):
             w_eff, z = fused.fused_hard_concrete_weight(w, theta, key, **HP)
-        assert torch.equal(z, F.hard_concrete_mask(theta, key, **HP).detach())
+        z_ref = F.hard_concrete_mask(theta, key, **HP)
+        torch.testing.assert_close(z, z_ref.detach(), rtol=1e-6, atol=1e-6)
         assert torch.equal(w_eff, w * z)
+        (g,) = torch.autograd.grad(w_eff.sum(), theta)  # the eager backward formula
+        torch.testing.assert_close(g, torch.autograd.grad((w * z_ref).sum(), theta)[0], rtol=1e-5, atol=1e-6)
         assert "no C++ compiler" in fused.fused_settings()["failed"]
         assert not fused.fused_eligible(w, theta)  # auto: eager from now on, no more warnings
         layer = ns.HardConcreteLinear(30, 40, key=0)
@@ -141,3 +144,9 @@ def test_settings_validate_and_restore(monkeypatch):
     with pytest.raises(ValueError, match="NEUROSURGEON_FUSED.*fast"):
         fused.fused_settings()
     monkeypatch.setitem(fused._settings, "mode", None)
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    assert doctest.testmod(fused).failed == 0

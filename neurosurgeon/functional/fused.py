@@ -32,7 +32,7 @@ import warnings
 import torch
 
 from ._checks import check_choice
-from .hard_concrete import gate_from_noise, noise_uniform
+from .hard_concrete import noise_uniform
 
 __all__ = ["FUSED_MODES", "fused_kernels", "fused_settings", "fused_eligible", "fused_hard_concrete_weight"]
 
@@ -43,7 +43,7 @@ DEFAULT_MIN_NUMEL = 2**18
 
 _settings: dict = {"mode": None, "min_numel": DEFAULT_MIN_NUMEL}
 _failed: list[str] = []  # why compiling failed in ``auto`` mode (then the eager path is used)
-_compiled = None
+_compiled: dict = {}
 
 
 def _mode() -> str:
@@ -111,20 +111,70 @@ def fused_eligible(weight: torch.Tensor, log_alpha: torch.Tensor) -> bool:
     return mode == "always" or log_alpha.numel() >= _settings["min_numel"]
 
 
-def _kernel(weight, log_alpha, key, beta, scale, left):
+def _gate_forward(weight, log_alpha, key, beta, scale, left):
+    """(W * z, z): noise u from ``key``, then eq. 9-10 (the same functions as the eager path)."""
     u = noise_uniform(key, (log_alpha.shape[0],))
-    z = gate_from_noise(log_alpha, u, beta, scale, left)
-    # z leaves the graph: it is reported as weight_mask, and a second differentiable output would
-    # make autograd materialise (fill) a zero gradient for it on every backward.
-    return weight * z.to(weight.dtype), z.detach()
+    # log(u / (1 - u)): one logarithm instead of log u - log1p(-u)'s two (the kernel is bound by
+    # its transcendentals); 1 - u is exact for u >= 1/2, so the two agree to ~1e-7 relative.
+    logistic = torch.log(u / (1.0 - u)).to(log_alpha.dtype)
+    z = torch.clamp(torch.sigmoid((logistic + log_alpha) / beta) * scale + left, 0.0, 1.0)
+    return weight * z.to(weight.dtype), z
 
 
-def _compiled_kernel():
-    global _compiled
-    if _compiled is None:
-        # dynamic=True: one graph for every layer size (inputs are flattened, so every layer kind too).
-        _compiled = torch.compile(_kernel, dynamic=True, fullgraph=True)
-    return _compiled
+def _gate_backward(grad_weff, weight, z, beta, scale, left):
+    """d loss / d theta from z alone. Inside the clamp, dz/dtheta = scale * s (1 - s) / beta with
+    s = (z - l) / scale, i.e. (z - l)(r - z) / (scale * beta), r = l + scale; outside it, 0. Saving
+    z (an output anyway) instead of s halves what the forward writes for the backward."""
+    g = (grad_weff * weight).to(z.dtype)
+    inside = (z > 0) & (z < 1)
+    return torch.where(inside, g * ((z - left) * (scale + left - z) / (scale * beta)), 0.0)
+
+
+_KERNELS = {"forward": _gate_forward, "backward": _gate_backward}
+
+
+def _compiled_kernel(which: str):
+    """The compiled ``forward`` or ``backward`` kernel. dynamic=True: one graph for every layer
+    size (inputs are flattened, so for every layer kind too). Both run without autograd."""
+    if which not in _compiled:
+        _compiled[which] = torch.compile(_KERNELS[which], dynamic=True, fullgraph=True)
+    return _compiled[which]
+
+
+def _run(which: str, *args):
+    if not _failed:
+        try:
+            return _compiled_kernel(which)(*args)
+        except Exception as e:  # compiler missing or broken: the result must not depend on it
+            if _mode() == "always":
+                raise
+            _failed[:] = [f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"]
+            warnings.warn(f"neurosurgeon: the fused hard-concrete kernel could not be compiled ({_failed[0]}); "
+                          f"using the eager path. Set {ENV_VAR}=never to silence this.", RuntimeWarning, stacklevel=4)
+    return _KERNELS[which](*args)
+
+
+class _FusedGate(torch.autograd.Function):
+    """Forward and backward of W * z as two compiled kernels (Louizos et al. 2018, eq. 9-10)."""
+
+    @staticmethod
+    def forward(ctx, weight, log_alpha, key, beta, scale, left):
+        w_eff, z = _run("forward", weight, log_alpha, key, beta, scale, left)
+        ctx.save_for_backward(weight, z, beta, scale, left)
+        # z is reported as weight_mask, not differentiated: no zero gradient to materialise for it.
+        ctx.mark_non_differentiable(z)
+        ctx.set_materialize_grads(False)
+        return w_eff, z
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_weff, _grad_z):
+        weight, z, beta, scale, left = ctx.saved_tensors
+        if grad_weff is None:
+            return None, None, None, None, None, None
+        g_theta = _run("backward", grad_weff, weight, z, beta, scale, left) if ctx.needs_input_grad[1] else None
+        g_weight = grad_weff * z.to(grad_weff.dtype) if ctx.needs_input_grad[0] else None
+        return g_weight, g_theta, None, None, None, None
 
 
 def fused_hard_concrete_weight(weight, log_alpha, key, *, temperature, left, right):
@@ -138,13 +188,5 @@ def fused_hard_concrete_weight(weight, log_alpha, key, *, temperature, left, rig
     hp = dict(dtype=log_alpha.dtype, device=log_alpha.device)
     args = (weight.reshape(-1), log_alpha.reshape(-1), key, torch.tensor(float(temperature), **hp),
             torch.tensor(float(right) - float(left), **hp), torch.tensor(float(left), **hp))
-    try:
-        w, z = _compiled_kernel()(*args)
-    except Exception as e:  # compiler missing or broken: the result must not depend on it
-        if _mode() == "always":
-            raise
-        _failed[:] = [f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"]
-        warnings.warn(f"neurosurgeon: the fused hard-concrete kernel could not be compiled ({_failed[0]}); "
-                      f"using the eager path. Set {ENV_VAR}=never to silence this.", RuntimeWarning, stacklevel=3)
-        w, z = _kernel(*args)
+    w, z = _FusedGate.apply(*args)
     return w.view(shape), z.view(shape)
