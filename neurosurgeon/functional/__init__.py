@@ -13,6 +13,7 @@ from .continuous_sparsification import (
     continuous_sparsification_l0,
     continuous_sparsification_mask,
 )
+from .cs_l0 import continuous_sparsification_weight_and_l0
 from .hard_concrete import (
     hard_concrete_hard_mask,
     hard_concrete_init,
@@ -44,6 +45,7 @@ __all__ = [
     "ABLATIONS", "LAYER_KINDS", "MASK_UNITS", "PADDING_MODES", "STRATEGIES",
     "ablate",
     "continuous_sparsification_mask", "continuous_sparsification_hard_mask", "continuous_sparsification_l0",
+    "continuous_sparsification_weight_and_l0",
     "hard_concrete_init", "hard_concrete_mask", "hard_concrete_mask_from_noise", "hard_concrete_hard_mask",
     "hard_concrete_l0",
     "apply_mask", "linear", "gpt_conv1d", "conv1d", "conv2d", "layer_forward",

@@ -6,8 +6,10 @@ training and 1[theta > 0] when hard; see :mod:`neurosurgeon.functional.continuou
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
+from .. import functional as F
 from ..functional._checks import check_finite, check_temperature
 from ._layer_types import CONV1D, CONV2D, GPT_CONV1D, LINEAR
 from .mask_layer import MaskLayer, TemperedMixin
@@ -36,6 +38,37 @@ class ContSparseLayer(TemperedMixin, MaskLayer):
 
     def _hparams(self):
         return {"temperature": self._temperature}
+
+    def masked_parameters(self) -> F.MaskedParameters:
+        """As :meth:`MaskLayer.masked_parameters`; a weight-unit mask being trained computes W * m
+        and its L0 term from one sigmoid (:func:`~neurosurgeon.functional.continuous_sparsification_weight_and_l0`),
+        and :meth:`calculate_l0` returns that term while theta and the temperature are unchanged."""
+        wp, bp = self._mask_tensors()
+        if not (self._use_masks and self._ablation == "none" and not self._is_hard() and torch.is_grad_enabled()
+                and wp.shape == self.weight.shape and not self._transformed()):
+            return super().masked_parameters()
+        self._resample_if_requested()
+        w, m, l0 = F.continuous_sparsification_weight_and_l0(self.weight, wp, temperature=self._temperature)
+        self._l0 = (wp, self._l0_stamp(wp), l0)
+        b, bias_mask = self._soft_bias(bp, None)
+        return F.MaskedParameters(w, b, m.to(self.weight.dtype), bias_mask)
+
+    def _l0_stamp(self, wp):
+        return (wp._version, wp.data_ptr(), self._temperature, self.weight.numel(), torch.is_grad_enabled())
+
+    def calculate_l0(self) -> torch.Tensor:
+        """As :meth:`MaskLayer.calculate_l0`. While training, the weight term is the one the last
+        forward computed, as long as theta (same tensor, same version) and the temperature are
+        unchanged; otherwise it is computed afresh."""
+        cached = self._l0
+        wp, bp = self._mask_tensors()
+        if cached is None or cached[0] is not wp or cached[1] != self._l0_stamp(wp) or self._is_hard() \
+                or self._transformed():
+            return super().calculate_l0()
+        total = cached[2]
+        if self._mask_bias and bp is not None:
+            total = total + F.mask_l0(self._strategy, bp, self.bias.numel(), hard=False, **self._hparams())
+        return total
 
     @property
     def mask_init_value(self) -> float:

@@ -54,10 +54,7 @@ class HardConcreteLayer(TemperedMixin, MaskLayer):
         k_weight, k_bias = F.draw_keys(self._next_noise_key())[:2]
         hp = self._hparams()
         w, z = fused.fused_hard_concrete_weight(self.weight, wp, k_weight, **hp)
-        b, bias_mask = self.bias, None
-        if bp is not None:
-            m = F.soft_mask(self._strategy, bp, k_bias, **hp)
-            b, bias_mask = F.apply_mask(self.bias, m), m.to(self.bias.dtype)
+        b, bias_mask = self._soft_bias(bp, k_bias)
         return F.MaskedParameters(w, b, z.to(self.weight.dtype), bias_mask)
 
     @property

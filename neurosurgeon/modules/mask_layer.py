@@ -76,6 +76,7 @@ class MaskLayer(nn.Module):
         self._checked: Any = None  # versions of the mask parameters last checked for NaN/inf
         self._last: F.MaskedParameters | None = None
         self._eff: tuple | None = None  # (stamp, tensors, result) under cached_masks()
+        self._l0: tuple | None = None  # (theta, stamp, L0 term) of the last fused training forward
         self._layer.configure(self, **layer_args)
         if base is None:
             w_shape, b_shape = self._layer.shapes(self)
@@ -311,6 +312,14 @@ class MaskLayer(nn.Module):
         self._eff = None if graph else (stamp, tensors, p)
         return p
 
+    def _soft_bias(self, bias_params: torch.Tensor | None, key: torch.Tensor | None):
+        """(bias, bias_mask) of a training forward that computed the weight outside
+        :func:`~neurosurgeon.functional.layer_masks` (the strategies' fused paths)."""
+        if bias_params is None:
+            return self.bias, None
+        m = F.soft_mask(self._strategy, bias_params, key, **self._hparams())
+        return F.apply_mask(self.bias, m), m.to(self.bias.dtype)
+
     def _transformed(self) -> bool:
         """Inside torch.compile or a functorch transform (vmap, grad, functional_call batching)."""
         return torch.compiler.is_compiling() or any(
@@ -387,7 +396,7 @@ class MaskLayer(nn.Module):
         # refuses; they and the cached draws are derived state, recomputed at the next forward.
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         state = dict(state)
-        state.update(_last=None, _cache=None, _checked=None, _eff=None)
+        state.update(_last=None, _cache=None, _checked=None, _eff=None, _l0=None)
         return state
 
     def extra_repr(self) -> str:
