@@ -51,7 +51,7 @@ head forward/dX are ~2.0 s of a ~2.7 s step in `torch.profiler`. The `floor` con
 same model with no masks and only the Conv1D weights trainable: the same GEMMs and no mask maths,
 the lower bound of any eager weight-mask training step. It measures 0.93-1.02x the original's CS
 step, so CS <= 0.9x the original would need ours to run below the floor; that target is not met
-in eager mode (only `torch.compile` of the whole step goes under it: workload 7 and the README).
+in eager mode, and `torch.compile` of the whole step gains only ~2% (workload 7).
 What ours still spends above the floor is ~7% (profile: the W * m pass and dm = g * W, 48 sigmoids
 and 48 sigmoid backwards over 85M entries). The L0 term no longer adds to it: the mask, W * m and
 sum(m) come from one sigmoid (`functional/cs_l0.py`), and the task and L0 gradients meet before the
@@ -73,12 +73,13 @@ exceed the caches and the per-key time rises to 1.9 s (2.6x); chunks of 2 give 1
     7: """**Bound.** Inductor fuses the element-wise mask maths into a few vectorised C++ loops around the
 GEMMs, which it leaves to MKL/oneDNN; the plain layer has nothing to fuse, so its speed-up is ~1
 (and can be below 1: the compiled graph adds a dispatch layer around the same GEMMs). Hard
-concrete's eager step now already runs its noise and gate through the fused kernel (workload 1),
-so compiling the whole layer step gains little more; with `NEUROSURGEON_FUSED=never` the eager
-step is ~1.2-1.35x plain and compiling it gave 1.29x. The GPT-2 compile (workload 5 under
-torch.compile) is not in the `--quick` runs: compiling a 12-layer GPT-2 train step with Inductor
-takes many minutes on 2 cores; `python -m benchmarks.run --only 7` (without `--quick`) measures it,
-and `benchmarks/model_compile_speedup.py` measured 2.3-3.2x on a 2-layer GPT-2 (README).""",
+concrete's eager step already runs its noise and gate through the fused kernel (workload 1), so
+compiling the whole layer step adds only the fusion of W * z into the GEMM's neighbours; with
+`NEUROSURGEON_FUSED=never` the eager step is ~1.3x plain. The 12-layer GPT-2 CS train step
+(workload 5) compiles in under two minutes here and runs only ~1.02x faster than eager: at
+GPT-2-small scale the step is GEMM-bound (~2.0 of ~2.7 s), and the mask maths Inductor can fuse
+is the ~7% left above the floor. (The 2.3-3.2x of `benchmarks/model_compile_speedup.py` is for
+a 2-layer, 128-wide GPT-2, where per-op overhead dominates.)""",
 }
 
 PROFILE_NOTES = """- Method: `torch.profiler` tables (`key_averages`, sorted by self CPU) of one step of every workload, and
