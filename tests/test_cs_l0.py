@@ -31,15 +31,15 @@ def test_values_and_gradients_equal_the_separate_expressions(rows, cols, beta, l
     w_eff, m, l0 = F.continuous_sparsification_weight_and_l0(w, theta, temperature=beta)
     r_eff, r_m, r_l0 = _separate(w, theta, beta)
     assert torch.equal(w_eff, r_eff) and torch.equal(m, r_m) and torch.equal(l0, r_l0)
-    assert not m.requires_grad
+    assert m.requires_grad  # the mask itself stays differentiable (weight_mask regularisers)
     if split:  # task loss first, L0 in a second backward call (after autograd freed saved tensors)
         (w_eff * g_out).sum().backward()
-        (lam * l0).backward()
+        (lam * l0 + m[0].sum()).backward()
     else:
-        ((w_eff * g_out).sum() + lam * l0).backward()
+        ((w_eff * g_out).sum() + lam * l0 + m[0].sum()).backward()
     got = theta.grad.clone(), w.grad.clone()
     theta.grad = w.grad = None
-    ((r_eff * g_out).sum() + lam * r_l0).backward()
+    ((r_eff * g_out).sum() + lam * r_l0 + r_m[0].sum()).backward()
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(got[0], theta.grad, **tol)
     torch.testing.assert_close(got[1], w.grad, **tol)
@@ -82,7 +82,8 @@ def test_module_l0_and_gradients_equal_the_unfused_path(mask_unit):
     a, b = _layer_pair(mask_unit=mask_unit)
     x = torch.randn(4, 6)
     for layer in (a, b):
-        loss = layer(x).square().sum() + 0.3 * layer.calculate_l0()
+        out = layer(x)  # weight_mask is differentiable on both paths: a regulariser on it reaches theta
+        loss = out.square().sum() + 0.3 * layer.calculate_l0() + 0.1 * layer.weight_mask.square().sum()
         loss.backward()
     assert torch.equal(a.calculate_l0(), b.calculate_l0())
     for p, q in ((a.weight_mask_params, b.weight_mask_params), (a.bias_mask_params, b.bias_mask_params)):

@@ -28,14 +28,18 @@ def test_fused_kernel_equals_eager_gate_weight_and_gradient():
     g_out = torch.randn(w.shape, generator=torch.Generator().manual_seed(3))
     with fused.fused_kernels("always"):
         w_fused, z_fused = fused.fused_hard_concrete_weight(w, theta, key, **HP)
-    (gf,) = torch.autograd.grad((w_fused * g_out).sum(), theta)
+    (gf,) = torch.autograd.grad((w_fused * g_out).sum(), theta, retain_graph=True)
     z_ref = F.hard_concrete_mask(theta, key, **HP)
-    (gr,) = torch.autograd.grad((F.apply_mask(w, z_ref) * g_out).sum(), theta)
+    (gr,) = torch.autograd.grad((F.apply_mask(w, z_ref) * g_out).sum(), theta, retain_graph=True)
     # Same key -> same Threefry words (a wrong int32 wrap-around would move gates by ~1, not 1e-6);
     # only the last bit of log/sigmoid may differ between the compiled and eager kernels.
-    torch.testing.assert_close(z_fused, z_ref.detach(), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(w_fused, (w * z_ref).detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(z_fused.detach(), z_ref.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(w_fused.detach(), (w * z_ref).detach(), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(gf, gr, rtol=1e-5, atol=1e-6)
+    # z (the reported weight_mask) is differentiable too: a loss on it and on W * z together.
+    (gf2,) = torch.autograd.grad((w_fused * g_out).sum() + z_fused[:7].sum(), theta)
+    (gr2,) = torch.autograd.grad((F.apply_mask(w, z_ref) * g_out).sum() + z_ref[:7].sum(), theta)
+    torch.testing.assert_close(gf2, gr2, rtol=1e-5, atol=1e-6)
     assert 0.2 < float((z_ref == 0).float().mean() + (z_ref == 1).float().mean()) < 0.9  # both clamps and the interior
     # A temperature change reaches the kernel as a tensor: no recompilation, a different gate.
     with fused.fused_kernels("always"):

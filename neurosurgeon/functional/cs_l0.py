@@ -27,8 +27,9 @@ def continuous_sparsification_weight_and_l0(weight: torch.Tensor, mask_params: t
                                             temperature: float = 1.0):
     """``(W * m, m, sum(m))`` with m = sigma(beta * theta), for a weight-unit mask (theta shaped like W).
 
-    Values equal the separate expressions bitwise; gradients agree up to float rounding (the two
-    gradient contributions are added before the sigmoid derivative is applied, not after). Under
+    Values equal the separate expressions bitwise, and all three outputs are differentiable;
+    gradients agree up to float rounding (the contributions are added before the sigmoid
+    derivative is applied, not after). Under
     ``torch.compile``, functorch transforms or without autograd it is the plain composition.
 
     Example:
@@ -52,18 +53,19 @@ class _WeightAndL0(torch.autograd.Function):
     def forward(ctx, weight, theta, beta):
         m = continuous_sparsification_mask(theta, temperature=beta)
         # Attributes, not saved tensors: the L0 output's gradient may arrive in a later backward
-        # call than the task loss's, after autograd has freed the saved tensors. m is
-        # non-differentiable and W a leaf, so this makes no reference cycle.
-        ctx.m, ctx.weight, ctx.beta = m, weight, beta
-        ctx.mark_non_differentiable(m)
-        ctx.set_materialize_grads(False)
+        # call than the task loss's, after autograd has freed the saved tensors. A detached
+        # alias of m (and W, a leaf) makes no reference cycle through this node.
+        ctx.m, ctx.weight, ctx.beta = m.detach(), weight, beta
+        ctx.set_materialize_grads(False)  # unused outputs get no zero-filled gradient
         return weight * m.to(weight.dtype), m, m.sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_weff, _grad_m, grad_l0):
+    def backward(ctx, grad_weff, grad_m, grad_l0):
         m, weight, beta = ctx.m, ctx.weight, ctx.beta
         t = None if grad_weff is None else (grad_weff * weight).to(m.dtype)
+        if grad_m is not None:  # m itself is differentiable too (a user's own regulariser on it)
+            t = grad_m.to(m.dtype).clone() if t is None else t.add_(grad_m.to(m.dtype))
         if grad_l0 is not None:
             t = grad_l0.to(m.dtype).expand_as(m) if t is None else t.add_(grad_l0.to(m.dtype))
         grad_theta = None

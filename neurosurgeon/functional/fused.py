@@ -167,19 +167,22 @@ class _FusedGate(torch.autograd.Function):
     def forward(ctx, weight, log_alpha, key, beta, scale, left):
         w_eff, z = _run("forward", weight, log_alpha, key, beta, scale, left)
         ctx.save_for_backward(weight, z, beta, scale, left)
-        # z is reported as weight_mask, not differentiated: no zero gradient to materialise for it.
-        ctx.mark_non_differentiable(z)
-        ctx.set_materialize_grads(False)
+        ctx.set_materialize_grads(False)  # z (weight_mask) is rarely used: no zero-filled gradient for it
         return w_eff, z
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_weff, _grad_z):
+    def backward(ctx, grad_weff, grad_z):
         weight, z, beta, scale, left = ctx.saved_tensors
-        if grad_weff is None:
-            return None, None, None, None, None, None
-        g_theta = _run("backward", grad_weff, weight, z, beta, scale, left) if ctx.needs_input_grad[1] else None
-        g_weight = grad_weff * z.to(grad_weff.dtype) if ctx.needs_input_grad[0] else None
+        g_theta = g_weight = None
+        if ctx.needs_input_grad[1]:
+            if grad_weff is not None:
+                g_theta = _run("backward", grad_weff, weight, z, beta, scale, left)
+            if grad_z is not None:  # a loss on weight_mask itself: the eager formula, W = 1
+                g_z = _gate_backward(grad_z, torch.ones((), dtype=z.dtype, device=z.device), z, beta, scale, left)
+                g_theta = g_z if g_theta is None else g_theta + g_z
+        if ctx.needs_input_grad[0] and grad_weff is not None:
+            g_weight = grad_weff * z.to(grad_weff.dtype)
         return g_weight, g_theta, None, None, None, None
 
 
