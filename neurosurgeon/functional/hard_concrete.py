@@ -52,17 +52,10 @@ def hard_concrete_mask_from_noise(
     check_broadcasts_to("noise", noise, "log_alpha", tuple(log_alpha.shape))
     # The logistic noise log u - log(1 - u) is formed at the noise's precision (at least theta's):
     # rounding u to a half-precision theta first would send u = 1 - eps to 1 and the noise to inf.
-    return gate_from_noise(log_alpha, noise, beta, hi - lo, lo)
-
-
-def gate_from_noise(log_alpha, noise, beta, scale, left):
-    """Eq. 9-10 without argument checks: z = clamp(sigma((logit(u) + theta) / beta) * scale + l, 0, 1),
-    scale = r - l. ``beta``, ``scale`` and ``left`` may be floats or 0-d tensors (the fused kernel
-    passes tensors so a temperature schedule does not recompile it)."""
     u = noise.to(torch.promote_types(noise.dtype, log_alpha.dtype))
     logistic = (torch.log(u) - torch.log1p(-u)).to(log_alpha.dtype)
     s = torch.sigmoid((logistic + log_alpha) / beta)
-    return torch.clamp(s * scale + left, 0.0, 1.0)
+    return torch.clamp(s * (hi - lo) + lo, 0.0, 1.0)
 
 
 def hard_concrete_mask(
