@@ -110,15 +110,21 @@ def check_tensor(name: str, value: Any) -> torch.Tensor:
     return value
 
 
+def transformed(*tensors: torch.Tensor | None) -> bool:
+    """True under ``torch.compile`` tracing or when a tensor is wrapped by a functorch transform
+    (``vmap``, ``grad``): then host reads, ``out=`` buffers and eager-only fast paths must give way
+    to plain composable ops. ``None`` entries are ignored."""
+    return torch.compiler.is_compiling() or any(
+        t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
 def concrete_int(t: torch.Tensor) -> int | None:
     """``int(t)`` when ``t`` can be read on the host without breaking a transform, else None.
 
     Under ``torch.compile`` tracing or when ``t`` is batched by ``vmap``, reading a value would
     break the graph; callers then fall back to value-independent code.
     """
-    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t):
-        return None
-    return int(t)
+    return None if transformed(t) else int(t)
 
 
 def check_positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_temperature
+from ._checks import check_temperature, transformed
 
 __all__ = ["continuous_sparsification_mask", "continuous_sparsification_hard_mask", "continuous_sparsification_l0"]
 
@@ -33,8 +33,7 @@ def continuous_sparsification_mask(mask_params: torch.Tensor, *, temperature: fl
 
 def continuous_sparsification_hard_mask(mask_params: torch.Tensor) -> torch.Tensor:
     """Hard mask 1[theta > 0] in ``mask_params``' dtype (eq. 6; the temperature -> inf limit)."""
-    if mask_params.dtype.is_floating_point and not torch.compiler.is_compiling() and not \
-            torch._C._functorch.is_functorch_wrapped_tensor(mask_params):
+    if mask_params.dtype.is_floating_point and not transformed(mask_params):
         # Compare straight into a float buffer: one pass, ~10x faster on CPU than writing a
         # bool tensor and casting it (out= does not compose with transforms, hence the guard).
         return torch.gt(mask_params.detach(), 0, out=torch.empty_like(mask_params, requires_grad=False))

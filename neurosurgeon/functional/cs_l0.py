@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_same_shape, check_temperature
+from ._checks import check_same_shape, check_temperature, transformed
 from .continuous_sparsification import continuous_sparsification_mask
 from .layers import apply_mask
 
@@ -40,9 +40,7 @@ def continuous_sparsification_weight_and_l0(weight: torch.Tensor, mask_params: t
     """
     beta = check_temperature(temperature)
     check_same_shape("mask_params", mask_params, "weight", weight)
-    plain = not torch.compiler.is_compiling() and not any(
-        torch._C._functorch.is_functorch_wrapped_tensor(t) for t in (weight, mask_params))
-    if plain and torch.is_grad_enabled() and (mask_params.requires_grad or weight.requires_grad):
+    if not transformed(weight, mask_params) and torch.is_grad_enabled() and (mask_params.requires_grad or weight.requires_grad):
         return _WeightAndL0.apply(weight, mask_params, beta)
     m = continuous_sparsification_mask(mask_params, temperature=beta)
     return apply_mask(weight, m), m, m.sum()

@@ -33,8 +33,8 @@ import warnings
 
 import torch
 
-from ._checks import check_choice
-from .hard_concrete import noise_uniform
+from ._checks import check_choice, transformed
+from .hard_concrete import noise_uniform, stretched_gate
 
 __all__ = ["FUSED_MODES", "fused_kernels", "fused_settings", "fused_eligible", "fused_hard_concrete_weight"]
 
@@ -106,7 +106,7 @@ def fused_eligible(weight: torch.Tensor, log_alpha: torch.Tensor) -> bool:
     mode = _mode()
     if mode == "never" or (_failed and mode == "auto"):
         return False
-    if torch.compiler.is_compiling() or any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in (weight, log_alpha)):
+    if transformed(weight, log_alpha):
         return False
     if not (torch.is_grad_enabled() and log_alpha.requires_grad):
         return False  # inference-mode calls would compile a second graph for little gain
@@ -120,8 +120,7 @@ def _gate_forward(weight, log_alpha, key, beta, scale, left):
     u = noise_uniform(key, (log_alpha.shape[0],))
     # log(u / (1 - u)): one logarithm instead of log u - log1p(-u)'s two (the kernel is bound by
     # its transcendentals); 1 - u is exact for u >= 1/2, so the two agree to ~1e-7 relative.
-    logistic = torch.log(u / (1.0 - u)).to(log_alpha.dtype)
-    z = torch.clamp(torch.sigmoid((logistic + log_alpha) / beta) * scale + left, 0.0, 1.0)
+    z = stretched_gate(torch.log(u / (1.0 - u)).to(log_alpha.dtype), log_alpha, beta, scale, left)
     return weight * z.to(weight.dtype), z
 
 

@@ -54,8 +54,14 @@ def hard_concrete_mask_from_noise(
     # rounding u to a half-precision theta first would send u = 1 - eps to 1 and the noise to inf.
     u = noise.to(torch.promote_types(noise.dtype, log_alpha.dtype))
     logistic = (torch.log(u) - torch.log1p(-u)).to(log_alpha.dtype)
-    s = torch.sigmoid((logistic + log_alpha) / beta)
-    return torch.clamp(s * (hi - lo) + lo, 0.0, 1.0)
+    return stretched_gate(logistic, log_alpha, beta, hi - lo, lo)
+
+
+def stretched_gate(logistic, log_alpha, beta, scale, left):
+    """Eq. 9-10 from logistic noise log(u / (1 - u)): clamp(sigma((noise + theta) / beta) * scale + l, 0, 1),
+    scale = r - l. ``beta``, ``scale`` and ``left`` may be floats or 0-d tensors (the fused kernel
+    passes tensors, so a temperature schedule does not recompile it)."""
+    return torch.clamp(torch.sigmoid((logistic + log_alpha) / beta) * scale + left, 0.0, 1.0)
 
 
 def hard_concrete_mask(

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ._checks import check_fraction, concrete_int
+from ._checks import check_fraction, concrete_int, transformed
 
 __all__ = ["magnitude_mask", "num_pruned"]
 
@@ -18,10 +18,6 @@ __all__ = ["magnitude_mask", "num_pruned"]
 def num_pruned(numel: int, prune_percentage: float) -> int:
     """How many of ``numel`` entries a prune fraction removes: Python ``round(p * n)``."""
     return int(round(check_fraction("prune_percentage", prune_percentage) * numel))
-
-
-def _wrapped(t: torch.Tensor) -> bool:
-    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
 _SAMPLE = 65536
@@ -79,7 +75,7 @@ def magnitude_mask(weight: torch.Tensor, *, prune_percentage: float = 0.2) -> to
     if k == n:
         return torch.zeros_like(weight)
     mag = weight.detach().abs().reshape(-1)
-    threshold = torch.kthvalue(mag, k).values if _wrapped(mag) else _kth_smallest(mag, k)
+    threshold = torch.kthvalue(mag, k).values if transformed(mag) else _kth_smallest(mag, k)
     kept = mag > threshold
     surplus = concrete_int(torch.count_nonzero(kept))
     if surplus is not None:

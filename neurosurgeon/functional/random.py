@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import check_key
+from ._checks import check_key, transformed
 
 __all__ = ["key", "split", "fold_in", "bits", "uniform", "normal", "threefry2x32"]
 
@@ -57,7 +57,7 @@ def _threefry_i32(k0: torch.Tensor, k1: torch.Tensor, c0: torch.Tensor, c1: torc
     ks = (k0, k1, k0 ^ k1 ^ _PARITY)
     x0 = c0 + ks[0]
     x1 = c1 + ks[1]
-    plain = not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(x1)
+    plain = not transformed(x1)
     scratch = torch.empty_like(x1) if plain else None
     for i in range(_ROUNDS):
         r = _ROTATIONS[i % 8]
@@ -91,9 +91,7 @@ def _threefry_words(k0: int, k1: int, c0: int, c1: int) -> tuple[int, int]:
 def _host_words(*tensors: torch.Tensor) -> bool:
     """True when key words can be read on the host: eager CPU tensors (no device sync, no
     transform that a Python int would escape)."""
-    return not torch.compiler.is_compiling() and all(
-        t.device.type == "cpu" and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors
-    )
+    return not transformed(*tensors) and all(t.device.type == "cpu" for t in tensors)
 
 
 def threefry2x32(key_: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ import math
 import torch
 
 from . import random as nr
-from ._checks import check_key, concrete_int
+from ._checks import check_key, concrete_int, transformed
 
 __all__ = ["sample_zeros", "randomly_sampled_mask", "complement_sampled_mask"]
 
@@ -121,7 +121,7 @@ def _batched(kernel, op, info, in_dims, key, eligible, num_zeros, dtype):
     # scatter/kthvalue over (K, n) are far slower on CPU, and stacking K outputs costs a copy).
     args = (key, eligible, num_zeros)
     slices = [tuple(a if d is None else a.select(d, i) for a, d in zip(args, in_dims)) for i in range(info.batch_size)]
-    if torch.compiler.is_compiling() or any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in args):
+    if transformed(*args):
         # traced by torch.compile, or nested vmap: one (opaque) op call per entry
         extra = () if op is _sample_zeros_op else (dtype,)
         return torch.stack([op(*sl, *extra) for sl in slices]), 0

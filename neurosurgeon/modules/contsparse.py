@@ -12,7 +12,7 @@ import torch.nn as nn
 from .. import functional as F
 from ..functional._checks import check_finite, check_temperature
 from ._layer_types import CONV1D, CONV2D, GPT_CONV1D, LINEAR
-from .mask_layer import MaskLayer, TemperedMixin
+from .mask_layer import MaskLayer, TemperedMixin, _version
 
 __all__ = ["ContSparseLayer", "ContSparseLinear", "ContSparseGPTConv1D", "ContSparseConv1d", "ContSparseConv2d"]
 
@@ -43,10 +43,9 @@ class ContSparseLayer(TemperedMixin, MaskLayer):
         """As :meth:`MaskLayer.masked_parameters`; a weight-unit mask being trained computes W * m
         and its L0 term from one sigmoid (:func:`~neurosurgeon.functional.continuous_sparsification_weight_and_l0`),
         and :meth:`calculate_l0` returns that term while theta and the temperature are unchanged."""
-        wp, bp = self._mask_tensors()
-        if not (self._use_masks and self._ablation == "none" and not self._is_hard() and torch.is_grad_enabled()
-                and wp.shape == self.weight.shape and not self._transformed()):
+        if not self._trains_weight_mask_eagerly():
             return super().masked_parameters()
+        wp, bp = self._mask_tensors()
         self._resample_if_requested()
         w, m, l0 = F.continuous_sparsification_weight_and_l0(self.weight, wp, temperature=self._temperature)
         self._l0 = (wp, self._l0_stamp(wp), l0)
@@ -54,7 +53,7 @@ class ContSparseLayer(TemperedMixin, MaskLayer):
         return F.MaskedParameters(w, b, m.to(self.weight.dtype), bias_mask)
 
     def _l0_stamp(self, wp):
-        return (wp._version, wp.data_ptr(), self._temperature, self.weight.numel(), torch.is_grad_enabled())
+        return (_version(wp), self._temperature, self.weight.numel(), torch.is_grad_enabled())
 
     def calculate_l0(self) -> torch.Tensor:
         """As :meth:`MaskLayer.calculate_l0`. While training, the weight term is the one the last

@@ -47,8 +47,7 @@ class HardConcreteLayer(TemperedMixin, MaskLayer):
         """As :meth:`MaskLayer.masked_parameters`; large weight masks being trained go through
         the fused kernel of :mod:`neurosurgeon.functional.fused` (same key, same gates)."""
         wp, bp = self._mask_tensors()
-        if not (self._use_masks and self._ablation == "none" and not self._is_hard()
-                and fused.fused_eligible(self.weight, wp)):
+        if not (self._trains_weight_mask_eagerly() and fused.fused_eligible(self.weight, wp)):
             return super().masked_parameters()
         self._resample_if_requested()
         k_weight, k_bias = F.draw_keys(self._next_noise_key())[:2]

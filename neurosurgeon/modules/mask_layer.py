@@ -15,7 +15,16 @@ import torch.nn as nn
 
 from .. import functional as F
 from ..functional import random as nr
-from ..functional._checks import ABLATIONS, MASK_UNITS, RANDOM_ABLATIONS, check_bool, check_choice, check_key, check_temperature
+from ..functional._checks import (
+    ABLATIONS,
+    MASK_UNITS,
+    RANDOM_ABLATIONS,
+    check_bool,
+    check_choice,
+    check_key,
+    check_temperature,
+    transformed,
+)
 from ._layer_types import LayerType
 from .cache import cache_generation
 
@@ -322,16 +331,21 @@ class MaskLayer(nn.Module):
 
     def _transformed(self) -> bool:
         """Inside torch.compile or a functorch transform (vmap, grad, functional_call batching)."""
-        return torch.compiler.is_compiling() or any(
-            torch._C._functorch.is_functorch_wrapped_tensor(t)
-            for t in (*self._mask_tensors(), self.weight, self.mask_key) if t is not None
-        )
+        return transformed(*self._mask_tensors(), self.weight, self.mask_key)
+
+    def _trains_weight_mask_eagerly(self) -> bool:
+        """A training forward of a weight-unit mask on eager tensors with autograd on: where the
+        strategies' fused training paths (CS: one sigmoid for mask and L0; HC: the compiled
+        gate) apply. Anything else goes through :func:`~neurosurgeon.functional.layer_masks`."""
+        wp, _ = self._mask_tensors()
+        return (self._use_masks and self._ablation == "none" and not self._is_hard() and torch.is_grad_enabled()
+                and wp.shape == self.weight.shape and not self._transformed())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.masked_parameters()
         # Keep the applied masks for ``weight_mask``/``bias_mask``, but never a traced value or
         # a functorch wrapper, which would be dead (or leak) once the transform returns.
-        if not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(p.weight):
+        if not transformed(p.weight):
             self._last = p
         return self._layer.forward(self, x, p.weight, p.bias)
 
