@@ -154,3 +154,15 @@ def test_docstring_example_runs():
     import doctest
 
     assert doctest.testmod(fused).failed == 0
+
+
+def test_first_compilation_is_logged(monkeypatch, caplog):
+    # A ~15 s pause on the first large hard-concrete step must be explained, not look like a hang.
+    monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    with caplog.at_level("INFO", logger="neurosurgeon.functional.fused"):
+        fused._compiled_kernel("forward")
+        fused._compiled_kernel("forward")
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "compiling the fused hard-concrete forward kernel" in messages[0]
+    assert "NEUROSURGEON_FUSED=never" in messages[0]
