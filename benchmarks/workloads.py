@@ -25,13 +25,13 @@ FULL = dict(
     smoke=False, d_in=768, d_out=3072, tokens=1024, n_masks=64, density=0.1, mag_shape=(21000, 4000),
     gpt2=dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
     gpt2_batch=(2, 256), baselines=50, baseline_batch=(16, 32), baseline_chunk=2, orig_baselines=5,
-    w2_batches=10, repeats=dict(w1=31, w2=31, w3=2, w4=3, w5=5, w6=1, w7=3), compile_backend="inductor", warmup=1,
+    w2_batches=10, repeats=dict(w1=31, w2=31, w3=2, w4=3, w5=5, w6=1, w7=3, w7_layer=21), compile_backend="inductor", warmup=1,
 )
 SMOKE = dict(
     smoke=True, d_in=16, d_out=32, tokens=8, n_masks=4, density=0.1, mag_shape=(64, 32),
     gpt2=dict(n_layer=2, n_embd=32, n_head=2, vocab_size=101, n_positions=64),
     gpt2_batch=(2, 8), baselines=3, baseline_batch=(2, 8), baseline_chunk=2, orig_baselines=2,
-    w2_batches=2, repeats=dict(w1=1, w2=1, w3=1, w4=1, w5=1, w6=1, w7=1), compile_backend="eager", warmup=0,
+    w2_batches=2, repeats=dict(w1=1, w2=1, w3=1, w4=1, w5=1, w6=1, w7=1, w7_layer=1), compile_backend="eager", warmup=0,
 )
 
 
@@ -293,7 +293,8 @@ def gpt2_model(contender: str, cfg):
         # Conv1D weight) with no mask maths; everything else frozen, as in the masked models.
         for name, p in model.named_parameters():
             p.requires_grad_(any(name == f"{t}.weight" for t in targets))
-        return model.train(), _gpt2_input(cfg)
+        # Dropout off, as in every masked model (masks train on a fixed network: model/freeze.py).
+        return model.eval(), _gpt2_input(cfg)
     kind, strategy = contender.split("_")
     method = {"cs": "continuous_sparsification", "hc": "hard_concrete"}[strategy]
     hp = {"ablation": "none", "mask_unit": "weight", "mask_bias": False}
@@ -437,20 +438,23 @@ def w7(cfg, orig):
     layers = {n: layer for n, layer in _masked_linears(cfg, None).items() if n not in ("ours_hc_eager", "plain_twin")}
     x = torch.randn(cfg["tokens"], cfg["d_in"], requires_grad=True)
     gy = torch.randn(cfg["tokens"], cfg["d_out"])
-    contenders = {}
+    layer_steps, model_steps = {}, {}
     if cfg["smoke"]:  # one contender exercises the path
         layers = {"ours_cs": layers["ours_cs"]}
     for n, layer in layers.items():
-        contenders[f"w1:{n}:eager"] = _linear_step(layer, x, gy)
+        layer_steps[f"w1:{n}:eager"] = _linear_step(layer, x, gy)
         compiled = copy.deepcopy(layer)
         step = _linear_step(compiled, x, gy)
         compiled.forward = torch.compile(compiled.forward, backend=backend)
-        contenders[f"w1:{n}:compiled"] = step
+        layer_steps[f"w1:{n}:compiled"] = step
+    # Single-layer steps take ~0.1 s and move +-5% run to run: many repeats. A GPT-2 step takes
+    # seconds and its compiled twin minutes to build: few.
+    t = interleaved(layer_steps, repeats=cfg["repeats"]["w7_layer"], warmup=1 + cfg["warmup"])
     if not cfg["smoke"] and cfg.get("w7_gpt2_compile", True):  # tracing a GPT-2 is too slow for a smoke run
         for n in ("ours_cs",):  # compiling a GPT-2 costs minutes on 2 cores: one strategy
-            contenders[f"w5:{n}:eager"] = gpt2_train_step(n, cfg)
-            contenders[f"w5:{n}:compiled"] = gpt2_train_step(n, cfg, compile_backend=backend)
-    t = interleaved(contenders, repeats=cfg["repeats"]["w7"], warmup=1 + cfg["warmup"])
+            model_steps[f"w5:{n}:eager"] = gpt2_train_step(n, cfg)
+            model_steps[f"w5:{n}:compiled"] = gpt2_train_step(n, cfg, compile_backend=backend)
+        t.update(interleaved(model_steps, repeats=cfg["repeats"]["w7"], warmup=1 + cfg["warmup"]))
     rows = []
     for w in ("w1", "w5"):
         for n in ("plain", "ours_cs", "ours_hc"):
