@@ -5,6 +5,8 @@ import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
 import neurosurgeon as ns
+import neurosurgeon.functional as F
+from neurosurgeon.functional._checks import RANDOM_ABLATIONS
 
 STRATEGIES = ["ContSparse", "HardConcrete", "MagPrune"]
 #: class-name prefix -> strategy name of the functional core
@@ -14,6 +16,20 @@ LEARNED = ["ContSparse", "HardConcrete"]
 SUFFIXES = ["Linear", "GPTConv1D", "Conv1d", "Conv2d"]
 ABLATIONS = ["none", "zero_ablate", "random_ablate", "randomly_sampled", "complement_sampled"]
 ALL_CLASSES = [s + x for s in STRATEGIES for x in SUFFIXES]
+#: suffix -> (constructor arguments, an input shape, the functional core's layer kind), for
+#: tests that build layers with the constructors rather than ``from_layer``
+CONSTRUCTOR_CASES = {
+    "Linear": ((6, 4), (3, 6), "linear"),
+    "GPTConv1D": ((4, 6), (3, 6), "gpt_conv1d"),
+    "Conv1d": ((2, 4, 3), (2, 2, 7), "conv1d"),
+    "Conv2d": ((2, 4, 2), (2, 2, 5, 5), "conv2d"),
+}
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """A mask layer class name -> (the core's strategy name, the layer suffix)."""
+    prefix = next(p for p in STRATEGIES if name.startswith(p))
+    return STRATEGY_OF_PREFIX[prefix], name[len(prefix):]
 
 
 def base_layer(suffix: str, dtype=torch.float32, bias: bool = True) -> nn.Module:
@@ -60,3 +76,13 @@ def mixed_sign_(layer: ns.MaskLayer, seed: int = 2) -> None:
 
 def suffix_of(name: str) -> str:
     return next(x for x in SUFFIXES if name.endswith(x))
+
+
+def reference_key(layer: ns.MaskLayer, strategy: str, hard: bool, noise_step=None):
+    """The key a layer's forward hands the functional core: its mask key for a random ablation,
+    the per-step noise key while training hard concrete, else none."""
+    if hard:
+        return layer.mask_key if layer.ablation in RANDOM_ABLATIONS else None
+    if strategy == "hard_concrete":
+        return F.noise_key(layer.mask_key, noise_step)
+    return None

@@ -14,32 +14,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _modules_zoo import STRATEGY_OF_PREFIX
+from _modules_zoo import CONSTRUCTOR_CASES, STRATEGY_OF_PREFIX, reference_key, split_name
 
 import neurosurgeon as ns
 import neurosurgeon.functional as F
 from neurosurgeon.functional import ABLATIONS
-from neurosurgeon.functional._checks import RANDOM_ABLATIONS
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-LAYERS = {
-    "Linear": ((6, 4), (3, 6), "linear"),
-    "GPTConv1D": ((4, 6), (3, 6), "gpt_conv1d"),
-    "Conv1d": ((2, 4, 3), (2, 2, 7), "conv1d"),
-    "Conv2d": ((2, 4, 2), (2, 2, 5, 5), "conv2d"),
-}
-STRATEGIES = STRATEGY_OF_PREFIX
-CLASSES = [p + s for p in STRATEGIES for s in LAYERS]
-
-
-def parts(name):
-    prefix = next(p for p in STRATEGIES if name.startswith(p))
-    return STRATEGIES[prefix], name[len(prefix):]
+LAYERS = CONSTRUCTOR_CASES
+CLASSES = [p + s for p in STRATEGY_OF_PREFIX for s in LAYERS]
 
 
 def build(name, dtype=torch.float32, device="cpu", *, key=0, seed=0, **kw):
     """A layer with mixed-sign weights and a sparse subnetwork (so every ablation is legal)."""
-    strategy, suffix = parts(name)
+    strategy, suffix = split_name(name)
     args, in_shape, kind = LAYERS[suffix]
     if strategy == "magnitude_pruning":
         kw.setdefault("prune_percentage", 0.7)  # keep 30%: complement sampling is possible
@@ -72,12 +60,7 @@ def reference(layer, x, strategy, kind, *, hard, noise_step=None):
         hp = {"temperature": layer.temperature}
         if strategy == "hard_concrete":
             hp.update(left=layer.left_stretch, right=layer.right_stretch)
-    if hard:
-        key = layer.mask_key if layer.ablation in RANDOM_ABLATIONS else None
-    elif strategy == "hard_concrete":
-        key = F.noise_key(layer.mask_key, noise_step)
-    else:
-        key = None
+    key = reference_key(layer, strategy, hard, noise_step)
     p = F.mask_parameters(layer.weight, layer.bias, wp, bp, key, strategy=strategy, kind=kind, hard=hard,
                           ablation=layer.ablation, **hp)
     return F.layer_forward(kind, x, p.weight, p.bias, **conv_args(layer, kind)), p
@@ -150,7 +133,7 @@ def test_masks_do_not_depend_on_the_weight_dtype(name):
 def test_no_tensor_is_created_on_a_fixed_device():
     """On the meta device nothing is computed, but every tensor a layer makes must follow it."""
     for name in CLASSES:
-        layer = getattr(ns, name)(*LAYERS[parts(name)[1]][0], mask_bias=True, key=0, device="meta")
+        layer = getattr(ns, name)(*LAYERS[split_name(name)[1]][0], mask_bias=True, key=0, device="meta")
         assert all(t.device.type == "meta" for t in (*layer.parameters(), *layer.buffers())), name
 
 

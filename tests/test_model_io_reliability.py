@@ -72,25 +72,25 @@ def _mask_state_unchanged(net, before):
     return before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_truncated_file_is_a_clear_error_and_changes_nothing(tmp_path):
-    _, path = _saved(tmp_path)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    fresh = _net("continuous_sparsification", key=5)
-    before = ns.mask_state(fresh)
-    with pytest.raises(ValueError, match="not a readable safetensors file"):
-        ns.load_masks(fresh, path)
-    assert _mask_state_unchanged(fresh, before)
+def _truncate(data: bytes) -> bytes:
+    return data[: len(data) // 2]
 
 
-def test_flipped_byte_in_the_tensor_data_is_detected_by_the_checksum(tmp_path):
+def _flip_last_tensor_byte(data: bytes) -> bytes:
+    b = bytearray(data)
+    b[-3] ^= 0xFF  # inside the last tensor's bytes: the structure still parses, the checksum catches it
+    return bytes(b)
+
+
+@pytest.mark.parametrize("corrupt, message", [(_truncate, "not a readable safetensors file"),
+                                              (_flip_last_tensor_byte, "corrupted")],
+                         ids=["truncated", "flipped-byte"])
+def test_corrupted_file_is_a_clear_error_and_changes_nothing(tmp_path, corrupt, message):
     _, path = _saved(tmp_path)
-    data = bytearray(path.read_bytes())
-    data[-3] ^= 0xFF  # inside the last tensor's bytes: the structure still parses
-    path.write_bytes(bytes(data))
+    path.write_bytes(corrupt(path.read_bytes()))
     fresh = _net("continuous_sparsification", key=5)
     before = ns.mask_state(fresh)
-    with pytest.raises(ValueError, match="corrupted"):
+    with pytest.raises(ValueError, match=message):
         ns.load_masks(fresh, path)
     assert _mask_state_unchanged(fresh, before)
 

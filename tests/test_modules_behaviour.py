@@ -619,5 +619,9 @@ def test_public_configuration_accessors_describe_the_layer(name):
     p = ns.functional.mask_parameters(layer.weight, layer.bias, *layer.mask_tensors(), None, strategy=layer.strategy,
                                       kind=layer.layer_kind, hard=True, **layer.mask_hparams)
     assert torch.equal(p.weight, layer.masked_parameters().weight)
+    y = ns.functional.layer_forward(layer.layer_kind, x, p.weight, p.bias,
+                                    **{a: getattr(layer, a) for a in ("stride", "padding", "dilation", "groups")
+                                       if hasattr(layer, a)})
+    torch.testing.assert_close(y, layer(x), rtol=0, atol=0)
     with pytest.raises(AttributeError):
         layer.strategy = "hard_concrete"

@@ -35,11 +35,16 @@ def _ablations(name, train):
     return ABLATIONS
 
 
+def _one_ablation(name, train):
+    """The ablation a one-per-strategy case uses: none while training a learned mask."""
+    strategy = next(s for s in EVAL_ABLATION if name.startswith(s))
+    return "none" if train and strategy != "MagPrune" else EVAL_ABLATION[strategy]
+
+
 @pytest.mark.parametrize("name", ONE_PER_STRATEGY)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_compiled_fullgraph_equals_eager_one_layer_per_strategy(name, train):
-    strategy = next(s for s in EVAL_ABLATION if name.startswith(s))
-    ablation = "none" if train and strategy != "MagPrune" else EVAL_ABLATION[strategy]
+    ablation = _one_ablation(name, train)
     _check_compiled_equals_eager(name, train, ablation, "aot_eager", mask_bias=True)
 
 
@@ -86,8 +91,7 @@ def test_compiled_fullgraph_equals_eager_full_matrix(name, train, unit):
 @pytest.mark.parametrize("name", ONE_PER_STRATEGY)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_inductor_compiled_fullgraph_equals_eager(name, train):
-    strategy = next(s for s in EVAL_ABLATION if name.startswith(s))
-    ablation = "none" if train and strategy != "MagPrune" else EVAL_ABLATION[strategy]
+    ablation = _one_ablation(name, train)
     _check_compiled_equals_eager(name, train, ablation, "inductor", mask_bias=True)
 
 
@@ -95,8 +99,7 @@ def test_inductor_compiled_fullgraph_equals_eager(name, train):
 @pytest.mark.parametrize("name", ONE_PER_STRATEGY)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_cuda_inductor_compiled_equals_eager(name, train):
-    strategy = next(s for s in EVAL_ABLATION if name.startswith(s))
-    ablation = "none" if train and strategy != "MagPrune" else EVAL_ABLATION[strategy]
+    ablation = _one_ablation(name, train)
     layer = mask_layer(name, ablation=ablation, key=3).train(train).cuda()
     x = example_input(suffix_of(name)).cuda()
     compiled = torch.compile(layer, fullgraph=True)

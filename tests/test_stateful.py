@@ -16,27 +16,20 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from _modules_zoo import STRATEGY_OF_PREFIX
+from _modules_zoo import CONSTRUCTOR_CASES, STRATEGY_OF_PREFIX, reference_key, split_name
 
 import neurosurgeon as ns
 import neurosurgeon.functional as F
 from neurosurgeon.functional import ABLATIONS
 from neurosurgeon.functional._checks import RANDOM_ABLATIONS
 
-LAYERS = {
-    "Linear": ((5, 4), (2, 5), "linear"),
-    "GPTConv1D": ((4, 5), (2, 5), "gpt_conv1d"),
-    "Conv1d": ((2, 3, 3), (2, 2, 6), "conv1d"),
-    "Conv2d": ((2, 3, 2), (1, 2, 4, 4), "conv2d"),
-}
+LAYERS = CONSTRUCTOR_CASES
 STRATEGIES = STRATEGY_OF_PREFIX
 
 
 def layer_info(layer):
-    name = type(layer).__name__
-    prefix = next(p for p in STRATEGIES if name.startswith(p))
-    suffix = name[len(prefix):]
-    return STRATEGIES[prefix], LAYERS[suffix][2]
+    strategy, suffix = split_name(type(layer).__name__)
+    return strategy, LAYERS[suffix][2]
 
 
 def conv_args(layer, kind):
@@ -78,12 +71,7 @@ def reference(layer, x, *, noise_step):
         else:
             hard = is_hard(layer, strategy)
             wp, bp = mask_tensors(layer, strategy)
-            if hard:
-                key = layer.mask_key if layer.ablation in RANDOM_ABLATIONS else None
-            elif strategy == "hard_concrete":
-                key = F.noise_key(layer.mask_key, noise_step)
-            else:
-                key = None
+            key = reference_key(layer, strategy, hard, noise_step)
             p = F.mask_parameters(layer.weight, layer.bias, wp, bp, key, strategy=strategy, kind=kind, hard=hard,
                                   ablation=layer.ablation, **hparams(layer, strategy))
         return F.layer_forward(kind, x, p.weight, p.bias, **conv_args(layer, kind)), p

@@ -230,6 +230,16 @@ def _unit_interval(key_: torch.Tensor, n: int, dtype: torch.dtype, *, open_low: 
     return (ints * (2.0**-p)).to(work)
 
 
+def _float_draw(key_: torch.Tensor, shape, dtype, device) -> tuple[torch.Tensor, int, tuple[int, ...]]:
+    """Checked (key on its output device, entry count, output shape) of a floating draw."""
+    check_key(key_)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    if device is not None:
+        key_ = key_.to(device)
+    return key_, _numel(shape), (shape,) if isinstance(shape, int) else tuple(shape)
+
+
 def uniform(
     key_: torch.Tensor,
     shape: Sequence[int],
@@ -251,15 +261,10 @@ def uniform(
     Returns:
         tensor of ``shape`` and ``dtype``.
     """
-    check_key(key_)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    if device is not None:
-        key_ = key_.to(device)
-    n = _numel(shape)
+    key_, n, out_shape = _float_draw(key_, shape, dtype, device)
     u = _unit_interval(key_, n, dtype, open_low=False)
     out = u * (maxval - minval) + minval if (minval, maxval) != (0.0, 1.0) else u
-    return out.to(dtype).reshape(tuple(shape) if not isinstance(shape, int) else (shape,))
+    return out.to(dtype).reshape(out_shape)
 
 
 def normal(
@@ -272,13 +277,8 @@ def normal(
     std: float = 1.0,
 ) -> torch.Tensor:
     """Normal floats by inverse-CDF sampling: z = sqrt(2) * erfinv(2u - 1), u in (0, 1)."""
-    check_key(key_)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    if device is not None:
-        key_ = key_.to(device)
-    n = _numel(shape)
+    key_, n, out_shape = _float_draw(key_, shape, dtype, device)
     work = torch.float64 if dtype == torch.float64 else torch.float32
     u = _unit_interval(key_, n, work, open_low=True)
     z = torch.erfinv(u * 2.0 - 1.0) * math.sqrt(2.0)
-    return (z * std + mean).to(dtype).reshape(tuple(shape) if not isinstance(shape, int) else (shape,))
+    return (z * std + mean).to(dtype).reshape(out_shape)
