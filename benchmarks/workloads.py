@@ -151,6 +151,12 @@ def w2(cfg, orig):
         o.train(False)
         layers["orig"] = o
     layers["ours_cached"] = copy.deepcopy(ours)
+    # Magnitude pruning: its hard mask is a selection over |W|; ours re-verifies last call's
+    # threshold in a few streaming passes instead of selecting again (functional/magnitude.py).
+    layers["ours_mag"] = ns.MagPruneLinear.from_layer(copy.deepcopy(base), prune_percentage=0.5, key=0).eval()
+    if orig is not None:
+        layers["orig_mag"] = orig["MP"].from_layer(copy.deepcopy(base), prune_percentage=0.5)
+        layers["orig_mag"].train(False)
     x = torch.randn(cfg["tokens"], cfg["d_in"])
     n_batches = cfg["w2_batches"]
 
@@ -167,8 +173,11 @@ def w2(cfg, orig):
             _ratio_row(f"eval forward / plain Linear (ours, cached_masks(), {n_batches} batches)", t, "ours_cached",
                        "plain", 1.05),
             _ratio_row("noise floor: identical plain layer / plain Linear", t, "plain_twin", "plain"),
-            _ratio_row("eval forward / plain Linear (original)", t, "orig", "plain")]
-    return {"id": 2, "title": "eval-mode forward with a hard mask (continuous sparsification)", "timings": t,
+            _ratio_row("eval forward / plain Linear (original)", t, "orig", "plain"),
+            _ratio_row("magnitude pruning (50%) eval forward / plain Linear (ours)", t, "ours_mag", "plain"),
+            _ratio_row("magnitude pruning (50%) eval forward / plain Linear (original)", t, "orig_mag", "plain")]
+    return {"id": 2, "title": "eval-mode forward with a hard mask (continuous sparsification; magnitude pruning)",
+            "timings": t,
             "ratios": rows, "info": {"shape": f"x ({cfg['tokens']}, {cfg['d_in']}) -> {cfg['d_out']}",
                                         "batches_per_timed_loop": n_batches}}
 

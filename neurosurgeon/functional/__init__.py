@@ -22,7 +22,7 @@ from .hard_concrete import (
     hard_concrete_mask_from_noise,
 )
 from .layers import apply_mask, conv1d, conv2d, gpt_conv1d, layer_forward, linear
-from .magnitude import magnitude_mask, num_pruned
+from .magnitude import magnitude_mask, magnitude_mask_and_threshold, num_pruned
 from .masking import (
     LayerMasks,
     MaskedParameters,
@@ -49,7 +49,7 @@ __all__ = [
     "hard_concrete_init", "hard_concrete_mask", "hard_concrete_mask_from_noise", "hard_concrete_hard_mask",
     "hard_concrete_l0",
     "apply_mask", "linear", "gpt_conv1d", "conv1d", "conv2d", "layer_forward",
-    "magnitude_mask", "num_pruned",
+    "magnitude_mask", "magnitude_mask_and_threshold", "num_pruned",
     "LayerMasks", "layer_masks", "apply_layer_masks", "MaskedParameters", "mask_parameters", "noise_key", "hard_mask", "soft_mask", "mask_l0", "draw_keys", "check_finite_params",
     "reinit_weight", "reinit_bias",
     "sample_zeros", "randomly_sampled_mask", "complement_sampled_mask",

@@ -2,6 +2,13 @@
 
 Zeroes exactly round(p * n) entries of smallest |w|; ties at the threshold are broken by flat
 index (lower index pruned first), so the count is exact for any input.
+
+A mask is cheap to *verify* but costly to *find*: given any tau, if exactly n - k entries have
+|w| > tau, then {|w| > tau} is the kept set (every kept entry exceeds every pruned one, so no tie
+straddles the split and the tie rule has nothing to decide). ``magnitude_mask_and_threshold``
+returns such a tau with the mask, and takes one back as ``threshold_hint``: an unchanged (or
+barely changed) weight is then re-masked in a few streaming passes instead of a selection, and a
+hint that no longer certifies is simply ignored, so a stale mask cannot come out of it.
 """
 
 from __future__ import annotations
@@ -10,9 +17,9 @@ import math
 
 import torch
 
-from ._checks import check_fraction, concrete_int, transformed
+from ._checks import check_fraction, transformed
 
-__all__ = ["magnitude_mask", "num_pruned"]
+__all__ = ["magnitude_mask", "magnitude_mask_and_threshold", "num_pruned"]
 
 
 def num_pruned(numel: int, prune_percentage: float) -> int:
@@ -68,26 +75,55 @@ def magnitude_mask(weight: torch.Tensor, *, prune_percentage: float = 0.2) -> to
         >>> magnitude_mask(torch.tensor([0.3, -0.1, 0.2, 0.1]), prune_percentage=0.5)
         tensor([1., 0., 1., 0.])
     """
+    return magnitude_mask_and_threshold(weight, prune_percentage=prune_percentage)[0]
+
+
+def magnitude_mask_and_threshold(
+    weight: torch.Tensor, *, prune_percentage: float = 0.2, threshold_hint: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(:func:`magnitude_mask`, a threshold tau certifying it), reusing ``threshold_hint`` when it still certifies.
+
+    tau is a 0-d tensor with ``mask == (|w| > tau)`` and exactly n - round(p * n) entries above
+    it; it is None when no such tau exists (a tie straddles the split), for p in {0, 1}, and
+    under ``torch.compile``/functorch transforms (which never read values to choose a path).
+    Passing the previous call's tau as ``threshold_hint`` costs ~4 streaming passes when it
+    certifies the current weight and one wasted pass when it does not; the mask is the same
+    either way (see the module docstring for why).
+
+    Example:
+        >>> w = torch.tensor([0.3, -0.1, 0.2, 0.1])
+        >>> m, tau = magnitude_mask_and_threshold(w, prune_percentage=0.5)
+        >>> magnitude_mask_and_threshold(w * 2, prune_percentage=0.5, threshold_hint=tau)[0]
+        tensor([1., 0., 1., 0.])
+    """
     n = weight.numel()
     k = num_pruned(n, prune_percentage)
     if k == 0:
-        return torch.ones_like(weight)
+        return torch.ones_like(weight), None
     if k == n:
-        return torch.zeros_like(weight)
+        return torch.zeros_like(weight), None
     mag = weight.detach().abs().reshape(-1)
-    threshold = torch.kthvalue(mag, k).values if transformed(mag) else _kth_smallest(mag, k)
+    if transformed(mag):
+        return _tie_split_mask(weight, mag, torch.kthvalue(mag, k).values, k), None
+    if threshold_hint is not None and threshold_hint.device == mag.device and threshold_hint.dtype == mag.dtype:
+        kept = mag > threshold_hint
+        if int(torch.count_nonzero(kept)) == n - k:
+            return kept.to(weight.dtype).reshape(weight.shape), threshold_hint
+    threshold = _kth_smallest(mag, k)
     kept = mag > threshold
-    surplus = concrete_int(torch.count_nonzero(kept))
-    if surplus is not None:
-        # Eager fast path: ties at the threshold are rare, so find them only when some must be
-        # kept: the last (by index) `surplus` of them, the same rule as the cumsum path below.
-        surplus = (n - k) - surplus
-        if surplus > 0:
-            ties = (mag == threshold).nonzero().squeeze(1)
-            kept[ties[ties.numel() - surplus:]] = True
-        return kept.to(weight.dtype).reshape(weight.shape)
-    # Value-independent path (torch.compile graphs, functorch transforms): entries equal to the
-    # threshold are pruned in index order until exactly k are pruned.
+    # Ties at the threshold are rare, so look for them only when some must be kept: the last
+    # (by index) `surplus` of them, the same rule as the value-independent path.
+    surplus = (n - k) - int(torch.count_nonzero(kept))
+    if surplus == 0:
+        return kept.to(weight.dtype).reshape(weight.shape), threshold
+    ties = (mag == threshold).nonzero().squeeze(1)
+    kept[ties[ties.numel() - surplus:]] = True
+    return kept.to(weight.dtype).reshape(weight.shape), None
+
+
+def _tie_split_mask(weight: torch.Tensor, mag: torch.Tensor, threshold: torch.Tensor, k: int) -> torch.Tensor:
+    """Value-independent path (torch.compile graphs, functorch transforms): entries equal to the
+    threshold are pruned in index order until exactly k are pruned."""
     below = mag < threshold
     at = mag == threshold
     quota = k - below.sum()

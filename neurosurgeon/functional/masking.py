@@ -20,6 +20,7 @@ from ._checks import (
     check_choice,
     check_fraction,
     check_layer_tensors,
+    check_same_shape,
     check_stretch,
     check_temperature,
     concrete_int,
@@ -169,6 +170,7 @@ def layer_masks(
     right: float = 1.1,
     prune_percentage: float = 0.2,
     check_finite: bool = True,
+    subnetworks: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
 ) -> LayerMasks:
     """The masks (and replacement values) a masked layer applies (SPEC sections 2-3).
 
@@ -185,6 +187,10 @@ def layer_masks(
         check_finite: when hard, raise if theta holds NaN/inf instead of binarising it to 0
             (one host read per call; skipped under ``torch.compile``/``vmap``). The module
             shells pass False: they check once per version of their parameters.
+        subnetworks: when hard (or magnitude pruning), the subnetworks h of (weight, bias)
+            already computed with :func:`hard_mask` from these parameters, so they are not
+            computed again (the module shells pass the magnitude masks they re-verify cheaply
+            with :func:`~neurosurgeon.functional.magnitude_mask_and_threshold`).
 
     Raises:
         ValueError/TypeError: unknown strings, bad hyper-parameters, tensors whose shapes do
@@ -213,20 +219,25 @@ def layer_masks(
         )
     keys = draw_keys(key) if key is not None else (None, None, None, None)
 
-    def one(params, k_draw, k_reinit, reinit):
+    given = (None, None) if subnetworks is None else subnetworks
+
+    def one(params, h, k_draw, k_reinit, reinit):
         if params is None:
             return None, None
         if hard or magnitude:
-            h = hard_mask(strategy, params, left=left, right=right, prune_percentage=prune_percentage)
+            if h is None:
+                h = hard_mask(strategy, params, left=left, right=right, prune_percentage=prune_percentage)
+            else:
+                check_same_shape("subnetworks entry", h, "its mask parameters", params)
             replacement = reinit(k_reinit) if ablation == "random_ablate" else None
             return ablate(h, k_draw, ablation=ablation), replacement
         return soft_mask(strategy, params, k_draw, temperature=temperature, left=left, right=right), None
 
-    wm, wr = one(weight_mask_params, keys[0], keys[2], lambda k: reinit_weight(k, kind, weight))
+    wm, wr = one(weight_mask_params, given[0], keys[0], keys[2], lambda k: reinit_weight(k, kind, weight))
     if bias is None:
         bm, br = None, None
     else:
-        bm, br = one(bias_mask_params, keys[1], keys[3], lambda k: reinit_bias(k, kind, weight, bias))
+        bm, br = one(bias_mask_params, given[1], keys[1], keys[3], lambda k: reinit_bias(k, kind, weight, bias))
     return LayerMasks(wm, wr, bm, br)
 
 

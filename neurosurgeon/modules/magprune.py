@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from .. import functional as F
+
 from ..functional._checks import check_choice, check_fraction
 from ._layer_types import CONV1D, CONV2D, GPT_CONV1D, LINEAR
 from .mask_layer import MaskLayer
@@ -43,6 +45,17 @@ class MagPruneLayer(MaskLayer):
 
     def _hparams(self):
         return {"prune_percentage": self._prune_percentage}
+
+    def _subnetworks(self, wp, bp, h_args):
+        # Finding the k-th |w| is a selection (~one kthvalue); checking that last call's
+        # threshold still splits the weight exactly is a few streaming passes, and a threshold
+        # that no longer certifies is ignored, so this cannot serve a stale mask (even after an
+        # edit through ``.data``, which no version counter sees).
+        hints = self._thresholds or (None, None)
+        out = [F.magnitude_mask_and_threshold(t, threshold_hint=hint, **h_args) if t is not None else (None, None)
+               for t, hint in zip((wp, bp), hints)]
+        self._thresholds = tuple(tau for _, tau in out)
+        return tuple(h for h, _ in out)
 
     @property
     def mask_unit(self) -> str:

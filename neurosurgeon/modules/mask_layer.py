@@ -86,6 +86,7 @@ class MaskLayer(nn.Module):
         self._last: F.MaskedParameters | None = None
         self._eff: tuple | None = None  # (stamp, tensors, result) under cached_masks()
         self._l0: tuple | None = None  # (theta, stamp, L0 term) of the last fused training forward
+        self._thresholds: tuple | None = None  # magnitude pruning: the last certifying thresholds
         self._layer.configure(self, **layer_args)
         if base is None:
             w_shape, b_shape = self._layer.shapes(self)
@@ -283,13 +284,13 @@ class MaskLayer(nn.Module):
                 if p is not None and p is not self.weight and p is not self.bias:
                     F.check_finite_params(p, f"{type(self).__name__}.{name}")
             self._checked = versions
+        h_args = {n: v for n, v in kwargs.items() if n in ("left", "right", "prune_percentage")}
+        hs = self._subnetworks(wp, bp, h_args)
         if self._ablation not in RANDOM_ABLATIONS:
-            return F.layer_masks(self.weight, self.bias, wp, bp, key, **kwargs)
+            return F.layer_masks(self.weight, self.bias, wp, bp, key, subnetworks=hs, **kwargs)
         # Random ablations are drawn once and reused while the subnetwork h, the key and the
         # settings are unchanged. h is compared by value, not by tensor version: an edit through
         # ``.data`` does not bump the version, and a stale mask must never be served.
-        h_args = {n: v for n, v in kwargs.items() if n in ("left", "right", "prune_percentage")}
-        hs = tuple(None if t is None else F.hard_mask(self._strategy, t, **h_args) for t in (wp, bp))
         stamp = (tuple(sorted(kwargs.items())), tuple(self.mask_key.tolist()),
                  *((None,) * 3 if t is None else (tuple(t.shape), t.dtype, t.device) for t in (self.weight, self.bias)),
                  *((None,) * 3 if t is None else (tuple(t.shape), t.dtype, t.device) for t in hs))
@@ -297,9 +298,13 @@ class MaskLayer(nn.Module):
             a is None or torch.equal(a, b) for a, b in zip(hs, self._cache[1])
         ):
             return self._cache[2]
-        masks = F.layer_masks(self.weight, self.bias, wp, bp, key, **kwargs)
+        masks = F.layer_masks(self.weight, self.bias, wp, bp, key, subnetworks=hs, **kwargs)
         self._cache = (stamp, hs, masks)
         return masks
+
+    def _subnetworks(self, wp: torch.Tensor | None, bp: torch.Tensor | None, h_args: dict) -> tuple:
+        """The hard subnetworks h of (weight, bias) in an eager hard forward."""
+        return tuple(None if t is None else F.hard_mask(self._strategy, t, **h_args) for t in (wp, bp))
 
     def masked_parameters(self) -> F.MaskedParameters:
         """The effective weight and bias this layer computes with now (and the masks applied)."""
@@ -410,7 +415,7 @@ class MaskLayer(nn.Module):
         # refuses; they and the cached draws are derived state, recomputed at the next forward.
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         state = dict(state)
-        state.update(_last=None, _cache=None, _checked=None, _eff=None, _l0=None)
+        state.update(_last=None, _cache=None, _checked=None, _eff=None, _l0=None, _thresholds=None)
         return state
 
     def extra_repr(self) -> str:

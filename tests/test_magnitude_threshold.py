@@ -1,0 +1,155 @@
+"""Magnitude masks re-verified from a threshold certificate (functional/magnitude.py).
+
+Any tau with exactly n - k entries of |w| above it certifies {|w| > tau} as the kept set, so a
+hint can speed a mask up but never change it: these tests hold the hinted path to the plain
+one for every hint, and check that the module shells stop re-selecting an unchanged weight but
+still see every edit (including through ``.data``, which bumps no version counter).
+"""
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given
+from hypothesis import strategies as st
+
+import neurosurgeon as ns
+import neurosurgeon.functional as F
+from neurosurgeon.functional import magnitude as magnitude_module
+from neurosurgeon.functional import random as nr
+from neurosurgeon.functional._checks import RANDOM_ABLATIONS
+
+dtypes = st.sampled_from([torch.float32, torch.float64, torch.bfloat16])
+
+
+def _weight(n, dtype, seed, ties):
+    w = torch.randn(n, generator=torch.Generator().manual_seed(seed))
+    if ties:
+        w = torch.round(w * 2) / 2  # many equal magnitudes, so ties often straddle the split
+    return w.to(dtype)
+
+
+def _straddles(w, k):
+    """Whether the k-th and (k+1)-th smallest |w| are equal (no threshold can split them)."""
+    s = w.abs().flatten().sort().values
+    return bool(s[k - 1] == s[k])
+
+
+@given(st.integers(2, 300), dtypes, st.floats(0.01, 0.99), st.integers(0, 2**32), st.booleans(),
+       st.sampled_from(["none", "own", "other", "random"]))
+def test_property_any_hint_gives_the_plain_mask_and_tau_certifies_it(n, dtype, p, seed, ties, hint_kind):
+    w = _weight(n, dtype, seed, ties)
+    k = F.num_pruned(n, p)
+    hint = {"none": None,
+            "own": F.magnitude_mask_and_threshold(w, prune_percentage=p)[1],
+            "other": F.magnitude_mask_and_threshold(_weight(n, dtype, seed + 1, ties), prune_percentage=p)[1],
+            "random": torch.rand((), generator=torch.Generator().manual_seed(seed)).to(dtype)}[hint_kind]
+    m, tau = F.magnitude_mask_and_threshold(w, prune_percentage=p, threshold_hint=hint)
+    assert torch.equal(m, F.magnitude_mask(w, prune_percentage=p))
+    if 0 < k < n:
+        assert (tau is None) == _straddles(w, k)
+    if tau is not None:
+        assert tau.shape == () and tau.dtype == dtype
+        assert torch.equal(m, (w.abs() > tau).to(dtype))
+        assert int((w.abs() > tau).sum()) == n - k
+
+
+@given(st.integers(2, 200), st.floats(0.05, 0.95), st.integers(0, 2**32))
+def test_property_a_certifying_hint_is_reused_as_is(n, p, seed):
+    w = _weight(n, torch.float32, seed, ties=False)
+    m, tau = F.magnitude_mask_and_threshold(w, prune_percentage=p)
+    if tau is None:  # only for p * n rounding to 0 or n
+        assert F.num_pruned(n, p) in (0, n)
+        return
+    m2, tau2 = F.magnitude_mask_and_threshold(w * 1.0, prune_percentage=p, threshold_hint=tau)
+    assert tau2 is tau and torch.equal(m, m2)
+
+
+def test_hint_skips_the_selection_on_a_large_weight_and_a_wrong_hint_does_not(monkeypatch):
+    w = torch.randn(600, 1000, generator=torch.Generator().manual_seed(0))  # > 8 * 65536: sampled selection
+    m, tau = F.magnitude_mask_and_threshold(w, prune_percentage=0.3)
+    calls = []
+    real = magnitude_module._kth_smallest
+    monkeypatch.setattr(magnitude_module, "_kth_smallest", lambda x, k: calls.append(k) or real(x, k))
+    again, tau_again = F.magnitude_mask_and_threshold(w, prune_percentage=0.3, threshold_hint=tau)
+    assert calls == [] and tau_again is tau and torch.equal(again, m)
+    moved = w.clone()
+    moved.view(-1)[:1000] *= 100  # 1000 small entries now beat the threshold: the hint no longer certifies
+    fresh, _ = F.magnitude_mask_and_threshold(moved, prune_percentage=0.3, threshold_hint=tau)
+    assert len(calls) == 1 and torch.equal(fresh, F.magnitude_mask(moved, prune_percentage=0.3))
+    assert not torch.equal(fresh, m)
+
+
+def test_hint_of_another_dtype_is_ignored():
+    w = torch.randn(50, generator=torch.Generator().manual_seed(3))
+    m, tau = F.magnitude_mask_and_threshold(w, prune_percentage=0.4)
+    m64, tau64 = F.magnitude_mask_and_threshold(w.double(), prune_percentage=0.4, threshold_hint=tau)
+    assert tau64.dtype == torch.float64 and torch.equal(m64, m.double())
+
+
+def test_under_vmap_the_value_independent_path_runs_and_matches():
+    w = torch.randn(4, 30, generator=torch.Generator().manual_seed(5))
+    batched = torch.func.vmap(lambda x: F.magnitude_mask_and_threshold(x, prune_percentage=0.5)[0])(w)
+    assert torch.equal(batched, torch.stack([F.magnitude_mask(x, prune_percentage=0.5) for x in w]))
+
+
+# -- module shells -----------------------------------------------------------------------------------------
+def _counting(monkeypatch):
+    calls = []
+    real = magnitude_module._kth_smallest
+    monkeypatch.setattr(magnitude_module, "_kth_smallest", lambda x, k: calls.append(k) or real(x, k))
+    return calls
+
+
+def _reference(layer, x):
+    p = F.mask_parameters(layer.weight, layer.bias, layer.weight, layer.bias if layer.mask_bias else None,
+                          layer.mask_key if layer.ablation in RANDOM_ABLATIONS else None,
+                          strategy="magnitude_pruning", kind="linear", hard=True, ablation=layer.ablation,
+                          prune_percentage=layer.prune_percentage)
+    return nn.functional.linear(x, p.weight, p.bias)
+
+
+@pytest.mark.parametrize("ablation", ["none", "zero_ablate", "complement_sampled"])
+def test_module_reselects_only_when_the_weight_changes_even_through_data(monkeypatch, ablation):
+    torch.manual_seed(0)
+    layer = ns.MagPruneLinear(40, 30, ablation=ablation, mask_bias=True, prune_percentage=0.6, key=1).eval()
+    x = torch.randn(5, 40)
+    with torch.no_grad():
+        y = layer(x)
+        calls = _counting(monkeypatch)
+        torch.testing.assert_close(layer(x), y, rtol=0, atol=0)
+        assert calls == []  # unchanged weight and bias: the thresholds still certify
+        w = layer.weight.data.view(-1)
+        big, small = int(w.abs().argmax()), int(w.abs().argmin())
+        w[big], w[small] = w[small].clone(), w[big].clone()  # an edit no version counter sees
+        y2 = layer(x)
+        # The count above the threshold is unchanged, so it still certifies: no selection, but
+        # the mask is re-derived from the edited values.
+        assert calls == []
+        torch.testing.assert_close(y2, _reference(layer, x), rtol=0, atol=0)
+        if ablation == "none":
+            assert layer.weight_mask.view(-1)[small] == 1 and layer.weight_mask.view(-1)[big] == 0
+        calls.clear()
+        w.mul_(torch.linspace(0.5, 3.0, w.numel()))  # moves entries across the threshold: re-selected
+        y3 = layer(x)
+        assert calls == [720]  # the weight's threshold failed (0.6 * 1200 pruned); the bias's still held
+        torch.testing.assert_close(y3, _reference(layer, x), rtol=0, atol=0)
+        calls.clear()
+        layer.prune_percentage = 0.8  # a new count: the old thresholds cannot certify it
+        y4 = layer(x)
+        assert calls == [960, 24]
+        torch.testing.assert_close(y4, _reference(layer, x), rtol=0, atol=0)
+
+def test_layer_masks_takes_precomputed_subnetworks_and_checks_their_shape():
+    w, b = torch.randn(4, 6), torch.randn(4)
+    theta = torch.randn(4, 6)
+    h = F.hard_mask("continuous_sparsification", theta)
+    for ablation in ("none", "zero_ablate", "random_ablate"):
+        kw = dict(strategy="continuous_sparsification", kind="linear", hard=True, ablation=ablation)
+        given_h = F.layer_masks(w, b, theta, None, nr.key(2), subnetworks=(h, None), **kw)
+        plain = F.layer_masks(w, b, theta, None, nr.key(2), **kw)
+        assert all((a is None and c is None) or torch.equal(a, c) for a, c in zip(given_h, plain))
+    fake = torch.ones_like(h)  # used as given, not recomputed from theta
+    kw["ablation"] = "none"
+    assert F.layer_masks(w, b, theta, None, None, subnetworks=(fake, None), **kw).weight_mask is fake
+    with pytest.raises(ValueError, match="subnetworks"):
+        F.layer_masks(w, b, theta, None, None, subnetworks=(h[:2], None), **kw)
