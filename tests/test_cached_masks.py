@@ -151,12 +151,3 @@ def test_whole_model_evaluation_loop():
         with ns.cached_masks():
             got = [model(x) for x in xs]
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
-
-
-def test_docstring_example_runs():
-    import doctest
-
-    from neurosurgeon.modules import cache
-
-    result = doctest.testmod(cache)
-    assert result.attempted > 0 and result.failed == 0

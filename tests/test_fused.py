@@ -150,12 +150,6 @@ def test_settings_validate_and_restore(monkeypatch):
     monkeypatch.setitem(fused._settings, "mode", None)
 
 
-def test_docstring_example_runs():
-    import doctest
-
-    assert doctest.testmod(fused).failed == 0
-
-
 def test_first_compilation_is_logged(monkeypatch, caplog):
     # A ~15 s pause on the first large hard-concrete step must be explained, not look like a hang.
     monkeypatch.setattr(fused, "_compiled", {})
