@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .. import functional as F
-
 from ..functional._checks import check_choice, check_fraction
 from ._layer_types import CONV1D, CONV2D, GPT_CONV1D, LINEAR
 from .mask_layer import MaskLayer
