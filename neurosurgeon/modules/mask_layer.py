@@ -81,12 +81,8 @@ class MaskLayer(nn.Module):
         mask_bias = check_bool("mask_bias", mask_bias)
         self._use_masks = True
         self._force_resample = False
-        self._cache: tuple[Any, tuple, F.LayerMasks] | None = None  # (settings, hard masks h, masks)
-        self._checked: Any = None  # versions of the mask parameters last checked for NaN/inf
-        self._last: F.MaskedParameters | None = None
-        self._eff: tuple | None = None  # (stamp, tensors, result) under cached_masks()
-        self._l0: tuple | None = None  # (theta, stamp, L0 term) of the last fused training forward
-        self._thresholds: tuple | None = None  # magnitude pruning: the last certifying thresholds
+        self._last: F.MaskedParameters | None = None  # what the last forward applied
+        self._drop_derived()
         self._layer.configure(self, **layer_args)
         if base is None:
             w_shape, b_shape = self._layer.shapes(self)
@@ -120,9 +116,7 @@ class MaskLayer(nn.Module):
 
     def reset_mask_parameters(self) -> None:
         """(Re)create the mask parameters at their initial value; drop cached masks."""
-        self._cache = None
-        self._checked = None
-        self._eff = None
+        self._drop_derived()
         self._make_mask_params()
 
     def reset_parameters(self) -> None:
@@ -167,9 +161,7 @@ class MaskLayer(nn.Module):
         if value != self._mask_unit:
             # The weight mask changes shape and starts again; a learned bias mask is kept.
             self._mask_unit = value
-            self._cache = None
-            self._checked = None
-            self._eff = None
+            self._drop_derived()
             self._make_weight_mask_params()
 
     @property
@@ -184,9 +176,7 @@ class MaskLayer(nn.Module):
         if value != self._mask_bias:
             # Only the bias mask appears or goes: a learned weight mask is kept.
             self._mask_bias = value
-            self._cache = None
-            self._checked = None
-            self._eff = None
+            self._drop_derived()
             self._make_bias_mask_params()
 
     @property
@@ -406,17 +396,25 @@ class MaskLayer(nn.Module):
             error_msgs.extend(mismatches)
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        self._cache = None
-        self._checked = None
-        self._eff = None
+        self._drop_derived()
+
+    # Values derived from the parameters and settings, recomputed on demand:
+    #   _cache: (settings, hard masks h, masks) of a random ablation's draw
+    #   _checked: versions of the mask parameters last checked for NaN/inf
+    #   _eff: (stamp, tensors, result) under cached_masks()
+    #   _l0: (theta, stamp, L0 term) of the last fused CS training forward
+    #   _thresholds: magnitude pruning's last certifying thresholds
+    _DERIVED = ("_cache", "_checked", "_eff", "_l0", "_thresholds")
+
+    def _drop_derived(self) -> None:
+        for name in self._DERIVED:
+            setattr(self, name, None)
 
     def __getstate__(self):
         # The last forward's masks may be non-leaf tensors (training), which copy.deepcopy
-        # refuses; they and the cached draws are derived state, recomputed at the next forward.
+        # refuses; they and the derived values are recomputed at the next forward.
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        state = dict(state)
-        state.update(_last=None, _cache=None, _checked=None, _eff=None, _l0=None, _thresholds=None)
-        return state
+        return {**state, **dict.fromkeys(("_last", *self._DERIVED))}
 
     def extra_repr(self) -> str:
         cfg = ", ".join(f"{n}={getattr(self, n)}" for n in self._layer.config)
