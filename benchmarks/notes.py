@@ -20,17 +20,20 @@ compiled once per process (~15 s cold, seconds from Inductor's disk cache) in th
 which the timings exclude. Deriving the step's noise key (two fold_in and a split) used to cost
 ~300 tiny tensor ops (~2-3 ms a step per layer); keys of eager CPU tensors are now derived on
 Python ints (~20 us), checked against the tensor cipher by a property test.""",
-    2: """**Bound.** One GEMM (1024x768x3072) vs the same GEMM plus, per call, the hard mask 1[theta > 0]
-and W*h. The default path recomputes both on every call, because an edit through `.data` bumps
-no version counter and a stale mask must never be served; it is now two passes instead of
-three (`torch.gt` writes the float mask directly: the bool-then-cast pair cost ~1.5 ms, the
-one-pass compare ~0.2 ms warm). After the GEMM has flushed the caches those two passes move
-~47 MB through DRAM, 1.5-2 ms or 2-6% of the GEMM: three runs today gave 1.022, 1.041 and 1.058,
-against a noise floor (an identical plain layer) of 0.97-1.01. `with ns.cached_masks():` (modules/cache.py) is the
-evaluation-loop mode the issue asks for: the effective weight is computed once per tensor version
-of theta, W, b, the key and the settings (an optimizer step, `load_state_dict`, `copy_` or
-reassigning `.data` all invalidate it; tested), and every later batch costs exactly the plain
-GEMM. Only graph-free results are reused. The original recomputes its mask every call too.
+    2: """**Bound.** One GEMM (1024x768x3072) vs the same GEMM plus the hard mask 1[theta > 0] and W*h.
+By default the hard mask h is computed once per version of theta and reused; W*h is formed on
+every call. Theta lives in a `MaskParameter` (modules/mask_parameter.py), an `nn.Parameter`
+that counts accesses to `.data`, and that count is part of the version a layer compares: an
+optimizer step, `load_state_dict`, `copy_` under `no_grad`, an edit through `.data` and an
+in-place edit of the returned mask all recompute h (tested per route and by a hypothesis
+property against an uncached twin). W*h is not cached because W is the caller's parameter,
+whose `.data` edits no count can see; that pass (read W and h, write W_eff: ~28 MB, ~1 ms
+after the GEMM flushed the caches) is what remains over the plain GEMM, ~3%. Interleaved in one
+process (100 rounds): plain 1.000, h reused 1.029, h recomputed as before 1.057 (the compare
+pass, ~0.8 ms; it was 1.02-1.06 in four suite runs). `with ns.cached_masks():`
+(modules/cache.py) also reuses W*h while W, b, the key and the settings keep their versions,
+and every later batch costs exactly the plain GEMM. Only graph-free results are reused. The
+original recomputes its mask every call.
 Magnitude pruning's hard mask is a selection (the k-th |w|), ~30 ms on this weight, which doubled
 the eval forward when it ran every call. It now runs only when last call's threshold stops
 certifying the weight: if exactly n - k entries of |w| exceed the old tau, {|w| > tau} *is* the

@@ -169,7 +169,7 @@ def w2(cfg, orig):
         return run
 
     t = interleaved({n: fwd(n, layer) for n, layer in layers.items()}, repeats=cfg["repeats"]["w2"], warmup=cfg["warmup"])
-    rows = [_ratio_row("eval forward / plain Linear (ours, default: mask recomputed per call)", t, "ours", "plain", 1.05),
+    rows = [_ratio_row("eval forward / plain Linear (ours, default: h reused per theta version, W * h per call)", t, "ours", "plain", 1.05),
             _ratio_row(f"eval forward / plain Linear (ours, cached_masks(), {n_batches} batches)", t, "ours_cached",
                        "plain", 1.05),
             _ratio_row("noise floor: identical plain layer / plain Linear", t, "plain_twin", "plain"),

@@ -1,14 +1,17 @@
-"""``cached_masks()``: reuse hard masks between forwards while evaluating.
+"""``cached_masks()``: reuse effective weights between forwards while evaluating.
 
-By default a masked layer recomputes its hard mask and effective weight on every forward
-(about one pass over the weight; ~3% of a 1024-token GPT-2-sized Linear forward on CPU). That
-is always correct: edits made through ``.data`` bump no version counter, so no cache can see
-them. Inside ``with cached_masks():`` each layer reuses the effective weight it last computed
-while its mask parameters, weight, bias, key and settings keep the same tensor versions (an
-optimizer step, ``load_state_dict``, ``copy_`` under ``no_grad`` or reassigning ``.data`` all
-change them). As with ``torch.nn.utils.parametrize.cached()``, in-place edits through
-``.data`` inside the context are the caller's to avoid. Leaving the outermost context drops
-every cached entry.
+By default a masked layer reuses its hard mask h while theta is unchanged (theta is a
+:class:`~neurosurgeon.modules.mask_parameter.MaskParameter`, whose ``.data`` edits are counted)
+and forms the effective weight W * h on every forward (one pass over the weight; ~3% of a
+1024-token GPT-2-sized Linear forward on CPU). That is always correct for edits of the base
+weight, which is the caller's plain parameter: its edits through ``.data`` bump no version
+counter, so no cache can see them. Inside ``with cached_masks():`` each layer also reuses the
+effective weight it last computed while its mask parameters, weight, bias, key and settings
+keep the same tensor versions (an optimizer step, ``load_state_dict``, ``copy_`` under
+``no_grad``, any ``.data`` access of theta or reassigning the weight's ``.data`` all change
+them). As with ``torch.nn.utils.parametrize.cached()``, in-place edits of the base weight
+through ``.data`` inside the context are the caller's to avoid. Leaving the outermost context
+drops every cached entry.
 
 Only results without an autograd graph are reused (eval mode with a frozen base, or
 ``no_grad``): reusing a graph would fail at the second backward.

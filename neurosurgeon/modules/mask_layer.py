@@ -27,6 +27,7 @@ from ..functional._checks import (
 )
 from ._layer_types import LayerType
 from .cache import cache_generation
+from .mask_parameter import MaskParameter, data_accesses
 
 __all__ = ["MaskLayer", "TemperedMixin"]
 
@@ -42,7 +43,9 @@ def _initial_key(key: torch.Tensor | int | None, device) -> torch.Tensor:
 
 
 def _version(t: torch.Tensor | None):
-    return None if t is None else (id(t), t._version, t.data_ptr(), t.dtype, t.device)
+    """What says a tensor is unchanged: identity, version counter, storage, and for a
+    :class:`MaskParameter` its count of ``.data`` accesses (edits the version counter misses)."""
+    return None if t is None else (id(t), t._version, data_accesses(t), t.data_ptr(), t.dtype, t.device)
 
 
 class MaskLayer(nn.Module):
@@ -129,7 +132,7 @@ class MaskLayer(nn.Module):
         raise NotImplementedError
 
     def _new_mask_params(self, shape: tuple[int, ...]) -> nn.Parameter:
-        return nn.Parameter(torch.full(shape, self._mask_init(), dtype=self._mask_params_dtype(), device=self.weight.device))
+        return MaskParameter(torch.full(shape, self._mask_init(), dtype=self._mask_params_dtype(), device=self.weight.device))
 
     def _make_mask_params(self) -> None:
         self._make_weight_mask_params()
@@ -293,8 +296,21 @@ class MaskLayer(nn.Module):
         return masks
 
     def _subnetworks(self, wp: torch.Tensor | None, bp: torch.Tensor | None, h_args: dict) -> tuple:
-        """The hard subnetworks h of (weight, bias) in an eager hard forward."""
-        return tuple(None if t is None else F.hard_mask(self._strategy, t, **h_args) for t in (wp, bp))
+        """The hard subnetworks h of (weight, bias) in an eager hard forward, reused while theta
+        and the settings are unchanged. Only theta held in :class:`MaskParameter` qualifies:
+        its ``.data`` edits are counted (a plain tensor's are invisible, so it is recomputed).
+        The entry holds theta and h themselves, so their ids cannot be reused, and h's own
+        version: an in-place edit of a returned mask (``layer.weight_mask``) is seen too."""
+        thetas = (wp, bp)
+        stamp = (*map(_version, thetas), tuple(sorted(h_args.items())))
+        entry = self._h
+        if entry is not None and entry[0] == stamp and all(a is b for a, b in zip(entry[1], thetas)) \
+                and entry[3] == tuple(map(_version, entry[2])):
+            return entry[2]
+        hs = tuple(None if t is None else F.hard_mask(self._strategy, t, **h_args) for t in thetas)
+        cacheable = all(t is None or data_accesses(t) is not None for t in thetas)
+        self._h = (stamp, thetas, hs, tuple(map(_version, hs))) if cacheable else None
+        return hs
 
     def masked_parameters(self) -> F.MaskedParameters:
         """The effective weight and bias this layer computes with now (and the masks applied)."""
@@ -399,12 +415,13 @@ class MaskLayer(nn.Module):
         self._drop_derived()
 
     # Values derived from the parameters and settings, recomputed on demand:
+    #   _h: (stamp, theta, hard masks h, their versions) of the last eager hard forward
     #   _cache: (settings, hard masks h, masks) of a random ablation's draw
     #   _checked: versions of the mask parameters last checked for NaN/inf
     #   _eff: (stamp, tensors, result) under cached_masks()
     #   _l0: (theta, stamp, L0 term) of the last fused CS training forward
     #   _thresholds: magnitude pruning's last certifying thresholds
-    _DERIVED = ("_cache", "_checked", "_eff", "_l0", "_thresholds")
+    _DERIVED = ("_h", "_cache", "_checked", "_eff", "_l0", "_thresholds")
 
     def _drop_derived(self) -> None:
         for name in self._DERIVED:
