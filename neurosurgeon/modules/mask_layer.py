@@ -282,13 +282,14 @@ class MaskLayer(nn.Module):
         if self._ablation not in RANDOM_ABLATIONS:
             return F.layer_masks(self.weight, self.bias, wp, bp, key, subnetworks=hs, **kwargs)
         # Random ablations are drawn once and reused while the subnetwork h, the key and the
-        # settings are unchanged. h is compared by value, not by tensor version: an edit through
-        # ``.data`` does not bump the version, and a stale mask must never be served.
+        # settings are unchanged. h is the same object when ``_subnetworks`` reused it (theta's
+        # version and ``.data`` count, and h's own version, unchanged); a recomputed h (a plain
+        # theta, magnitude pruning) is compared by value, so a stale draw is never served.
         stamp = (tuple(sorted(kwargs.items())), tuple(self.mask_key.tolist()),
                  *((None,) * 3 if t is None else (tuple(t.shape), t.dtype, t.device) for t in (self.weight, self.bias)),
                  *((None,) * 3 if t is None else (tuple(t.shape), t.dtype, t.device) for t in hs))
         if self._cache is not None and self._cache[0] == stamp and all(
-            a is None or torch.equal(a, b) for a, b in zip(hs, self._cache[1])
+            a is None or a is b or torch.equal(a, b) for a, b in zip(hs, self._cache[1])
         ):
             return self._cache[2]
         masks = F.layer_masks(self.weight, self.bias, wp, bp, key, subnetworks=hs, **kwargs)
