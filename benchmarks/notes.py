@@ -73,7 +73,15 @@ process: 2.70 s vs 2.76 s for the separate expressions, the original 2.80 s). Th
 recomputes the sigmoid for its L0. Hard concrete is where the libraries differ: the original's
 eager noise and gate cost ~30% over its CS step; ours go through the fused kernel (workload 1)
 and land near the floor. A GPT-2 step moves +-15% from round to round on this VM, hence 15
-repeats. Peak memory: activations dominate; masks keep theta's grad and the effective weights.""",
+repeats. Peak memory: activations dominate; masks keep theta's grad and the effective weights.
+Explored and not built: a different GEMM library. On this AMD EPYC, oneDNN's fp32 matmul
+(`torch.ops.mkldnn._linear_pointwise`, what Inductor calls) runs the Conv1D shapes at ~170-200
+GFLOPS where torch's default MKL path runs ~125-150 when the two are interleaved (an isolated
+MKL loop reads 150-185). Routing our masked Conv1D forward, dX and dW through it (an
+`autograd.Function`) gave 0.887x the original against 0.926x for the default in one 15-round
+run, but the unmasked floor with the same GEMMs went from 0.900x to 0.859x: the gain is the
+GEMM library's, not the masking's, it is within noise of the target, it rests on a private op,
+and the masked layer would no longer match a plain layer (or its baked copy) bitwise.""",
     6: """**Bound.** Each baseline is one GPT-2 forward over 16x32 tokens (~85 GFLOP in Conv1D GEMMs, plus the
 LM head) and 48 complement-sampled masks (85M mask units). The vmapped path batches the
 forwards over keys in chunks of 2, draws every layer's mask with the O(k) sampler and never
