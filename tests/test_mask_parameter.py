@@ -230,3 +230,19 @@ def test_mask_parameter_prints_and_saves_as_a_parameter():
     # a state dict holds plain tensors (loadable anywhere, weights_only included)
     assert type(layer.state_dict()["weight_mask_params"]) is torch.Tensor
     assert type(layer.double().weight_mask_params) is ns.MaskParameter
+
+
+def test_a_training_forward_frees_what_eval_forwards_cached():
+    layer = mask_layer("ContSparseLinear", ablation="randomly_sampled")
+    x = example_input("Linear")
+    layer.eval()
+    with torch.no_grad(), ns.cached_masks():
+        layer(x)
+    assert layer._h is not None and layer._cache is not None and layer._eff is not None
+    layer.train()
+    layer.ablation = "none"
+    layer(x).sum().backward()
+    assert layer._h is None and layer._cache is None and layer._eff is None
+    layer.eval()
+    with torch.no_grad():
+        assert torch.equal(layer(x), _fresh_output(layer, x))

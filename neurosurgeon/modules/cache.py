@@ -11,7 +11,8 @@ keep the same tensor versions (an optimizer step, ``load_state_dict``, ``copy_``
 ``no_grad``, any ``.data`` access of theta or reassigning the weight's ``.data`` all change
 them). As with ``torch.nn.utils.parametrize.cached()``, in-place edits of the base weight
 through ``.data`` inside the context are the caller's to avoid. Leaving the outermost context
-drops every cached entry.
+makes every entry stale: it is never served again, and is replaced at the layer's next forward
+(a training forward drops it, and the cached h, straight away).
 
 Only results without an autograd graph are reused (eval mode with a frozen base, or
 ``no_grad``): reusing a graph would fail at the second backward.

@@ -354,6 +354,11 @@ class MaskLayer(nn.Module):
                 and wp.shape == self.weight.shape and not self._transformed())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._is_hard():
+            # Training: what eval forwards cached (h, random draws, effective weights) would
+            # only hold memory through the training steps; it is recomputed when next needed.
+            for name in self._EVAL_DERIVED:
+                setattr(self, name, None)
         p = self.masked_parameters()
         # Keep the applied masks for ``weight_mask``/``bias_mask``, but never a traced value or
         # a functorch wrapper, which would be dead (or leak) once the transform returns.
@@ -423,6 +428,7 @@ class MaskLayer(nn.Module):
     #   _l0: (theta, stamp, L0 term) of the last fused CS training forward
     #   _thresholds: magnitude pruning's last certifying thresholds
     _DERIVED = ("_h", "_cache", "_checked", "_eff", "_l0", "_thresholds")
+    _EVAL_DERIVED = ("_h", "_cache", "_eff")  # used by hard forwards only
 
     def _drop_derived(self) -> None:
         for name in self._DERIVED:
