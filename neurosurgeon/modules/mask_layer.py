@@ -8,7 +8,7 @@ parameters, a PRNG key buffer and a few flags. Every mask it applies comes from
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -46,6 +46,25 @@ def _version(t: torch.Tensor | None):
     """What says a tensor is unchanged: identity, version counter, storage, and for a
     :class:`MaskParameter` its count of ``.data`` accesses (edits the version counter misses)."""
     return None if t is None else (id(t), t._version, data_accesses(t), t.data_ptr(), t.dtype, t.device)
+
+
+class _Memo(NamedTuple):
+    """A value derived from some tensors (and settings), served while they are unchanged. It
+    keeps the tensors alive, so no other tensor can take their ids: equal stamps mean the same
+    tensors, at the same versions."""
+
+    stamp: tuple
+    tensors: tuple
+    value: Any
+
+    @classmethod
+    def of(cls, tensors: tuple, settings, value) -> "_Memo":
+        return cls((*map(_version, tensors), settings), tensors, value)
+
+
+def _recall(memo: _Memo | None, tensors: tuple, settings):
+    """The memo's value if it was derived from ``tensors`` as they are now, with these settings; else None."""
+    return memo.value if memo is not None and memo.stamp == (*map(_version, tensors), settings) else None
 
 
 class MaskLayer(nn.Module):
@@ -302,15 +321,14 @@ class MaskLayer(nn.Module):
         its ``.data`` edits are counted (a plain tensor's are invisible, so it is recomputed).
         The entry holds theta and h themselves, so their ids cannot be reused, and h's own
         version: an in-place edit of a returned mask (``layer.weight_mask``) is seen too."""
-        thetas = (wp, bp)
-        stamp = (*map(_version, thetas), tuple(sorted(h_args.items())))
-        entry = self._h
-        if entry is not None and entry[0] == stamp and all(a is b for a, b in zip(entry[1], thetas)) \
-                and entry[3] == tuple(map(_version, entry[2])):
-            return entry[2]
-        hs = tuple(None if t is None else F.hard_mask(self._strategy, t, **h_args) for t in thetas)
-        cacheable = all(t is None or data_accesses(t) is not None for t in thetas)
-        self._h = (stamp, thetas, hs, tuple(map(_version, hs))) if cacheable else None
+        settings = tuple(sorted(h_args.items()))
+        last = None if self._h is None else self._h.value
+        hs = _recall(self._h, (wp, bp, *(last or (None, None))), settings)  # h's own versions included
+        if hs is not None:
+            return hs
+        hs = tuple(None if t is None else F.hard_mask(self._strategy, t, **h_args) for t in (wp, bp))
+        cacheable = all(t is None or data_accesses(t) is not None for t in (wp, bp))
+        self._h = _Memo.of((wp, bp, *hs), settings, hs) if cacheable else None
         return hs
 
     def masked_parameters(self) -> F.MaskedParameters:
@@ -322,15 +340,14 @@ class MaskLayer(nn.Module):
         generation = cache_generation() if hard else None
         if generation is None or self._transformed():
             return F.apply_layer_masks(self.weight, self.bias, self._masks(hard))
-        # The entry holds the tensors it was computed from, so their ids cannot be reused.
         tensors = (*self._mask_tensors(), self.weight, self.bias, self.mask_key)
-        stamp = (generation, *(_version(t) for t in tensors), self._ablation, self._mask_unit, self._mask_bias,
-                 tuple(sorted(self._hparams().items())))
-        if self._eff is not None and self._eff[0] == stamp and all(a is b for a, b in zip(self._eff[1], tensors)):
-            return self._eff[2]
+        settings = (generation, self._ablation, self._mask_unit, self._mask_bias, tuple(sorted(self._hparams().items())))
+        p = _recall(self._eff, tensors, settings)
+        if p is not None:
+            return p
         p = F.apply_layer_masks(self.weight, self.bias, self._masks(hard))
         graph = any(t is not None and t.grad_fn is not None for t in p)
-        self._eff = None if graph else (stamp, tensors, p)
+        self._eff = None if graph else _Memo.of(tensors, settings, p)
         return p
 
     def _soft_bias(self, bias_params: torch.Tensor | None, key: torch.Tensor | None):
@@ -421,11 +438,11 @@ class MaskLayer(nn.Module):
         self._drop_derived()
 
     # Values derived from the parameters and settings, recomputed on demand:
-    #   _h: (stamp, theta, hard masks h, their versions) of the last eager hard forward
+    #   _h: _Memo of the last eager hard forward's masks h (from theta, and h's own versions)
     #   _cache: (settings, hard masks h, masks) of a random ablation's draw
     #   _checked: versions of the mask parameters last checked for NaN/inf
-    #   _eff: (stamp, tensors, result) under cached_masks()
-    #   _l0: (theta, stamp, L0 term) of the last fused CS training forward
+    #   _eff: _Memo of the effective parameters under cached_masks()
+    #   _l0: _Memo of the last fused CS training forward's L0 term
     #   _thresholds: magnitude pruning's last certifying thresholds
     _DERIVED = ("_h", "_cache", "_checked", "_eff", "_l0", "_thresholds")
     _EVAL_DERIVED = ("_h", "_cache", "_eff")  # used by hard forwards only
