@@ -246,3 +246,20 @@ def test_a_training_forward_frees_what_eval_forwards_cached():
     layer.eval()
     with torch.no_grad():
         assert torch.equal(layer(x), _fresh_output(layer, x))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_dynamo_traces_a_layer_holding_mask_parameters_in_one_graph(train):
+    # fullgraph=True: a graph break on the Parameter subclass would raise, not fall back.
+    torch._dynamo.reset()
+    layer = ns.ContSparseLinear(5, 4, key=0).train(train)
+    mixed = mask_layer("ContSparseLinear")  # mixed-sign theta, so h is non-trivial
+    with torch.no_grad():
+        layer.weight_mask_params.copy_(mixed.weight_mask_params)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    x = example_input("Linear")
+    assert torch.allclose(compiled(x), layer(x))
+    layer.weight_mask_params.data.neg_()  # seen by the compiled call too (it reads theta afresh)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), layer(x))
+    assert type(layer.weight_mask_params) is ns.MaskParameter
