@@ -79,6 +79,21 @@ def test_hint_skips_the_selection_on_a_large_weight_and_a_wrong_hint_does_not(mo
     assert not torch.equal(fresh, m)
 
 
+@pytest.mark.parametrize("order", ["random", "sorted", "sample_slots_extreme"])
+def test_sampled_selection_equals_kthvalue_for_every_rank_region(order):
+    # > 8 * 65536 entries: the Floyd-Rivest bracket and the band gather run. "sample_slots_extreme"
+    # puts the largest values exactly where the strided sample looks, so the bracket misses and the
+    # full-kthvalue fallback must answer.
+    n = 700_001
+    x = torch.randn(n, generator=torch.Generator().manual_seed(7)).abs()
+    if order == "sorted":
+        x = x.sort().values
+    elif order == "sample_slots_extreme":
+        x[:: n // magnitude_module._SAMPLE] = 1e6
+    for k in (1, 37, n // 5, n // 2, n - 40, n):
+        assert torch.equal(magnitude_module._kth_smallest(x, k), torch.kthvalue(x, k).values), k
+
+
 def test_hint_of_another_dtype_is_ignored():
     w = torch.randn(50, generator=torch.Generator().manual_seed(3))
     m, tau = F.magnitude_mask_and_threshold(w, prune_percentage=0.4)

@@ -55,7 +55,10 @@ def _kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
         below = n - int(torch.count_nonzero(in_band))
         if hi is not None:
             in_band &= x <= hi
-    band = torch.masked_select(x, in_band)
+    # Boolean indexing (nonzero + gather) rather than masked_select: on CPU masked_select builds
+    # int64 prefix sums over all n entries (~25 bytes/entry of fresh pages); here it was ~0.8 s of a
+    # ~1.3 s call on 84M entries, the index ~0.07 s.
+    band = x[in_band]
     if not 1 <= k - below <= band.numel():
         return torch.kthvalue(x, k).values
     return torch.kthvalue(band, k - below).values
