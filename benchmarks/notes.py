@@ -51,8 +51,13 @@ original samples with per-call full-size random work in eager torch.""",
     4: """**Bound.** `torch.kthvalue` copies its input and quickselects it (random access, ~50 ns/entry here).
 `magnitude_mask` now brackets the k-th |w| with two order statistics of a 65k strided sample
 (Floyd-Rivest), counts below the bracket and gathers the band in streaming passes (abs, >=, <=,
-masked_select), runs kthvalue on the ~0.1% band, then one `>` and one cast: ~7 streaming
-passes, cheaper than one quickselect over 84M entries. Ties straddling the threshold are fixed
+a boolean index), runs kthvalue on the ~0.1% band, then one `>` and one cast: ~7 streaming
+passes, cheaper than one quickselect over 84M entries. On this VM a fresh page costs ~1.2 us
+to fault in (a fresh 336 MB tensor: ~0.1 s, 5x the pass that fills it), so the fresh memory a
+call touches bounds it as much as the passes do: the band used to be gathered with
+`masked_select`, whose CPU kernel builds int64 prefix sums over all n entries (~2 GB of fresh
+pages, ~0.8 s of a ~1.3 s call, which then read 0.99-2.2x kthvalue depending on the memory
+state); the boolean index (nonzero + gather) takes ~0.07 s and the call ~0.5 s. Ties straddling the threshold are fixed
 up by index only when they exist (eager); compile/vmap keep the value-independent cumsum path.
 The original uses `torch.quantile`, which refuses tensors over 16M entries.""",
     5: """**Bound.** The step is GEMM-bound: forward, dX and dW_eff of 48 Conv1D plus the tied 50257x768 LM
@@ -81,7 +86,16 @@ MKL loop reads 150-185). Routing our masked Conv1D forward, dX and dW through it
 `autograd.Function`) gave 0.887x the original against 0.926x for the default in one 15-round
 run, but the unmasked floor with the same GEMMs went from 0.900x to 0.859x: the gain is the
 GEMM library's, not the masking's, it is within noise of the target, it rests on a private op,
-and the masked layer would no longer match a plain layer (or its baked copy) bitwise.""",
+and the masked layer would no longer match a plain layer (or its baked copy) bitwise.
+Also explored and not built (2026-11-29): a fused continuous-sparsification kernel on the
+pattern of the hard-concrete one (compiled sigma(beta * theta), W * m and sum(m) forward; one-pass
+d theta backward; ~32 instead of ~56 bytes an entry). In isolation the 48 layers' mask maths
+went from ~180 ms to ~85 ms a step, but in place the step did not move beyond noise: ours /
+floor 1.039 fused, 1.038 with only the backward fused, 1.046 eager (10 interleaved GPT-2
+rounds), and the single layer of workload 1 read 1.033 fused against 1.046 eager in one
+81-round A/B and 1.062 against 1.037 in another. The compiled calls' guards (~0.2-0.3 ms a
+call, 96 calls a step) eat part of the saving, and what ours spends over the floor is not
+only the mask passes; a compile per process for no measurable gain was not worth shipping.""",
     6: """**Bound.** Each baseline is one GPT-2 forward over 16x32 tokens (~85 GFLOP in Conv1D GEMMs, plus the
 LM head) and 48 complement-sampled masks (85M mask units). The vmapped path batches the
 forwards over keys in chunks of 2, draws every layer's mask with the O(k) sampler and never

@@ -70,6 +70,7 @@ def run(*, smoke: bool = False, only=None, threads: int = 2, memory: str | None 
     orig = workloads.original()
     memory = memory or ("inprocess-skip" if smoke else "subprocess")
     results = []
+    env = environment(threads)  # once, before the first workload: its date and load are the run's start
     start = time.perf_counter()
     for wid, fn in workloads.WORKLOADS.items():
         if only and wid not in only:
@@ -90,9 +91,8 @@ def run(*, smoke: bool = False, only=None, threads: int = 2, memory: str | None 
             log(f"    {row['name']}: {'n/a' if v is None else f'{v:.3f}'}  target {row['target']}  met {row['met']}")
         results.append(res)
         if partial is not None:  # e.g. rewrite RESULTS.md after each workload, so a long run can be cut short
-            partial({"env": environment(threads), "config": cfg, "original_available": orig is not None,
+            partial({"env": env, "config": cfg, "original_available": orig is not None,
                      "workloads": results, "elapsed_s": time.perf_counter() - start})
-    env = environment(threads)
     try:
         with open("/proc/loadavg") as f:
             env["load average at end"] = f.read().split()[:3]

@@ -49,3 +49,13 @@ def test_markdown_names_machine_versions_threads_and_every_ratio(smoke_report):
     for w in smoke_report["workloads"]:
         for row in w["ratios"]:
             assert row["name"] in md
+
+
+def test_machine_section_is_read_at_the_start_of_the_run(monkeypatch):
+    # The date and "load average at start" describe the run's start, also in the partial reports
+    # a long run writes after each workload; only "load average at end" is read at the end.
+    stamps = iter(["start", "later", "later"])
+    monkeypatch.setattr(run_mod, "environment", lambda threads: {"date": next(stamps)})
+    partials = []
+    report = run_mod.run(smoke=True, only={4}, threads=1, log=lambda *a: None, partial=partials.append)
+    assert report["env"]["date"] == "start" and [p["env"]["date"] for p in partials] == ["start"]
