@@ -45,6 +45,21 @@ def test_values_and_gradients_equal_the_separate_expressions(rows, cols, beta, l
     torch.testing.assert_close(got[1], w.grad, **tol)
 
 
+@pytest.mark.parametrize("beta", [1.0, 3.0])
+def test_each_output_alone_gets_its_own_gradient(beta):
+    # The backward writes d theta into its own scratch tensor; an L0-only backward has none (its
+    # incoming gradient is an expanded scalar) and must not write into it.
+    g = torch.Generator().manual_seed(4)
+    w, theta = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g).requires_grad_()
+    g_out = torch.randn(5, 7, generator=g)
+    outs = F.continuous_sparsification_weight_and_l0(w, theta, temperature=beta)
+    refs = _separate(w, theta, beta)
+    for loss in (lambda o: (o[0] * g_out).sum(), lambda o: 0.7 * o[2], lambda o: (o[1] * g_out).sum()):
+        (got,) = torch.autograd.grad(loss(outs), theta, retain_graph=True)
+        (want,) = torch.autograd.grad(loss(refs), theta, retain_graph=True)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
 def test_plain_composition_under_transforms_and_without_autograd():
     w, theta = torch.randn(3, 4), torch.randn(3, 4)
     with torch.no_grad():

@@ -67,8 +67,9 @@ def _kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
 def magnitude_mask(weight: torch.Tensor, *, prune_percentage: float = 0.2) -> torch.Tensor:
     """Binary mask (weight's shape and dtype) keeping all but the round(p * n) smallest |w|.
 
-    Uses one ``torch.kthvalue`` (O(n), any size; ``torch.quantile`` refuses > 16M entries) and
-    a cumulative count to split ties deterministically.
+    Finds the k-th |w| by selection (:func:`_kth_smallest`: a sampled bracket, then ``torch.kthvalue``
+    on the band inside it; O(n), any size, where ``torch.quantile`` refuses > 16M entries) and
+    splits ties at it by flat index, so exactly round(p * n) entries are pruned.
 
     Args:
         weight: any shape, floating.
