@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import neurosurgeon as ns
 import neurosurgeon.functional as F
-from neurosurgeon.modules.mask_parameter import data_accesses
+from neurosurgeon.modules.mask_parameter import MaskParameter, data_accesses
 
 
 def _fresh_output(layer, x):
@@ -263,3 +263,28 @@ def test_dynamo_traces_a_layer_holding_mask_parameters_in_one_graph(train):
     with torch.no_grad():
         assert torch.allclose(compiled(x), layer(x))
     assert type(layer.weight_mask_params) is ns.MaskParameter
+
+
+@pytest.mark.parametrize("name", ["ContSparseLinear", "HardConcreteGPTConv1D"])
+def test_load_state_dict_with_assign_keeps_theta_a_mask_parameter(name, hard_mask_calls):
+    # assign=True installs the checkpoint's own tensors; theta must come back as a MaskParameter
+    # on that storage, so the hard mask is still cached and a later .data edit still seen.
+    layer = mask_layer(name, mask_bias=True).eval()
+    sd = {k: v.clone() for k, v in layer.state_dict().items()}
+    sd["weight_mask_params"].neg_()
+    layer.bias_mask_params.requires_grad_(False)
+    layer.load_state_dict(sd, assign=True)
+    for pname in ("weight_mask_params", "bias_mask_params"):
+        p = getattr(layer, pname)
+        assert isinstance(p, MaskParameter)
+        assert p.data_ptr() == sd[pname].data_ptr()
+    assert layer.weight_mask_params.requires_grad and not layer.bias_mask_params.requires_grad
+    x = example_input(suffix_of(name))
+    with torch.no_grad():
+        layer(x)
+        layer(x)
+        assert len(hard_mask_calls) == 2  # weight and bias h, once for both calls
+        layer.weight_mask_params.data.neg_()
+        out = layer(x)
+    assert len(hard_mask_calls) == 4
+    assert torch.equal(out, _fresh_output(layer, x))

@@ -435,6 +435,12 @@ class MaskLayer(nn.Module):
             error_msgs.extend(mismatches)
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        # assign=True installs the checkpoint's tensors as plain Parameters; theta must stay a
+        # MaskParameter (same storage) or its hard mask and L0 term could never be cached again.
+        for name in ("weight_mask_params", "bias_mask_params"):
+            t = self._parameters.get(name)
+            if t is not None and not isinstance(t, MaskParameter):
+                self._parameters[name] = MaskParameter(t.detach(), t.requires_grad)
         self._drop_derived()
 
     # Values derived from the parameters and settings, recomputed on demand:

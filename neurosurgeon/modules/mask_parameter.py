@@ -11,8 +11,8 @@ version they compare, so such an edit always invalidates what was cached from th
 What no Python attribute can see, and so stays the caller's to avoid: writing through an alias
 taken *before* the mask was cached (``d = theta.data``, a forward, then ``d.zero_()``), or
 through memory shared outside torch (``theta.detach().numpy()``). A tensor that has lost this
-class (``pickle`` of a module keeps it; ``load_state_dict(assign=True)`` or
-``torch.__future__`` parameter swapping may not) is never cached from: the layer recomputes.
+class (``pickle`` and ``load_state_dict``, ``assign=True`` included, keep it; ``torch.__future__``
+parameter swapping may not) is never cached from: the layer recomputes.
 """
 
 from __future__ import annotations
