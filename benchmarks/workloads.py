@@ -24,14 +24,14 @@ from ._timing import interleaved, ratio
 FULL = dict(
     smoke=False, d_in=768, d_out=3072, tokens=1024, n_masks=64, density=0.1, mag_shape=(21000, 4000),
     gpt2=dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
-    gpt2_batch=(2, 256), baselines=50, baseline_batch=(16, 32), baseline_chunk=2, orig_baselines=5,
-    w2_batches=10, repeats=dict(w1=31, w2=31, w3=2, w4=3, w5=15, w6=1, w7=5, w7_layer=21), compile_backend="inductor", warmup=1,
+    gpt2_batch=(2, 256), gpt2_batch_default=(4, 256), baselines=50, baseline_batch=(16, 32), baseline_chunk=2, orig_baselines=5,
+    w2_batches=10, repeats=dict(w1=31, w2=31, w3=2, w4=3, w5=15, w5_default=8, w6=1, w7=5, w7_layer=21), compile_backend="inductor", warmup=1,
 )
 SMOKE = dict(
     smoke=True, d_in=16, d_out=32, tokens=8, n_masks=4, density=0.1, mag_shape=(64, 32),
     gpt2=dict(n_layer=2, n_embd=32, n_head=2, vocab_size=101, n_positions=64),
-    gpt2_batch=(2, 8), baselines=3, baseline_batch=(2, 8), baseline_chunk=2, orig_baselines=2,
-    w2_batches=2, repeats=dict(w1=1, w2=1, w3=1, w4=1, w5=1, w6=1, w7=1, w7_layer=1), compile_backend="eager", warmup=0,
+    gpt2_batch=(2, 8), gpt2_batch_default=(4, 8), baselines=3, baseline_batch=(2, 8), baseline_chunk=2, orig_baselines=2,
+    w2_batches=2, repeats=dict(w1=1, w2=1, w3=1, w4=1, w5=1, w5_default=1, w6=1, w7=1, w7_layer=1), compile_backend="eager", warmup=0,
 )
 
 
@@ -292,18 +292,19 @@ def _gpt2_input(cfg, batch_key="gpt2_batch"):
     return torch.randint(0, cfg["gpt2"]["vocab_size"], (b, s), generator=g)
 
 
-def gpt2_model(contender: str, cfg):
-    """(model, input_ids) for a workload-5 contender: plain, ours_cs, orig_cs, ours_hc, orig_hc."""
+def gpt2_model(contender: str, cfg, batch_key="gpt2_batch"):
+    """(model, input_ids) for a workload-5 contender: plain, floor, ours_cs, orig_cs, ours_hc, orig_hc."""
     model, targets = _gpt2(cfg)
+    ids = _gpt2_input(cfg, batch_key)
     if contender == "plain":
-        return model.train(), _gpt2_input(cfg)
+        return model.train(), ids
     if contender == "floor":
         # The floor of any weight-mask training step: the same GEMMs (forward, dX, dW of every
         # Conv1D weight) with no mask maths; everything else frozen, as in the masked models.
         for name, p in model.named_parameters():
             p.requires_grad_(any(name == f"{t}.weight" for t in targets))
         # Dropout off, as in every masked model (masks train on a fixed network: model/freeze.py).
-        return model.eval(), _gpt2_input(cfg)
+        return model.eval(), ids
     kind, strategy = contender.split("_")
     method = {"cs": "continuous_sparsification", "hc": "hard_concrete"}[strategy]
     hp = {"ablation": "none", "mask_unit": "weight", "mask_bias": False}
@@ -314,11 +315,11 @@ def gpt2_model(contender: str, cfg):
         o = original()
         cm = o["CircuitModel"](o["CircuitConfig"](mask_method=method, mask_hparams=hp, target_layers=targets), model)
     cm.train(True)
-    return cm, _gpt2_input(cfg)
+    return cm, ids
 
 
-def gpt2_train_step(contender: str, cfg, *, compile_backend: str | None = None):
-    model, ids = gpt2_model(contender, cfg)
+def gpt2_train_step(contender: str, cfg, *, compile_backend: str | None = None, batch_key="gpt2_batch"):
+    model, ids = gpt2_model(contender, cfg, batch_key)
     fwd = torch.compile(model, backend=compile_backend) if compile_backend else model
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -337,6 +338,8 @@ def w5(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
     if not cfg["smoke"]:
         steps["ours_hc_eager"] = _with_fused_mode(gpt2_train_step("ours_hc", cfg), "never")
     t = interleaved(steps, repeats=cfg["repeats"]["w5"], warmup=max(1, cfg["warmup"]))
+    del steps  # free the first batch's models before building the second's
+    t.update(_w5_default_tokens(cfg, strategies, orig))
     rows = [
         _ratio_row("CS train step: ours / original", t, "ours_cs", "orig_cs", 0.9),
         _ratio_row("HC train step: ours / original (default: fused kernel)", t, "ours_hc", "orig_hc", 0.9),
@@ -346,6 +349,15 @@ def w5(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
         _ratio_row("HC train step: ours / floor", t, "ours_hc", "floor"),
         _ratio_row("CS train step: ours / plain GPT-2 (all weights trainable)", t, "ours_cs", "plain"),
         _ratio_row("HC train step: ours / plain GPT-2 (all weights trainable)", t, "ours_hc", "plain"),
+    ]
+    b, n = cfg["gpt2_batch_default"]
+    rows += [
+        _ratio_row(f"at {b * n} tokens ({b} x {n}, the issue's default count): CS train step: ours / original", t,
+                   "default:ours_cs", "default:orig_cs", 0.9),
+        _ratio_row(f"at {b * n} tokens ({b} x {n}): HC train step: ours / original", t,
+                   "default:ours_hc", "default:orig_hc", 0.9),
+        _ratio_row(f"at {b * n} tokens ({b} x {n}): floor / original CS step", t, "default:floor", "default:orig_cs"),
+        _ratio_row(f"at {b * n} tokens ({b} x {n}): CS train step: ours / floor", t, "default:ours_cs", "default:floor"),
     ]
     mem = {}
     from . import _memory
@@ -367,7 +379,17 @@ def w5(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
                              "target": None, "met": None})
     return {"id": 5, "title": f"GPT-2 ({cfg['gpt2']['n_layer']} layers, random weights), every Conv1D masked: train step",
             "timings": t, "ratios": rows,
-            "info": {"batch": cfg["gpt2_batch"], "memory_mib": mem, "memory_method": memory}}
+            "info": {"batch": cfg["gpt2_batch"], "batch_default_tokens": cfg["gpt2_batch_default"], "memory_mib": mem,
+                     "memory_method": memory}}
+
+
+def _w5_default_tokens(cfg, strategies, orig):
+    """Workload 5 again at the issue's default token count (1024 unless stated; workload 5
+    states none), with the batch's sequence length unchanged, so only the tokens a step carries
+    differ: timings keyed ``default:<contender>``."""
+    names = ["floor"] + [f"{w}_{s}" for s in strategies for w in ("ours", "orig") if w == "ours" or orig is not None]
+    steps = {f"default:{n}": gpt2_train_step(n, cfg, batch_key="gpt2_batch_default") for n in names}
+    return interleaved(steps, repeats=cfg["repeats"]["w5_default"], warmup=max(1, cfg["warmup"]))
 
 
 # -- workload 6: random-ablation baselines through GPT-2 ------------------------------------------------

@@ -59,3 +59,14 @@ def test_machine_section_is_read_at_the_start_of_the_run(monkeypatch):
     partials = []
     report = run_mod.run(smoke=True, only={4}, threads=1, log=lambda *a: None, partial=partials.append)
     assert report["env"]["date"] == "start" and [p["env"]["date"] for p in partials] == ["start"]
+
+
+def test_workload_5_is_also_timed_at_the_issues_default_token_count(smoke_report):
+    # Issue 5 fixes 1024 tokens unless a workload states otherwise, and workload 5 states none:
+    # the full suite times it at 4 x 256 as well as at its historical 2 x 256.
+    b, n = run_mod.workloads.FULL["gpt2_batch_default"]
+    assert b * n == 1024 and n == run_mod.workloads.FULL["gpt2_batch"][1]
+    w5 = next(w for w in smoke_report["workloads"] if w["id"] == 5)
+    assert {"default:floor", "default:ours_cs"} <= set(w5["timings"])
+    row = next(r for r in w5["ratios"] if r["name"].endswith("CS train step: ours / floor") and r["name"].startswith("at "))
+    assert row["value"] is not None
