@@ -134,7 +134,12 @@ plain forward, the original 4.7-5.5x (4.04 s a baseline on 2026-11-29 20:10, 2.9
 the 18:19 run, 3.58x); the original's 5 sequential evaluations are timed once. In ours' ~0.5 s
 a baseline over the plain forward, the sampler is ~0.3 s (a 768x3072 complement_sampled mask,
 ~8.8 ms: eager Threefry over ~287k words 1.6 ms, the first-seen scatter and two gathers ~3 ms,
-three n-sized fills ~1.4 ms, the rest counts and the final index_fill), W * m ~0.07 s.""",
+three n-sized fills ~1.4 ms, the rest counts and the final index_fill), W * m ~0.07 s.
+Explored and not built (2026-11-29): compiling the proposals (Threefry, multiply-shift,
+rejection, eligibility gather) as one kernel, through the fused-kernel machinery: bitwise the
+same masks and 1.7 ms instead of ~3 ms per call, but a 768x3072 mask did not get faster (8
+profiled calls each way: 93 ms total both; the n-sized fills, whose cost is mostly first-touch
+page faults, took the time back), so it was reverted.""",
     7: """**Bound.** Inductor fuses the element-wise mask maths into a few vectorised C++ loops around the
 GEMMs, which it leaves to MKL/oneDNN. For one 768x3072 layer that buys nothing measurable
 (eager / compiled 0.96-1.05 for plain, CS and HC with 21 repeats across runs; earlier 3-repeat
