@@ -288,3 +288,15 @@ def test_load_state_dict_with_assign_keeps_theta_a_mask_parameter(name, hard_mas
         out = layer(x)
     assert len(hard_mask_calls) == 4
     assert torch.equal(out, _fresh_output(layer, x))
+
+
+def test_load_state_dict_without_assign_keeps_a_plain_theta_object():
+    # A theta the user installed as a plain Parameter (and an optimizer may hold) is copied
+    # into, never replaced, by an ordinary load.
+    layer = mask_layer("ContSparseLinear")
+    theta = nn.Parameter(layer.weight_mask_params.detach().clone())
+    layer.weight_mask_params = theta
+    sd = {k: v.clone() for k, v in layer.state_dict().items()}
+    sd["weight_mask_params"].neg_()
+    layer.load_state_dict(sd)
+    assert layer.weight_mask_params is theta and torch.equal(theta.detach(), sd["weight_mask_params"])

@@ -434,12 +434,15 @@ class MaskLayer(nn.Module):
         if mismatches:
             error_msgs.extend(mismatches)
             return
+        thetas = {name: self._parameters.get(name) for name in ("weight_mask_params", "bias_mask_params")}
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         # assign=True installs the checkpoint's tensors as plain Parameters; theta must stay a
         # MaskParameter (same storage) or its hard mask and L0 term could never be cached again.
-        for name in ("weight_mask_params", "bias_mask_params"):
+        # Only a Parameter this load installed is rewrapped: one already held (maybe by an
+        # optimizer) keeps its identity.
+        for name, before in thetas.items():
             t = self._parameters.get(name)
-            if t is not None and not isinstance(t, MaskParameter):
+            if t is not None and t is not before and not isinstance(t, MaskParameter):
                 self._parameters[name] = MaskParameter(t.detach(), t.requires_grad)
         self._drop_derived()
 
