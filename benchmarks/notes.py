@@ -131,10 +131,14 @@ lever: with chunks of 10 keys the K x 85M effective weights and K x 16 x 32 x 50
 exceed the caches and the per-key time rises to 1.9 s (2.6x); chunks of 2 give 1.5 s (3.9x).
 The ratio moves with the original more than with ours: across full runs ours read 1.54-1.59x a
 plain forward, the original 4.7-5.5x (4.04 s a baseline on 2026-11-29 20:10, 2.96x; 5.30 s in
-the 18:19 run, 3.58x); the original's 5 sequential evaluations are timed once. In ours' ~0.5 s
-a baseline over the plain forward, the sampler is ~0.3 s (a 768x3072 complement_sampled mask,
-~8.8 ms: eager Threefry over ~287k words 1.6 ms, the first-seen scatter and two gathers ~3 ms,
-three n-sized fills ~1.4 ms, the rest counts and the final index_fill), W * m ~0.07 s.
+the 18:19 run, 3.58x); the original's 5 sequential evaluations are timed once. Of a chunk of 2
+keys (~2.7 s), building the masked state (every layer's mask and W * m, all 48 layers before the
+forward) took 1.17-1.46 s on its own, with 184-224k page faults: the 680 MB of effective weights
+and as much again of masks are fresh memory each chunk. The sampler is ~7-9 ms a 768x3072 mask
+(eager Threefry over ~287k words 1.6 ms, the first-seen scatter and two gathers ~3 ms, three
+n-sized fills ~1.4 ms, the rest counts and the final index_fill), ~0.3 s a key; W * m ~0.07 s.
+Leads not taken: building each layer's effective weight just before its forward (memory reused
+layer to layer instead of 1.4 GB held), or multiplying W into the fresh sampled mask in place.
 Explored and not built (2026-11-29): compiling the proposals (Threefry, multiply-shift,
 rejection, eligibility gather) as one kernel, through the fused-kernel machinery: bitwise the
 same masks and 1.7 ms instead of ~3 ms per call, but a 768x3072 mask did not get faster (8
