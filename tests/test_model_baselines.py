@@ -164,3 +164,53 @@ def test_evaluate_baselines_with_inputs_passes_the_outputs_to_fn():
     mlp, _ = mlp_masked()
     x = torch.randn(3, 6)
     assert ns.evaluate_baselines(mlp, lambda out: out.sum(), keys, ablation="zero_ablate", inputs=x).shape == (3,)
+
+
+@pytest.mark.parametrize("ablation", ["zero_ablate", *RANDOM])
+@pytest.mark.parametrize("kwargs", [{}, {"mask_unit": "neuron", "mask_bias": True}, {"strategy": "hard_concrete"},
+                                    {"strategy": "magnitude_pruning", "prune_percentage": 0.6}])
+def test_evaluate_baselines_equals_vmapped_run_masked_of_masked_state_bitwise(ablation, kwargs):
+    # evaluate_baselines lets each layer draw inside its own forward (one layer's effective
+    # weights alive at a time); the result must be exactly the explicit-state path's.
+    model, _ = gpt2_masked(**kwargs)
+    ids = ZOO["gpt2"].batch()["input_ids"]
+    keys = nr.split(nr.key(5), 3)
+    with torch.no_grad():
+        lazy = ns.evaluate_baselines(model, lambda f: f(input_ids=ids).logits, keys, ablation=ablation, chunk_size=2)
+        explicit = vmap(lambda k: ns.run_masked(model, ns.masked_state(model, k, ablation=ablation), input_ids=ids).logits,
+                        chunk_size=2)(keys)
+    assert torch.equal(lazy, explicit)
+    if ablation in ("randomly_sampled", "complement_sampled"):
+        assert not torch.equal(lazy[0], lazy[1])
+
+
+def test_evaluate_baselines_restores_layer_settings_and_keys_even_when_fn_raises():
+    model, layers = mlp_masked()
+    first, second = layers.values()
+    first.use_masks, first.ablation, second.force_resample = False, "zero_ablate", True
+    keys_before = [m.mask_key.clone() for m in layers.values()]
+    x = torch.randn(4, 6)
+    out = ns.evaluate_baselines(model, lambda f: f(x), nr.split(nr.key(0), 2), ablation="randomly_sampled")
+    # masked_state reads no layer setting, and run_masked leaves a pending resample pending
+    expected = vmap(lambda k: ns.run_masked(model, ns.masked_state(model, k, ablation="randomly_sampled"), x))(
+        nr.split(nr.key(0), 2))
+    assert torch.equal(out, expected)  # every layer masked and ablated as asked; no resample consumed
+
+    def failing(f):
+        f(x)
+        raise RuntimeError("metric failed")
+
+    with pytest.raises(RuntimeError, match="metric failed"):
+        ns.evaluate_baselines(model, failing, nr.split(nr.key(0), 2), ablation="complement_sampled")
+    assert (first.use_masks, first.ablation, second.force_resample) == (False, "zero_ablate", True)
+    assert (second.use_masks, second.ablation, first.force_resample) == (True, "none", False)
+    assert all(torch.equal(m.mask_key, k) for m, k in zip(layers.values(), keys_before))
+
+
+def test_evaluate_baselines_rejects_non_finite_mask_parameters_by_name():
+    model, layers = mlp_masked()
+    name, layer = next(iter(layers.items()))
+    with torch.no_grad():
+        layer.weight_mask_params[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=rf"{name}\.weight_mask_params"):
+        ns.evaluate_baselines(model, lambda f: f(torch.zeros(1, 6)), nr.split(nr.key(0), 2), ablation="randomly_sampled")

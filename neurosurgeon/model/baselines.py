@@ -90,15 +90,26 @@ def masked_state(
 def masks_disabled(model: nn.Module):
     """Context manager: every mask layer of ``model`` computes with its (substituted) weights
     as they are, so a :func:`masked_state` can be run with ``functional_call``."""
-    layers = list(require_mask_layers(model).values())
-    before = [m.use_masks for m in layers]
+    # A pending force_resample stays pending: it would otherwise be spent (writing the layer's
+    # key) by a forward that applies no mask.
+    with _layer_settings(require_mask_layers(model).values(), use_masks=False, force_resample=False):
+        yield model
+
+
+@contextlib.contextmanager
+def _layer_settings(layers, **values):
+    """Set the given properties on every mask layer; restore each layer's own afterwards."""
+    layers = list(layers)
+    saved = [{name: getattr(m, name) for name in values} for m in layers]
     try:
         for m in layers:
-            m.use_masks = False
-        yield model
+            for name, value in values.items():
+                setattr(m, name, value)
+        yield
     finally:
-        for m, on in zip(layers, before):
-            m.use_masks = on
+        for m, before in zip(layers, saved):
+            for name, value in before.items():
+                setattr(m, name, value)
 
 
 def run_masked(model: nn.Module, state: Mapping[str, torch.Tensor], *args, **kwargs):
@@ -176,11 +187,24 @@ def evaluate_baselines(
         raise ValueError(f"keys must be an int64 tensor of shape (K, 2), got {getattr(keys, 'dtype', type(keys))} "
                          f"{tuple(getattr(keys, 'shape', ()))}")
 
+    layers = require_mask_layers(model)
+    for name, layer in layers.items():  # as masked_state does: NaN/inf theta raises, never binarises
+        for attr in ("weight_mask_params", "bias_mask_params"):
+            p = getattr(layer, attr, None)
+            if p is not None and p is not layer.weight and p is not layer.bias:
+                F.check_finite_params(p, f"{name}.{attr}")
+
     def one(k):
-        state = masked_state(model, k, ablation=ablation)
+        # Each layer draws inside its own forward from mask_key = fold_in(k, i): the masks of
+        # masked_state(model, k), bitwise, but only one layer's effective weights (per key) live
+        # at a time instead of the whole model's, and they are fresh in cache when used (GPT-2
+        # small, chunks of 2 keys: ~20% faster, ~90k fewer page faults a chunk than building the
+        # whole masked state first).
+        keyed = {f"{name}.mask_key": nr.fold_in(k.to(layer.weight.device), i)
+                 for i, (name, layer) in enumerate(layers.items())}
 
         def forward(*args, **kwargs):
-            return run_masked(model, state, *args, **kwargs)
+            return functional_call(model, keyed, args, kwargs, tie_weights=False, strict=False)
 
         if inputs is None:
             return fn(forward)
@@ -188,5 +212,7 @@ def evaluate_baselines(
             return fn(forward(**inputs))
         return fn(forward(*inputs) if isinstance(inputs, tuple) else forward(inputs))
 
-    with _eval_mode(model):
+    # Masks on with ``ablation`` in every layer, and no pending resample (it would write into
+    # the substituted key); the layers' own settings come back afterwards.
+    with _eval_mode(model), _layer_settings(layers.values(), use_masks=True, ablation=ablation, force_resample=False):
         return vmap(one, chunk_size=chunk_size, randomness="error")(keys)
