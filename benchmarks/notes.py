@@ -128,17 +128,21 @@ times are in the info line above (idle box: plain ~0.9 s, ours ~1.5 s, original 
 plain forward is the 85M-unit sampling and one W*m pass per key (unbatched work such as h =
 1[theta > 0] runs once per chunk: vmap does not repeat unbatched ops). Chunking is the main
 lever: with chunks of 10 keys the K x 85M effective weights and K x 16 x 32 x 50257 logits
-exceed the caches and the per-key time rises to 1.9 s (2.6x); chunks of 2 give 1.5 s (3.9x).
+exceed the caches and the per-key time rises to 1.9 s (2.6x); chunks of 2 give 1.5 s (3.9x)
+(measured when every layer's effective weights were built before the forward; see below).
 The ratio moves with the original more than with ours: across full runs ours read 1.54-1.59x a
 plain forward, the original 4.7-5.5x (4.04 s a baseline on 2026-11-29 20:10, 2.96x; 5.30 s in
 the 18:19 run, 3.58x); the original's 5 sequential evaluations are timed once. Of a chunk of 2
 keys (~2.7 s), building the masked state (every layer's mask and W * m, all 48 layers before the
 forward) took 1.17-1.46 s on its own, with 184-224k page faults: the 680 MB of effective weights
-and as much again of masks are fresh memory each chunk. The sampler is ~7-9 ms a 768x3072 mask
+and as much again of masks were fresh memory each chunk. So `evaluate_baselines` now lets each
+layer draw inside its own forward (its `mask_key` replaced by fold_in(k, i) through
+`functional_call`: bitwise the masked_state path, tested): a chunk's peak above the model went
+from 1156 to 397 MiB, and a chunk from 3.14 s to 2.83-3.02 s in separate processes (ours / plain
+forward 1.54-1.59 before, 1.51 after, in the suite). The sampler is ~7-9 ms a 768x3072 mask
 (eager Threefry over ~287k words 1.6 ms, the first-seen scatter and two gathers ~3 ms, three
 n-sized fills ~1.4 ms, the rest counts and the final index_fill), ~0.3 s a key; W * m ~0.07 s.
-Leads not taken: building each layer's effective weight just before its forward (memory reused
-layer to layer instead of 1.4 GB held), or multiplying W into the fresh sampled mask in place.
+Chunks: ~1.4 s a key with 1-4 keys, 1.7 s with 8.
 Explored and not built (2026-11-29): compiling the proposals (Threefry, multiply-shift,
 rejection, eligibility gather) as one kernel, through the fused-kernel machinery: bitwise the
 same masks and 1.7 ms instead of ~3 ms per call, but a 768x3072 mask did not get faster (8
