@@ -192,10 +192,7 @@ def evaluate_baselines(
 
     layers = require_mask_layers(model)
     for name, layer in layers.items():  # as masked_state does: NaN/inf theta raises, never binarises
-        for attr in ("weight_mask_params", "bias_mask_params"):
-            p = getattr(layer, attr, None)
-            if p is not None and p is not layer.weight and p is not layer.bias:
-                F.check_finite_params(p, f"{name}.{attr}")
+        layer.check_mask_params(name)
 
     def one(k):
         # Each layer draws inside its own forward from mask_key = fold_in(k, i): the masks of

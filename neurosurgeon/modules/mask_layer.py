@@ -274,6 +274,15 @@ class MaskLayer(nn.Module):
         self.noise_step.add_(1)
         return key
 
+    def check_mask_params(self, label: str | None = None) -> None:
+        """Raise ValueError if a mask parameter holds NaN or inf (a hard mask would silently
+        binarise it), naming it ``<label>.weight_mask_params`` (default label: the class name).
+        Magnitude pruning has none of its own: its mask is computed from the weight."""
+        wp, bp = self._mask_tensors()
+        for name, p in (("weight_mask_params", wp), ("bias_mask_params", bp)):
+            if p is not None and p is not self.weight and p is not self.bias:
+                F.check_finite_params(p, f"{label or type(self).__name__}.{name}")
+
     def _masks(self, hard: bool) -> F.LayerMasks:
         wp, bp = self._mask_tensors()
         if hard:
@@ -292,9 +301,7 @@ class MaskLayer(nn.Module):
         # Validate once per version of the parameters (reading a value costs a device sync).
         versions = (_version(wp), _version(bp))
         if versions != self._checked:
-            for name, p in (("weight_mask_params", wp), ("bias_mask_params", bp)):
-                if p is not None and p is not self.weight and p is not self.bias:
-                    F.check_finite_params(p, f"{type(self).__name__}.{name}")
+            self.check_mask_params()
             self._checked = versions
         h_args = {n: v for n, v in kwargs.items() if n in ("left", "right", "prune_percentage")}
         hs = self._subnetworks(wp, bp, h_args)
