@@ -426,3 +426,31 @@ def test_cs_hard_mask_fast_path_equals_comparison_and_leaves_the_graph(values, d
     assert h.dtype == dtype and not h.requires_grad
     assert torch.equal(h, (theta.detach() > 0).to(dtype))
     assert torch.equal(torch.signbit(h), torch.zeros_like(h, dtype=torch.bool))  # no -0.0 entries
+
+
+@pytest.mark.parametrize("density", [0.1, 0.45, 0.9])
+@pytest.mark.parametrize("sampler", [F.complement_sampled_mask, F.randomly_sampled_mask])
+def test_vmapped_samplers_share_scratch_and_still_equal_a_loop(sampler, density):
+    # Under vmap one first-seen buffer serves every key (reset after each); a stale entry would
+    # change a later key's draw. Densities cover drawing the zeros and drawing the survivors.
+    g = torch.Generator().manual_seed(3)
+    h = (torch.rand(300, 70, generator=g) < density).float()
+    if sampler is F.complement_sampled_mask and density > 0.5:
+        h = 1 - h  # the subnetwork must fit in its complement
+    keys = nr.split(nr.key(9), 7)
+    batched = torch.func.vmap(lambda k: sampler(k, h))(keys)
+    assert torch.equal(batched, torch.stack([sampler(k, h) for k in keys]))
+    assert len({tuple(m.flatten().nonzero().flatten().tolist()) for m in batched}) == 7
+
+
+def test_first_distinct_leaves_a_shared_buffer_all_unseen():
+    from neurosurgeon.functional import sampling
+
+    n = 5000
+    eligible = torch.rand(n, generator=torch.Generator().manual_seed(0)) < 0.6
+    m = int(eligible.sum())
+    buf = sampling._first_seen_buffer(n, eligible.device)
+    for i in range(3):
+        got = sampling._first_distinct(nr.key(i), eligible, n, m, 700, buf)
+        assert torch.equal(got, sampling._first_distinct(nr.key(i), eligible, n, m, 700))
+        assert bool((buf == sampling._UNSEEN).all())

@@ -53,11 +53,28 @@ def _stream(key: torch.Tensor, count: int) -> torch.Tensor:
     return torch.stack((y0, y1), dim=1).reshape(-1)[:count].to(torch.int64) & (_U32 - 1)
 
 
-def _first_distinct(key: torch.Tensor, eligible: torch.Tensor | None, n: int, m: int, k: int) -> torch.Tensor:
-    """Indices (int64, in draw order) of the first k distinct eligible units the key's stream proposes."""
+_UNSEEN = 2**31 - 1  # first_seen's empty entry: above every draw position
+
+
+def _first_seen_buffer(n: int, device) -> torch.Tensor:
+    """Scratch for :func:`_first_distinct`: n + 1 int32 entries (slot n takes the rejected draws), all unseen."""
+    return torch.full((n + 1,), _UNSEEN, dtype=torch.int32, device=device)
+
+
+def _first_distinct(key: torch.Tensor, eligible: torch.Tensor | None, n: int, m: int, k: int,
+                    first_seen: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices (int64, in draw order) of the first k distinct eligible units the key's stream proposes.
+
+    ``first_seen`` (from :func:`_first_seen_buffer`) may be shared by consecutive calls: only the
+    entries a call touches are written, and they are reset to unseen before it returns, so K
+    draws cost K scatters instead of K fills of n + 1 entries.
+    """
     device = key.device
     reject_below = _U32 % n
     draws = _draw_estimate(n, m, k)
+    shared = first_seen is not None
+    if not shared:
+        first_seen = _first_seen_buffer(n, device)
     while True:
         w = _stream(key, draws)
         prod = w * n
@@ -67,31 +84,34 @@ def _first_distinct(key: torch.Tensor, eligible: torch.Tensor | None, n: int, m:
             ok &= eligible.index_select(0, unit)
         slot = torch.where(ok, unit, n)  # rejected draws land in a spare slot n
         pos = torch.arange(draws, dtype=torch.int32, device=device)
-        first_seen = torch.full((n + 1,), draws, dtype=torch.int32, device=device)
         first_seen.scatter_reduce_(0, slot, pos, "amin")
         is_first = ok & (first_seen.index_select(0, slot) == pos)
+        if shared:
+            first_seen.index_fill_(0, slot, _UNSEEN)  # back to all unseen for the next call
         chosen = unit[is_first]  # boolean indexing keeps draw order
         if chosen.numel() >= k:
             return chosen[:k]
         draws *= 2  # rare: the estimate fell short; the stream's prefix is unchanged
 
 
-def _choose(key: torch.Tensor, flat: torch.Tensor, k: int):
-    """(chosen units, keep_side) for k zeros among the eligible units of ``flat``; None if trivial."""
+def _choose(key: torch.Tensor, flat: torch.Tensor, k: int, shared=None):
+    """(chosen units, keep_side) for k zeros among the eligible units of ``flat``; None if trivial.
+
+    ``shared``: ``(m, first_seen)`` computed once for several keys over the same ``flat``."""
     n = flat.numel()
-    m = int(torch.count_nonzero(flat))
+    m, first_seen = shared if shared is not None else (int(torch.count_nonzero(flat)), None)
     if k > m:
         raise ValueError(f"cannot choose {k} mask units from only {m} eligible ones")
     if k == 0 or k == m:
         return None, k == m
     keep_side = k > m - k  # draw the smaller side: the m - k survivors
-    return _first_distinct(key, None if m == n else flat, n, m, m - k if keep_side else k), keep_side
+    return _first_distinct(key, None if m == n else flat, n, m, m - k if keep_side else k, first_seen), keep_side
 
 
-def _zeros_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, out: torch.Tensor) -> torch.Tensor:
+def _zeros_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, out: torch.Tensor, shared=None) -> torch.Tensor:
     """Write the bool zero-set (True = zeroed) into ``out`` (eligible's shape)."""
     flat, dst = eligible.reshape(-1), out.view(-1)
-    chosen, keep_side = _choose(key, flat, k)
+    chosen, keep_side = _choose(key, flat, k, shared)
     if chosen is None:
         dst.copy_(flat) if keep_side else dst.zero_()
     else:
@@ -101,11 +121,11 @@ def _zeros_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, out: torch.
     return out
 
 
-def _mask_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, out: torch.Tensor) -> torch.Tensor:
+def _mask_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, out: torch.Tensor, shared=None) -> torch.Tensor:
     """Write the sampled *mask* (1 = kept, 0 = zeroed) into ``out`` (floating, eligible's shape)
     directly: one pass over n plus k scattered writes, instead of bool set, not, cast."""
     flat, dst = eligible.reshape(-1), out.view(-1)
-    chosen, keep_side = _choose(key, flat, k)
+    chosen, keep_side = _choose(key, flat, k, shared)
     if chosen is None:
         torch.logical_not(flat, out=dst) if keep_side else dst.fill_(1)
     elif keep_side:  # zero every eligible unit, then restore the chosen survivors
@@ -126,8 +146,12 @@ def _batched(kernel, op, info, in_dims, key, eligible, num_zeros, dtype):
         extra = () if op is _sample_zeros_op else (dtype,)
         return torch.stack([op(*sl, *extra) for sl in slices]), 0
     out = torch.empty((info.batch_size, *slices[0][1].shape), dtype=dtype, device=eligible.device)
+    shared = None
+    if in_dims[1] is None:  # one eligible set for every key: count it and allocate scratch once
+        flat = eligible.reshape(-1)
+        shared = (int(torch.count_nonzero(flat)), _first_seen_buffer(flat.numel(), eligible.device))
     for i, (k_i, e_i, n_i) in enumerate(slices):
-        kernel(k_i, e_i, int(n_i), out[i])
+        kernel(k_i, e_i, int(n_i), out[i], shared)
     return out, 0
 
 
