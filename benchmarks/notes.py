@@ -47,7 +47,11 @@ passes over n bytes/int32 plus O(k) work, no sort or kthvalue. Its vmap rule run
 kernel per key, so 64 vmapped masks cost 64 single masks (the old batched kthvalue/sort over a
 (64, n) int64 tensor was ~5x slower per mask than unbatched). The module path adds per
 call: fold_in of the key, the hard mask, the finiteness check, W*m and the forward. The
-original samples with per-call full-size random work in eager torch.""",
+original samples with per-call full-size random work in eager torch. Under vmap with one
+subnetwork for every key (the usual case) the kernel counts the eligible units once and shares
+one first-seen buffer across the keys, each draw resetting only the entries it touched, instead
+of a count and an n-sized int32 fill per key: ours vmapped / plain randperm loop 0.298 -> 0.246
+(complement), 9.5x -> 13.6x against the original in consecutive runs (2026-11-29).""",
     4: """**Bound.** `torch.kthvalue` copies its input and quickselects it (random access, ~50 ns/entry here).
 `magnitude_mask` now brackets the k-th |w| with two order statistics of a 65k strided sample
 (Floyd-Rivest), counts below the bracket and gathers the band in streaming passes (abs, >=, <=,
