@@ -1,6 +1,6 @@
 """Continuous sparsification's masked weight and L0 from one sigmoid (functional/cs_l0.py) and the
-module's reuse of that L0 term in ``calculate_l0``: equal values, equal gradients however the
-backward calls are split, and never a stale term."""
+modules' reuse of a training forward's L0 term in ``calculate_l0`` (CS, and hard concrete's fused
+kernel): equal values, equal gradients however the backward calls are split, and never a stale term."""
 
 import copy
 
@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import neurosurgeon as ns
 import neurosurgeon.functional as F
+from neurosurgeon.functional.fused import fused_kernels
 from neurosurgeon.modules.mask_layer import MaskLayer
 
 
@@ -106,26 +107,40 @@ def test_module_l0_and_gradients_equal_the_unfused_path(mask_unit):
     assert torch.equal(a.weight_mask, b.weight_mask)
 
 
-def test_reused_l0_is_never_stale():
-    a, _ = _layer_pair(mask_bias=False)
-    x = torch.randn(4, 6)
-    a(x)
-    fresh = lambda: F.continuous_sparsification_l0(a.weight_mask_params, temperature=a.temperature)  # noqa: E731
-    assert a.calculate_l0() is a.calculate_l0()  # the forward's term, reused
-    assert torch.equal(a.calculate_l0(), fresh())
-    opt = torch.optim.SGD(a.parameters(), lr=1.0)
-    a.calculate_l0().backward()
-    opt.step()  # theta changed, no forward since
-    assert torch.equal(a.calculate_l0(), fresh())
-    a(x)
-    a.temperature = 10.0
-    assert torch.equal(a.calculate_l0(), fresh())
-    a(x)
-    a.weight_mask_params = nn.Parameter(torch.zeros_like(a.weight_mask_params))
-    assert torch.equal(a.calculate_l0(), fresh())
-    a(x)
-    a.eval()
-    assert torch.equal(a.calculate_l0(), (a.weight_mask_params > 0).sum().float())
-    a.train()
-    twin = copy.deepcopy(a)  # the reused term is not copied (a non-leaf tensor)
-    assert torch.equal(twin.calculate_l0(), fresh())
+def _cs_layer():
+    layer, _ = _layer_pair(mask_bias=False)
+    return layer, lambda: F.continuous_sparsification_l0(layer.weight_mask_params, temperature=layer.temperature)
+
+
+def _hc_layer():
+    layer = ns.HardConcreteLinear(600, 500, key=3, temperature=0.5)  # large enough for the fused kernel
+    return layer, lambda: F.hard_concrete_l0(layer.weight_mask_params, temperature=layer.temperature,
+                                             left=layer.left_stretch, right=layer.right_stretch)
+
+
+@pytest.mark.parametrize("make", [_cs_layer, _hc_layer], ids=["continuous_sparsification", "hard_concrete"])
+def test_reused_l0_is_never_stale(make):
+    # Both strategies' fused training forwards compute the L0 term with the mask; calculate_l0
+    # reuses it only while theta and the hyper-parameters are what it was computed from.
+    a, fresh = make()
+    x = torch.randn(4, a.weight.shape[1])
+    with fused_kernels("auto"):
+        a(x)
+        assert a.calculate_l0() is a.calculate_l0()  # the forward's term, reused
+        torch.testing.assert_close(a.calculate_l0(), fresh(), rtol=1e-6, atol=0.0)
+        opt = torch.optim.SGD(a.parameters(), lr=1.0)
+        a.calculate_l0().backward()
+        opt.step()  # theta changed, no forward since
+        assert torch.equal(a.calculate_l0(), fresh())
+        a(x)
+        a.temperature = 10.0
+        assert torch.equal(a.calculate_l0(), fresh())
+        a(x)
+        a.weight_mask_params = nn.Parameter(torch.zeros_like(a.weight_mask_params))
+        assert torch.equal(a.calculate_l0(), fresh())
+        a(x)
+        a.eval()
+        assert torch.equal(a.calculate_l0(), (a.weight_mask_params > 0).sum().float())
+        a.train()
+        twin = copy.deepcopy(a)  # the reused term is not copied (a non-leaf tensor)
+        assert torch.equal(twin.calculate_l0(), fresh())

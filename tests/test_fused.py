@@ -27,7 +27,7 @@ def test_fused_kernel_equals_eager_gate_weight_and_gradient():
     key = nr.key(42)
     g_out = torch.randn(w.shape, generator=torch.Generator().manual_seed(3))
     with fused.fused_kernels("always"):
-        w_fused, z_fused = fused.fused_hard_concrete_weight(w, theta, key, **HP)
+        w_fused, z_fused, _ = fused.fused_hard_concrete_weight(w, theta, key, **HP)
     (gf,) = torch.autograd.grad((w_fused * g_out).sum(), theta, retain_graph=True)
     z_ref = F.hard_concrete_mask(theta, key, **HP)
     (gr,) = torch.autograd.grad((F.apply_mask(w, z_ref) * g_out).sum(), theta, retain_graph=True)
@@ -43,9 +43,39 @@ def test_fused_kernel_equals_eager_gate_weight_and_gradient():
     assert 0.2 < float((z_ref == 0).float().mean() + (z_ref == 1).float().mean()) < 0.9  # both clamps and the interior
     # A temperature change reaches the kernel as a tensor: no recompilation, a different gate.
     with fused.fused_kernels("always"):
-        _, z_hot = fused.fused_hard_concrete_weight(w, theta, key, **{**HP, "temperature": 2.0})
+        _, z_hot, _ = fused.fused_hard_concrete_weight(w, theta, key, **{**HP, "temperature": 2.0})
     torch.testing.assert_close(z_hot, F.hard_concrete_mask(theta, key, **{**HP, "temperature": 2.0}).detach(),
                                rtol=1e-6, atol=1e-6)
+
+
+def test_fused_l0_term_equals_eq12_and_its_gradients_every_way_they_arrive():
+    theta, w = _theta_and_weight((300, 257))
+    key, lam = nr.key(7), 0.37
+    g_out = torch.randn(w.shape, generator=torch.Generator().manual_seed(4))
+    z_ref = F.hard_concrete_mask(theta, key, **HP)
+    l0_ref = F.hard_concrete_l0(theta, **HP)
+    g_task, = torch.autograd.grad((F.apply_mask(w, z_ref) * g_out).sum(), theta, retain_graph=True)
+    g_l0, = torch.autograd.grad(lam * l0_ref, theta)
+    with fused.fused_kernels("always"):
+        w_eff, _, l0 = fused.fused_hard_concrete_weight(w, theta, key, **HP)
+        torch.testing.assert_close(l0, l0_ref, rtol=1e-6, atol=0.0)
+        # Task loss and L0 in one backward (the CircuitModel loss): one fused pass.
+        g_both, = torch.autograd.grad((w_eff * g_out).sum() + lam * l0, theta)
+        torch.testing.assert_close(g_both, g_task + g_l0, rtol=1e-5, atol=1e-6)
+        # The L0 term alone, and the two in separate backward calls (saved state survives the first).
+        w_eff, _, l0 = fused.fused_hard_concrete_weight(w, theta, key, **HP)
+        g_alone, = torch.autograd.grad(lam * l0, theta, retain_graph=True)
+        torch.testing.assert_close(g_alone, g_l0, rtol=1e-6, atol=1e-9)
+        theta.grad = None
+        (w_eff * g_out).sum().backward()
+        (lam * l0).backward()
+        torch.testing.assert_close(theta.grad, g_task + g_l0, rtol=1e-5, atol=1e-6)
+        # theta updated in place before the L0 backward: an error, never a gradient of the new theta.
+        _, _, l0 = fused.fused_hard_concrete_weight(w, theta, key, **HP)
+        with torch.no_grad():
+            theta.add_(1.0)
+        with pytest.raises(RuntimeError, match="modified in place"):
+            l0.backward()
 
 
 @pytest.mark.parametrize("make", [lambda: nn.Linear(96, 64), lambda: Conv1D(64, 96)], ids=["Linear", "GPTConv1D"])
@@ -66,8 +96,10 @@ def test_module_training_steps_fused_equal_eager(make):
         torch.testing.assert_close(fused_layer.weight_mask, eager.weight_mask.detach(), rtol=1e-6, atol=1e-6)
         assert torch.equal(fused_layer.bias_mask, eager.bias_mask)  # the bias gate stays eager
         assert torch.equal(fused_layer.noise_step, eager.noise_step)
-        ye.square().sum().backward()
-        yf.square().sum().backward()
+        l0e, l0f = eager.calculate_l0(), fused_layer.calculate_l0()  # fused: the forward's term
+        torch.testing.assert_close(l0f, l0e, rtol=1e-6, atol=0.0)
+        (ye.square().sum() + 0.5 * l0e).backward()
+        (yf.square().sum() + 0.5 * l0f).backward()
     torch.testing.assert_close(fused_layer.weight_mask_params.grad, eager.weight_mask_params.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(fused_layer.bias_mask_params.grad, eager.bias_mask_params.grad, rtol=1e-5, atol=1e-7)
     assert fused_layer.weight.grad is not None and torch.allclose(fused_layer.weight.grad, eager.weight.grad,
@@ -109,7 +141,8 @@ def test_auto_mode_falls_back_to_eager_with_one_warning_and_always_mode_raises(m
             fused.fused_hard_concrete_weight(w, theta, key, **HP)
     with fused.fused_kernels("auto", min_numel=0):
         with pytest.warns(RuntimeWarning, match="could not be compiled"):
-            w_eff, z = fused.fused_hard_concrete_weight(w, theta, key, **HP)
+            w_eff, z, l0 = fused.fused_hard_concrete_weight(w, theta, key, **HP)
+        torch.testing.assert_close(l0, F.hard_concrete_l0(theta, **HP))
         z_ref = F.hard_concrete_mask(theta, key, **HP)
         torch.testing.assert_close(z, z_ref.detach(), rtol=1e-6, atol=1e-6)
         assert torch.equal(w_eff, w * z)

@@ -1,11 +1,14 @@
-"""A fused hard-concrete training kernel: noise, gate and ``W * z`` in one compiled kernel.
+"""A fused hard-concrete training kernel: noise, gate, ``W * z`` and the L0 term in one compiled kernel.
 
 Eager torch runs each element-wise op as its own pass over memory, so one hard-concrete
 training forward costs ~130 passes of Threefry (the noise) plus ~10 for the gate of Louizos,
-Welling & Kingma (2018, arXiv 1712.01312, eq. 9-10) and its backward. Compiled by
-``torch.compile`` (Inductor), the forward becomes one vectorised loop and the backward
-another (an ``autograd.Function`` around two compiled kernels): on a 768x3072 weight, ~4 ms
-forward and ~1 ms backward instead of ~30 ms (benchmarks/RESULTS.md, workload 1).
+Welling & Kingma (2018, arXiv 1712.01312, eq. 9-10) and its backward, and the expected L0
+(eq. 12) two more passes and two theta-sized temporaries. Compiled by ``torch.compile``
+(Inductor), the forward becomes one vectorised loop and the backward another (an
+``autograd.Function`` around compiled kernels): on a 768x3072 weight, ~4 ms forward and ~1 ms
+backward instead of ~30 ms (benchmarks/RESULTS.md, workload 1). The layer's
+:meth:`~neurosurgeon.modules.MaskLayer.calculate_l0` returns the forward's L0 term, and a loss
+holding both sends theta one gradient, formed in one pass.
 
 The kernel draws the same noise words from the same key as
 :func:`~neurosurgeon.functional.hard_concrete_mask` and applies the same gate; the float results
@@ -34,7 +37,7 @@ import warnings
 import torch
 
 from ._checks import check_choice, transformed
-from .hard_concrete import noise_uniform, stretched_gate
+from .hard_concrete import l0_shift, noise_uniform, nonzero_probability, stretched_gate
 
 __all__ = ["FUSED_MODES", "fused_kernels", "fused_settings", "fused_eligible", "fused_hard_concrete_weight"]
 
@@ -115,13 +118,18 @@ def fused_eligible(weight: torch.Tensor, log_alpha: torch.Tensor) -> bool:
     return mode == "always" or log_alpha.numel() >= _settings["min_numel"]
 
 
-def _gate_forward(weight, log_alpha, key, beta, scale, left):
-    """(W * z, z): noise u from ``key``, then eq. 9-10 (the same functions as the eager path)."""
+def _gate_forward(weight, log_alpha, key, beta, scale, left, shift):
+    """(W * z, z, L0): noise u from ``key``, then eq. 9-10, and the expected L0 of eq. 12 (the
+    same functions as the eager path). The L0 term reads theta in the same loop: done apart, it
+    writes two theta-sized temporaries a step, which on CPU cost first-touch page faults."""
     u = noise_uniform(key, (log_alpha.shape[0],))
     # log(u / (1 - u)): one logarithm instead of log u - log1p(-u)'s two (the kernel is bound by
     # its transcendentals); 1 - u is exact for u >= 1/2, so the two agree to ~1e-7 relative.
     z = stretched_gate(torch.log(u / (1.0 - u)).to(log_alpha.dtype), log_alpha, beta, scale, left)
-    return weight * z.to(weight.dtype), z
+    # Summed in float64: a compiled reduction adds each vector lane's terms in sequence, which in
+    # float32 drifts by ~1e-4 relative over a GPT-2 layer (eager torch.sum sums in a cascade).
+    l0 = nonzero_probability(log_alpha, shift).to(torch.float64).sum().to(log_alpha.dtype)
+    return weight * z.to(weight.dtype), z, l0
 
 
 def _gate_backward(grad_weff, weight, z, beta, scale, left):
@@ -133,7 +141,18 @@ def _gate_backward(grad_weff, weight, z, beta, scale, left):
     return torch.where(inside, g * ((z - left) * (scale + left - z) / (scale * beta)), 0.0)
 
 
-_KERNELS = {"forward": _gate_forward, "backward": _gate_backward}
+def _l0_backward(grad_l0, log_alpha, shift):
+    """d (grad_l0 * L0) / d theta = grad_l0 * p (1 - p), p = P(z != 0) recomputed from theta."""
+    p = nonzero_probability(log_alpha, shift)
+    return grad_l0 * p * (1.0 - p)
+
+
+def _gate_and_l0_backward(grad_weff, weight, z, beta, scale, left, grad_l0, log_alpha, shift):
+    """Both gradients of theta in one pass: what a task loss plus lambda * L0 sends back."""
+    return _gate_backward(grad_weff, weight, z, beta, scale, left) + _l0_backward(grad_l0, log_alpha, shift)
+
+
+_KERNELS = {"forward": _gate_forward, "backward": _gate_backward, "backward_l0": _gate_and_l0_backward}
 
 
 def _compiled_kernel(which: str):
@@ -160,34 +179,48 @@ def _run(which: str, *args):
 
 
 class _FusedGate(torch.autograd.Function):
-    """Forward and backward of W * z as two compiled kernels (Louizos et al. 2018, eq. 9-10)."""
+    """Forward and backward of (W * z, z, L0) as compiled kernels (Louizos et al. 2018, eq. 9-10, 12)."""
 
     @staticmethod
-    def forward(ctx, weight, log_alpha, key, beta, scale, left):
-        w_eff, z = _run("forward", weight, log_alpha, key, beta, scale, left)
-        ctx.save_for_backward(weight, z, beta, scale, left)
-        ctx.set_materialize_grads(False)  # z (weight_mask) is rarely used: no zero-filled gradient for it
-        return w_eff, z
+    def forward(ctx, weight, log_alpha, key, beta, scale, left, shift):
+        w_eff, z, l0 = _run("forward", weight, log_alpha, key, beta, scale, left, shift)
+        # Attributes, not saved tensors: the L0 output's gradient may arrive in a later backward
+        # call than the task loss's, after autograd has freed saved tensors. Detached aliases make
+        # no reference cycle through this node; theta's version stands in for autograd's check.
+        ctx.z, ctx.weight, ctx.log_alpha = z.detach(), weight.detach(), log_alpha.detach()
+        ctx.version = log_alpha._version
+        ctx.hparams = (beta, scale, left, shift)
+        ctx.set_materialize_grads(False)  # unused outputs (z, often L0) get no zero-filled gradient
+        return w_eff, z, l0
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_weff, grad_z):
-        weight, z, beta, scale, left = ctx.saved_tensors
+    def backward(ctx, grad_weff, grad_z, grad_l0):
+        weight, z, theta = ctx.weight, ctx.z, ctx.log_alpha
+        beta, scale, left, shift = ctx.hparams
         g_theta = g_weight = None
         if ctx.needs_input_grad[1]:
-            if grad_weff is not None:
+            if grad_l0 is not None and theta._version != ctx.version:
+                raise RuntimeError("hard concrete L0: the mask parameters were modified in place between the "
+                                   "forward and this backward; compute the L0 term again after the update")
+            if grad_weff is not None and grad_l0 is not None:
+                g_theta = _run("backward_l0", grad_weff, weight, z, beta, scale, left, grad_l0, theta, shift)
+            elif grad_weff is not None:
                 g_theta = _run("backward", grad_weff, weight, z, beta, scale, left)
+            elif grad_l0 is not None:  # the L0 term alone (its own backward call): a cheap eager pass
+                g_theta = _l0_backward(grad_l0, theta, shift)
             if grad_z is not None:  # a loss on weight_mask itself: the eager formula, W = 1
                 g_z = _gate_backward(grad_z, torch.ones((), dtype=z.dtype, device=z.device), z, beta, scale, left)
                 g_theta = g_z if g_theta is None else g_theta + g_z
         if ctx.needs_input_grad[0] and grad_weff is not None:
             g_weight = grad_weff * z.to(grad_weff.dtype)
-        return g_weight, g_theta, None, None, None, None
+        return g_weight, g_theta, None, None, None, None, None
 
 
 def fused_hard_concrete_weight(weight, log_alpha, key, *, temperature, left, right):
-    """``(W * z, z)`` for a weight-unit hard-concrete gate z drawn from ``key``, by the fused
-    kernel; falls back to the eager functions (with one warning) if compiling fails in ``auto`` mode.
+    """``(W * z, z, L0)`` for a weight-unit hard-concrete gate z drawn from ``key``, and its
+    expected L0 (eq. 12, :func:`~neurosurgeon.functional.hard_concrete_l0`), by the fused kernel;
+    falls back to the eager functions (with one warning) if compiling fails in ``auto`` mode.
 
     ``key`` is the weight's draw key (``draw_keys(noise_key(...))[0]``), as
     :func:`~neurosurgeon.functional.layer_masks` uses it; hyper-parameters are checked by the caller.
@@ -195,6 +228,7 @@ def fused_hard_concrete_weight(weight, log_alpha, key, *, temperature, left, rig
     shape = weight.shape
     hp = dict(dtype=log_alpha.dtype, device=log_alpha.device)
     args = (weight.reshape(-1), log_alpha.reshape(-1), key, torch.tensor(float(temperature), **hp),
-            torch.tensor(float(right) - float(left), **hp), torch.tensor(float(left), **hp))
-    w, z = _FusedGate.apply(*args)
-    return w.view(shape), z.view(shape)
+            torch.tensor(float(right) - float(left), **hp), torch.tensor(float(left), **hp),
+            torch.tensor(l0_shift(float(temperature), float(left), float(right)), **hp))
+    w, z, l0 = _FusedGate.apply(*args)
+    return w.view(shape), z.view(shape), l0

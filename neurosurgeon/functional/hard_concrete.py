@@ -106,4 +106,15 @@ def hard_concrete_l0(
     """Expected number of non-zero gates, sum sigma(theta - beta log(-l / r)) (eq. 12); 0-d tensor."""
     beta = check_temperature(temperature)
     lo, hi = check_stretch(left, right)
-    return torch.sigmoid(log_alpha - beta * math.log(-lo / hi)).sum()
+    return nonzero_probability(log_alpha, l0_shift(beta, lo, hi)).sum()
+
+
+def l0_shift(beta: float, left: float, right: float) -> float:
+    """beta log(-l / r): theta minus this is the logit of P(z != 0) (eq. 12)."""
+    return beta * math.log(-left / right)
+
+
+def nonzero_probability(log_alpha: torch.Tensor, shift) -> torch.Tensor:
+    """P(z != 0) = sigma(theta - beta log(-l / r)) per gate (eq. 12), with ``shift`` from
+    :func:`l0_shift` (a float, or a 0-d tensor in the fused kernel): its sum is the expected L0."""
+    return torch.sigmoid(log_alpha - shift)

@@ -12,7 +12,7 @@ import torch.nn as nn
 from .. import functional as F
 from ..functional._checks import check_finite, check_temperature
 from ._layer_types import CONV1D, CONV2D, GPT_CONV1D, LINEAR
-from .mask_layer import MaskLayer, TemperedMixin, _Memo, _recall
+from .mask_layer import MaskLayer, TemperedMixin
 
 __all__ = ["ContSparseLayer", "ContSparseLinear", "ContSparseGPTConv1D", "ContSparseConv1d", "ContSparseConv2d"]
 
@@ -48,24 +48,9 @@ class ContSparseLayer(TemperedMixin, MaskLayer):
         wp, bp = self._mask_tensors()
         self._resample_if_requested()
         w, m, l0 = F.continuous_sparsification_weight_and_l0(self.weight, wp, temperature=self._temperature)
-        self._l0 = _Memo.of((wp,), self._l0_settings(), l0)
+        self._remember_l0(wp, l0)
         b, bias_mask = self._soft_bias(bp, None)
         return F.MaskedParameters(w, b, m.to(self.weight.dtype), bias_mask)
-
-    def _l0_settings(self):
-        return (self._temperature, self.weight.numel(), torch.is_grad_enabled())
-
-    def calculate_l0(self) -> torch.Tensor:
-        """As :meth:`MaskLayer.calculate_l0`. While training, the weight term is the one the last
-        forward computed, as long as theta (same tensor, same version) and the temperature are
-        unchanged; otherwise it is computed afresh."""
-        wp, bp = self._mask_tensors()
-        total = _recall(self._l0, (wp,), self._l0_settings())
-        if total is None or self._is_hard() or self._transformed():
-            return super().calculate_l0()
-        if self._mask_bias and bp is not None:
-            total = total + F.mask_l0(self._strategy, bp, self.bias.numel(), hard=False, **self._hparams())
-        return total
 
     @property
     def mask_init_value(self) -> float:

@@ -45,14 +45,17 @@ class HardConcreteLayer(TemperedMixin, MaskLayer):
 
     def masked_parameters(self) -> F.MaskedParameters:
         """As :meth:`MaskLayer.masked_parameters`; large weight masks being trained go through
-        the fused kernel of :mod:`neurosurgeon.functional.fused` (same key, same gates)."""
+        the fused kernel of :mod:`neurosurgeon.functional.fused` (same key, same gates), which
+        also gives the L0 term :meth:`calculate_l0` returns while theta and the hyper-parameters
+        are unchanged."""
         wp, bp = self._mask_tensors()
         if not (self._trains_weight_mask_eagerly() and fused.fused_eligible(self.weight, wp)):
             return super().masked_parameters()
         self._resample_if_requested()
         k_weight, k_bias = F.draw_keys(self._next_noise_key())[:2]
         hp = self._hparams()
-        w, z = fused.fused_hard_concrete_weight(self.weight, wp, k_weight, **hp)
+        w, z, l0 = fused.fused_hard_concrete_weight(self.weight, wp, k_weight, **hp)
+        self._remember_l0(wp, l0)
         b, bias_mask = self._soft_bias(bp, k_bias)
         return F.MaskedParameters(w, b, z.to(self.weight.dtype), bias_mask)
 

@@ -393,17 +393,31 @@ class MaskLayer(nn.Module):
     # -- L0 --------------------------------------------------------------------------------------
     def calculate_l0(self) -> torch.Tensor:
         """L0 of the current mask at the weight's size (+ bias): soft surrogate while training,
-        count of ones while hard. A 0-d tensor, differentiable while soft."""
+        count of ones while hard. A 0-d tensor, differentiable while soft.
+
+        While training, the weight term is the one the last forward's fused path computed
+        (:meth:`_remember_l0`), as long as theta (same tensor, same version) and the
+        hyper-parameters are unchanged; otherwise it is computed afresh."""
         hard = self._is_hard()
         wp, bp = self._mask_tensors()
+        total = None if hard or self._transformed() else _recall(self._l0, (wp,), self._l0_settings())
         masks = self._masks(hard) if hard else None
         hp = self._hparams()
-        total = F.mask_l0(self._strategy, wp, self.weight.numel(), hard=hard,
-                          applied_mask=None if masks is None else masks.weight_mask, **hp)
+        if total is None:
+            total = F.mask_l0(self._strategy, wp, self.weight.numel(), hard=hard,
+                              applied_mask=None if masks is None else masks.weight_mask, **hp)
         if self._mask_bias and bp is not None:
             total = total + F.mask_l0(self._strategy, bp, self.bias.numel(), hard=hard,
                                       applied_mask=None if masks is None else masks.bias_mask, **hp)
         return total
+
+    def _l0_settings(self):
+        return (tuple(sorted(self._hparams().items())), self.weight.numel(), torch.is_grad_enabled())
+
+    def _remember_l0(self, weight_params: torch.Tensor, l0: torch.Tensor) -> None:
+        """Keep a training forward's weight L0 term (the strategies' fused paths compute it with
+        the mask) for :meth:`calculate_l0`: the penalty then costs no second pass over theta."""
+        self._l0 = _Memo.of((weight_params,), self._l0_settings(), l0)
 
     def calculate_max_l0(self) -> int:
         """Number of maskable entries: ``weight.numel()`` (+ ``bias.numel()`` if the bias is masked)."""
@@ -458,7 +472,7 @@ class MaskLayer(nn.Module):
     #   _cache: (settings, hard masks h, masks) of a random ablation's draw
     #   _checked: versions of the mask parameters last checked for NaN/inf
     #   _eff: _Memo of the effective parameters under cached_masks()
-    #   _l0: _Memo of the last fused CS training forward's L0 term
+    #   _l0: _Memo of the last fused training forward's weight L0 term (CS and HC)
     #   _thresholds: magnitude pruning's last certifying thresholds
     _DERIVED = ("_h", "_cache", "_checked", "_eff", "_l0", "_thresholds")
     _EVAL_DERIVED = ("_h", "_cache", "_eff")  # used by hard forwards only
