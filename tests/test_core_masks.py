@@ -443,44 +443,6 @@ def test_vmapped_samplers_share_scratch_and_still_equal_a_loop(sampler, density)
     assert len({tuple(m.flatten().nonzero().flatten().tolist()) for m in batched}) == 7
 
 
-@pytest.mark.parametrize("sampler", [F.complement_sampled_mask, F.randomly_sampled_mask])
-def test_vmapped_draws_split_across_worker_threads_equal_a_loop(sampler, monkeypatch):
-    # Large CPU batches are drawn by several threads, round-robin, each with its own scratch:
-    # 7 keys over 3 workers (uneven), also inside inference_mode (thread-local in the workers).
-    from neurosurgeon.functional import sampling
-
-    calls = []
-    monkeypatch.setattr(sampling, "_workers", lambda batch, units, device: calls.append(batch) or 3)
-    h = (torch.rand(300, 70, generator=torch.Generator().manual_seed(5)) < 0.2).float()
-    keys = nr.split(nr.key(11), 7)
-    loop = torch.stack([sampler(k, h) for k in keys])
-    assert torch.equal(torch.func.vmap(lambda k: sampler(k, h))(keys), loop)
-    with torch.inference_mode():
-        assert torch.equal(torch.func.vmap(lambda k: sampler(k, h))(keys), loop)
-    assert calls == [7, 7]
-    # A worker's error reaches the caller: one key asks for more zeros than there are units.
-    eligible = torch.ones(50, dtype=torch.bool)
-    with pytest.raises(ValueError, match="cannot choose 51 mask units from only 50"):
-        torch.func.vmap(F.sample_zeros, in_dims=(0, None, 0))(keys[:3], eligible, torch.tensor([3, 51, 4]))
-
-
-def test_worker_count_follows_device_size_and_torch_threads():
-    from neurosurgeon.functional import sampling
-
-    big = sampling._THREADED_MIN_UNITS
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        assert sampling._workers(64, big, torch.device("cpu")) == 2
-        assert sampling._workers(1, big, torch.device("cpu")) == 1  # one key: nothing to split
-        assert sampling._workers(64, big - 1, torch.device("cpu")) == 1  # small draws stay in this thread
-        assert sampling._workers(64, big, torch.device("meta")) == 1  # CPU only
-        torch.set_num_threads(1)
-        assert sampling._workers(64, big, torch.device("cpu")) == 1
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_first_distinct_leaves_a_shared_buffer_all_unseen():
     from neurosurgeon.functional import sampling
 

@@ -17,15 +17,12 @@ result never depends on it.
 The kernel is a ``torch.library`` custom op: it runs eagerly on concrete values (so it may read
 k and the draw counts on the host), is opaque to ``torch.compile`` (a fake implementation gives
 the output's shape), and its ``vmap`` rule runs the unbatched kernel once per batch entry, which
-is exactly what a Python loop over the same keys gives. Large CPU batches split their entries
-across ``torch.get_num_threads()`` worker threads: a draw's scatter and gathers are 1-d index
-ops that torch runs on one core, so keys drawn side by side use the others.
+is exactly what a Python loop over the same keys gives.
 """
 
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -149,50 +146,13 @@ def _batched(kernel, op, info, in_dims, key, eligible, num_zeros, dtype):
         extra = () if op is _sample_zeros_op else (dtype,)
         return torch.stack([op(*sl, *extra) for sl in slices]), 0
     out = torch.empty((info.batch_size, *slices[0][1].shape), dtype=dtype, device=eligible.device)
-    m = int(torch.count_nonzero(eligible.reshape(-1))) if in_dims[1] is None else None
-
-    def run(entries):
-        # One eligible set for every key (the usual case): counted once, and one scratch buffer
-        # per worker, reset by each draw, instead of a count and an n-sized fill per key.
-        shared = None if m is None else (m, _first_seen_buffer(eligible.numel(), eligible.device))
-        for i in entries:
-            k_i, e_i, n_i = slices[i]
-            kernel(k_i, e_i, int(n_i), out[i], shared)
-
-    workers = _workers(info.batch_size, out[0].numel(), eligible.device)
-    if workers == 1:
-        run(range(info.batch_size))
-    else:
-        _run_split(run, info.batch_size, workers)
+    shared = None
+    if in_dims[1] is None:  # one eligible set for every key: count it and allocate scratch once
+        flat = eligible.reshape(-1)
+        shared = (int(torch.count_nonzero(flat)), _first_seen_buffer(flat.numel(), eligible.device))
+    for i, (k_i, e_i, n_i) in enumerate(slices):
+        kernel(k_i, e_i, int(n_i), out[i], shared)
     return out, 0
-
-
-#: Below this many units a draw takes ~0.1 ms: not worth handing to worker threads.
-_THREADED_MIN_UNITS = 2**16
-
-
-def _workers(batch: int, units: int, device: torch.device) -> int:
-    """Worker threads for a batch of CPU draws. A draw's scatter and gathers run on one core
-    (1-d index ops are not split by torch), so keys drawn in parallel use the cores
-    torch.set_num_threads allows: 64 masks of a 768x3072 layer took 0.94 s instead of 1.9 s on 2."""
-    if device.type != "cpu" or units < _THREADED_MIN_UNITS:
-        return 1
-    return max(1, min(batch, torch.get_num_threads()))
-
-
-def _run_split(run, batch: int, workers: int) -> None:
-    """``run`` over the entries 0..batch-1 split round-robin across threads (ops release the GIL).
-    Each entry writes only its own output slice, so the result is the loop's, in any order; the
-    caller's grad and inference modes (thread-local) hold in the workers too."""
-    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-
-    def work(w):
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            run(range(w, batch, workers))
-
-    with ThreadPoolExecutor(workers, thread_name_prefix="neurosurgeon-sampler") as pool:
-        for f in [pool.submit(work, w) for w in range(workers)]:
-            f.result()  # re-raises a worker's error here
 
 
 @torch.library.custom_op("neurosurgeon::sample_zeros", mutates_args=())
