@@ -15,7 +15,9 @@ Threefry (~130 int32 ops over 1.18M words, ~12 ms) and ~10 unfused element-wise 
 step: ~1.2-1.35x. By default (`auto`) a weight mask of >= 2**18 entries goes through the fused
 kernel of `functional/fused.py`: `torch.compile` (Inductor) of the noise, gate and W*z, with the
 hyper-parameters passed as tensors so a temperature schedule never recompiles; profiled at
-5.1 ms forward + 0.8 ms backward (vs ~30 ms eager), i.e. ~7% of the plain step. It is
+5.1 ms forward + 0.8 ms backward (vs ~30 ms eager), i.e. ~7% of the plain step; since
+2026-11-29 the forward also sums the L0 term (eq. 12), ~1 ms more whether or not the loss uses
+it, which a loss with the penalty gets back (workload 5). It is
 compiled once per process (~15 s cold, seconds from Inductor's disk cache) in the warm-up round,
 which the timings exclude. Deriving the step's noise key (two fold_in and a split) used to cost
 ~300 tiny tensor ops (~2-3 ms a step per layer); keys of eager CPU tensors are now derived on
@@ -51,7 +53,14 @@ original samples with per-call full-size random work in eager torch. Under vmap 
 subnetwork for every key (the usual case) the kernel counts the eligible units once and shares
 one first-seen buffer across the keys, each draw resetting only the entries it touched, instead
 of a count and an n-sized int32 fill per key: ours vmapped / plain randperm loop 0.298 -> 0.246
-(complement), 9.5x -> 13.6x against the original in consecutive runs (2026-11-29).""",
+(complement), 9.5x -> 13.6x against the original in consecutive runs (2026-11-29). The ratio
+moves with the original: over 3 rounds at 22:33 UTC it took 122 ms a mask and ours 11.8 ms
+vmapped (10.3x); at 21:53, 171 ms and 12.6 ms (13.6x).
+Explored and not built (2026-11-29): drawing a vmapped batch's keys on torch.get_num_threads()
+worker threads (a draw's scatter and gathers run on one core). Separate processes suggested
+1.25 s -> 0.8 s for the 64 masks, but interleaved in one process it gained 3-7% (16 rounds,
+twice), and evaluate_baselines got 11% slower (4 GPT-2 baselines in chunks of 2: 7.24 s vs
+6.54 s, 8 rounds): two workers' intra-op threads oversubscribe the 2 cores.""",
     4: """**Bound.** `torch.kthvalue` copies its input and quickselects it (random access, ~50 ns/entry here).
 `magnitude_mask` now brackets the k-th |w| with two order statistics of a 65k strided sample
 (Floyd-Rivest), counts below the bracket and gathers the band in streaming passes (abs, >=, <=,
@@ -85,10 +94,11 @@ at 1 x 256 tokens (8 rounds) and 1.00 at 1 x 1024 (6 rounds; floor / original 0.
 the GEMMs and the quadratic attention swamp both libraries' mask maths. The suite's 2 x 256 is
 the batch this workload has always used; it was not chosen to meet the target. Issue 5 fixes 1024 tokens
 unless a workload states otherwise, and workload 5 states none, so the suite also times the step
-at 4 x 256 = 1024 tokens (same sequence length; the `at 1024 tokens` rows, 8 rounds): CS read
-0.99 (19:46 UTC) and 0.97 (20:10 UTC run), HC 0.893 and 0.902, floor / original 0.95 both
-times: at the issue's default count the CS target is as far off and HC sits on its boundary
-(HC's fused noise, Threefry-20 over 85M words, is ~200 ms a step whatever the tokens).
+at 4 x 256 = 1024 tokens (same sequence length; the `at 1024 tokens` rows, 8 rounds): across
+five runs on 2026-11-29 CS read 0.97-1.00 and floor / original 0.94-0.96; HC read 0.893, 0.902
+and 0.902, then 0.871 and 0.910 with its L0 term in the fused kernel: at the issue's default
+count the CS target is as far off and HC sits on its boundary (HC's fused forward, Threefry-20
+over 85M words and the gate, is ~180 ms a step whatever the tokens).
 Page faults bound every contender here, not one library: glibc hands freed blocks above its
 adaptive mmap threshold (the 103-206 MB logits and their gradients) back to the OS, so each
 step faults ~50k (512 tokens) to ~200k (1024) fresh 4 KiB pages in again, as many for the floor,
@@ -104,7 +114,21 @@ meet before the sigmoid derivative, so theta gets one gradient instead of two to
 process: 2.70 s vs 2.76 s for the separate expressions, the original 2.80 s). The original
 recomputes the sigmoid for its L0. Hard concrete is where the libraries differ: the original's
 eager noise and gate cost ~30% over its CS step; ours go through the fused kernel (workload 1)
-and land near the floor. A GPT-2 step moves +-15% from round to round on this VM, hence 15
+and land near the floor. Since 2026-11-29 22:30 that kernel also computes hard concrete's L0
+term (eq. 12): the forward sums sigma(theta - beta log(-l/r)) in float64 in the gate's loop (a
+float32 compiled sum drifted 8e-5 relative over a layer of equal thetas), and a loss holding
+both sends theta one gradient, grad_l0 * p (1 - p) added in the gate's backward pass. Before,
+the penalty wrote two fresh theta-sized tensors per layer a step (theta - shift and its sigmoid,
+85M entries in all: 120-600 ms of a 1024-token step in profiles, by the page-fault state), kept
+the sigmoid (340 MB) for its backward, and gave autograd a second gradient to add. A/B in one
+process: one 768x3072 HC layer step with the L0 in the loss 63.3 vs 67.1 ms (40 rounds), GPT-2
+at 1 token (the mask maths alone) 0.82x (20 rounds); at 1024 tokens a step's noise hides it
+(0.998 over 6 rounds). In the suite: HC / original 0.814 -> 0.793 (2 x 256 tokens, 0.794 in a
+workload-5-only re-run); at 1024 tokens 0.871, then 0.910 in the re-run (0.893-0.902 in three
+runs before): it straddles the 0.9 target within a step's noise. Peak RSS 0.779 -> 0.638 (0.624).
+What HC still spends over CS is the fused forward: Threefry-20 over 85M words (~70 ms a step)
+and the gate's log and exp plus the L0 term's exp (~110 ms); at 1024 tokens ours HC ran 313 ms
+and 549 ms above the floor in the two runs, CS 190-315 ms. A GPT-2 step moves +-15% from round to round on this VM, hence 15
 repeats. Peak memory: activations dominate; masks keep theta's grad and the effective weights.
 Explored and not built: a different GEMM library. On this AMD EPYC, oneDNN's fp32 matmul
 (`torch.ops.mkldnn._linear_pointwise`, what Inductor calls) runs the Conv1D shapes at ~170-200
@@ -136,7 +160,8 @@ exceed the caches and the per-key time rises to 1.9 s (2.6x); chunks of 2 give 1
 (measured when every layer's effective weights were built before the forward; see below).
 The ratio moves with the original more than with ours: across full runs ours read 1.54-1.59x a
 plain forward, the original 4.7-5.5x (4.04 s a baseline on 2026-11-29 20:10, 2.96x; 5.30 s in
-the 18:19 run, 3.58x); the original's 5 sequential evaluations are timed once. Of a chunk of 2
+the 18:19 run, 3.58x); the original's 5 sequential evaluations were timed once until
+2026-11-29 22:33, and over 3 interleaved rounds since (5.50 s a baseline then, 3.84x). Of a chunk of 2
 keys (~2.7 s), building the masked state (every layer's mask and W * m, all 48 layers before the
 forward) took 1.17-1.46 s on its own, with 184-224k page faults: the 680 MB of effective weights
 and as much again of masks were fresh memory each chunk. So `evaluate_baselines` now lets each
