@@ -5,8 +5,8 @@ training forward costs ~130 passes of Threefry (the noise) plus ~10 for the gate
 Welling & Kingma (2018, arXiv 1712.01312, eq. 9-10) and its backward, and the expected L0
 (eq. 12) two more passes and two theta-sized temporaries. Compiled by ``torch.compile``
 (Inductor), the forward becomes one vectorised loop and the backward another (an
-``autograd.Function`` around compiled kernels): on a 768x3072 weight, ~4 ms forward and ~1 ms
-backward instead of ~30 ms (benchmarks/RESULTS.md, workload 1). The layer's
+``autograd.Function`` around compiled kernels): on a 768x3072 weight, ~4-5 ms forward (~1 ms
+of it the L0 sum) and ~1 ms backward instead of ~30 ms (benchmarks/RESULTS.md, workload 1). The layer's
 :meth:`~neurosurgeon.modules.MaskLayer.calculate_l0` returns the forward's L0 term, and a loss
 holding both sends theta one gradient, formed in one pass.
 
