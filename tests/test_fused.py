@@ -22,8 +22,13 @@ def _theta_and_weight(shape, seed=0):
     return torch.randn(shape, generator=g).requires_grad_(), torch.randn(shape, generator=g)
 
 
-def test_fused_kernel_equals_eager_gate_weight_and_gradient():
+@pytest.mark.parametrize("temperature", [0.5, 0.6], ids=["power-form", "log-form"])
+def test_fused_kernel_equals_eager_gate_weight_and_gradient(temperature):
+    # 0.5 = 2 / 4 takes the power-form forward (_power_gate_forward), 0.6 the general one.
+    HP = dict(temperature=temperature, left=-0.2, right=1.3)
     theta, w = _theta_and_weight((300, 257))  # odd sizes: a remainder after the vector loop
+    with torch.no_grad():  # saturated gates: the power form's overflow must land on the clamps
+        theta[0, :6] = torch.tensor([-1e4, -200.0, -60.0, 60.0, 200.0, 1e4])
     key = nr.key(42)
     g_out = torch.randn(w.shape, generator=torch.Generator().manual_seed(3))
     with fused.fused_kernels("always"):
@@ -41,11 +46,40 @@ def test_fused_kernel_equals_eager_gate_weight_and_gradient():
     (gr2,) = torch.autograd.grad((F.apply_mask(w, z_ref) * g_out).sum() + z_ref[:7].sum(), theta)
     torch.testing.assert_close(gf2, gr2, rtol=1e-5, atol=1e-6)
     assert 0.2 < float((z_ref == 0).float().mean() + (z_ref == 1).float().mean()) < 0.9  # both clamps and the interior
-    # A temperature change reaches the kernel as a tensor: no recompilation, a different gate.
+    # A temperature change reaches the kernel (a tensor in the log form, k in the power form).
+    hot = {**HP, "temperature": 0.7 if temperature == 0.6 else 2.0 / 3.0}
     with fused.fused_kernels("always"):
-        _, z_hot, _ = fused.fused_hard_concrete_weight(w, theta, key, **{**HP, "temperature": 2.0})
-    torch.testing.assert_close(z_hot, F.hard_concrete_mask(theta, key, **{**HP, "temperature": 2.0}).detach(),
-                               rtol=1e-6, atol=1e-6)
+        _, z_hot, l0_hot = fused.fused_hard_concrete_weight(w, theta, key, **hot)
+    torch.testing.assert_close(z_hot, F.hard_concrete_mask(theta, key, **hot).detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(l0_hot, F.hard_concrete_l0(theta, **hot).detach(), rtol=1e-6, atol=0.0)
+
+
+def test_power_form_gate_equals_the_log_form_for_every_power():
+    # Eager calls of both kernel functions (compiling 8 variants would cost minutes): the algebra
+    # (sqrt(r) h)^k = exp(-(logit u + theta) / beta) and 1 / (1 + e^shift h^2) = sigma(theta - shift).
+    theta, w = _theta_and_weight((4099,), seed=5)
+    with torch.no_grad():
+        theta.mul_(4.0)[:8] = torch.tensor([-1e4, -200.0, -60.0, -30.0, 30.0, 60.0, 200.0, 1e4])
+    key, left, right = nr.key(3), -0.1, 1.1
+    for k in range(1, fused.MAX_GATE_POWER + 1):
+        beta = 2.0 / k
+        args = (w, theta.detach(), key, torch.tensor(beta), torch.tensor(right - left), torch.tensor(left),
+                torch.tensor(F.hard_concrete.l0_shift(beta, left, right)))
+        w_log, z_log, l0_log = fused._gate_forward(*args)
+        w_pow, z_pow, l0_pow = fused._KERNELS[f"forward_k{k}"](*args)
+        assert torch.isfinite(z_pow).all() and ((z_pow >= 0) & (z_pow <= 1)).all(), k
+        torch.testing.assert_close(z_pow, z_log, rtol=0.0, atol=1e-6, msg=f"k={k}")
+        torch.testing.assert_close(w_pow, w_log, rtol=1e-6, atol=1e-6, msg=f"k={k}")
+        torch.testing.assert_close(l0_pow, l0_log, rtol=1e-6, atol=0.0, msg=f"k={k}")
+        assert 0.05 < float(((z_log > 0) & (z_log < 1)).float().mean()) < 0.95  # gates inside the clamp too
+
+
+def test_gate_power_picks_the_power_form_only_for_beta_two_over_k_in_float32():
+    f32 = torch.float32
+    assert [fused.gate_power(b, f32) for b in (2.0, 1.0, 2.0 / 3.0, 0.5, 0.25)] == [1, 2, 3, 4, 8]
+    # not 2 / k for an integer k in [1, 8], or not float32 theta: the general (log-form) kernel
+    assert [fused.gate_power(b, f32) for b in (0.6, 0.7, 2.0 / 9.0, 4.0, 2.0 / 3.0 + 1e-6)] == [None] * 5
+    assert fused.gate_power(2.0 / 3.0, torch.float64) is None and fused.gate_power(0.5, torch.bfloat16) is None
 
 
 def test_fused_l0_term_equals_eq12_and_its_gradients_every_way_they_arrive():

@@ -6,7 +6,6 @@ training and 1[theta > 0] when hard; see :mod:`neurosurgeon.functional.continuou
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from .. import functional as F
