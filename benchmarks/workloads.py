@@ -25,7 +25,7 @@ FULL = dict(
     smoke=False, d_in=768, d_out=3072, tokens=1024, n_masks=64, density=0.1, mag_shape=(21000, 4000),
     gpt2=dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
     gpt2_batch=(2, 256), gpt2_batch_default=(4, 256), baselines=50, baseline_batch=(16, 32), baseline_chunk=2, orig_baselines=5,
-    w2_batches=10, repeats=dict(w1=31, w2=31, w3=3, w4=3, w5=15, w5_default=8, w6=3, w7=5, w7_layer=21), compile_backend="inductor", warmup=1,
+    w2_batches=10, repeats=dict(w1=31, w2=31, w3=3, w4=3, w5=15, w5_default=14, w6=3, w7=5, w7_layer=21), compile_backend="inductor", warmup=1,
 )
 SMOKE = dict(
     smoke=True, d_in=16, d_out=32, tokens=8, n_masks=4, density=0.1, mag_shape=(64, 32),
