@@ -41,7 +41,7 @@ import warnings
 import torch
 
 from ._checks import check_choice, transformed
-from .hard_concrete import l0_shift, noise_uniform, nonzero_probability, stretched_gate
+from .hard_concrete import l0_shift, noise_uniform, nonzero_probability, stretch_and_clamp, stretched_gate
 
 __all__ = ["FUSED_MODES", "fused_kernels", "fused_settings", "fused_eligible", "fused_hard_concrete_weight"]
 
@@ -130,10 +130,14 @@ def _gate_forward(weight, log_alpha, key, beta, scale, left, shift):
     # log(u / (1 - u)): one logarithm instead of log u - log1p(-u)'s two (the kernel is bound by
     # its transcendentals); 1 - u is exact for u >= 1/2, so the two agree to ~1e-7 relative.
     z = stretched_gate(torch.log(u / (1.0 - u)).to(log_alpha.dtype), log_alpha, beta, scale, left)
-    # Summed in float64: a compiled reduction adds each vector lane's terms in sequence, which in
-    # float32 drifts by ~1e-4 relative over a GPT-2 layer (eager torch.sum sums in a cascade).
-    l0 = nonzero_probability(log_alpha, shift).to(torch.float64).sum().to(log_alpha.dtype)
-    return weight * z.to(weight.dtype), z, l0
+    return weight * z.to(weight.dtype), z, _l0_sum(nonzero_probability(log_alpha, shift), log_alpha.dtype)
+
+
+def _l0_sum(p, dtype):
+    """sum(p) in ``dtype``, summed in float64: a compiled reduction adds each vector lane's terms in
+    sequence, which in float32 drifts by ~1e-4 relative over a GPT-2 layer (eager torch.sum sums
+    in a cascade)."""
+    return p.to(torch.float64).sum().to(dtype)
 
 
 #: The largest k = 2 / beta with a power-form forward kernel (beta = 2, 1, 2/3, 1/2, ..., 1/4).
@@ -168,9 +172,9 @@ def _power_gate_forward(k: int):
         q_k = q
         for _ in range(k - 1):  # unrolled at compile time: k is fixed per kernel
             q_k = q_k * q
-        z = torch.clamp(scale / (1.0 + q_k) + left, 0.0, 1.0)
-        l0 = (1.0 / (1.0 + torch.exp(shift) * (h * h))).to(torch.float64).sum().to(log_alpha.dtype)
-        return weight * z.to(weight.dtype), z, l0
+        z = stretch_and_clamp(1.0 / (1.0 + q_k), scale, left)
+        p = 1.0 / (1.0 + torch.exp(shift) * (h * h))  # P(z != 0), sharing the gate's exponential
+        return weight * z.to(weight.dtype), z, _l0_sum(p, log_alpha.dtype)
 
     return forward
 

@@ -61,7 +61,12 @@ def stretched_gate(logistic, log_alpha, beta, scale, left):
     """Eq. 9-10 from logistic noise log(u / (1 - u)): clamp(sigma((noise + theta) / beta) * scale + l, 0, 1),
     scale = r - l. ``beta``, ``scale`` and ``left`` may be floats or 0-d tensors (the fused kernel
     passes tensors, so a temperature schedule does not recompile it)."""
-    return torch.clamp(torch.sigmoid((logistic + log_alpha) / beta) * scale + left, 0.0, 1.0)
+    return stretch_and_clamp(torch.sigmoid((logistic + log_alpha) / beta), scale, left)
+
+
+def stretch_and_clamp(s, scale, left):
+    """Eq. 10: the concrete sample s stretched to (l, r) and clamped, min(1, max(0, s * scale + l)), scale = r - l."""
+    return torch.clamp(s * scale + left, 0.0, 1.0)
 
 
 def hard_concrete_mask(
