@@ -106,6 +106,18 @@ def _fmt(v, digits=3):
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
+def verdict(row: dict) -> str:
+    """The ``met`` cell: yes / **no** / - (no target), with *within noise* when the target lies
+    inside the ratio's interval."""
+    if row["met"] is None:
+        return "-"
+    text = "yes" if row["met"] else "**no**"
+    ci, target = row.get("interval"), float(row["target"].split()[-1])
+    if ci is not None and ci[0] <= target <= ci[1]:
+        text += " (*within noise*)"
+    return text
+
+
 def to_markdown(report: dict) -> str:
     env, cfg = report["env"], report["config"]
     lines = ["# Benchmark results (issue 5)", "",
@@ -119,14 +131,18 @@ def to_markdown(report: dict) -> str:
         lines += ["", "**Smoke run: tiny shapes, no warm-up, one repeat. The values are meaningless; only the "
                   "structure is checked.**"]
     lines += ["", "Ratios come from one process, contenders interleaved round by round in a rotating order, "
-              "medians over the repeats. The machine is shared: absolute times are indicative only.", "",
-              "## Ratios", "", "| # | ratio | value | target | met |", "|---|---|---|---|---|"]
+              "medians over the repeats. The machine is shared: absolute times are indicative only. "
+              "The interval is a 95% paired bootstrap over the rounds: how far the ratio of medians moves with "
+              "the rounds' noise. A target inside it is marked *within noise*: another run may land on either side.",
+              "", "## Ratios", "", "| # | ratio | value | 95% interval | target | met |", "|---|---|---|---|---|---|"]
     for res in report["workloads"]:
         for row in res["ratios"]:
-            met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
-            lines.append(f"| {res['id']} | {row['name']} | {_fmt(row['value'])} | {row['target'] or 'report'} | {met} |")
+            ci = row.get("interval")
+            ci_text = "-" if ci is None else f"{ci[0]:.3f}-{ci[1]:.3f}"
+            lines.append(f"| {res['id']} | {row['name']} | {_fmt(row['value'])} | {ci_text} | "
+                         f"{row['target'] or 'report'} | {verdict(row)} |")
         if res.get("error"):
-            lines.append(f"| {res['id']} | failed: {res['error'][:200]} | | | |")
+            lines.append(f"| {res['id']} | failed: {res['error'][:200]} | | | | |")
     lines += ["", "## Workloads: timings (median seconds) and what bounds each ratio", ""]
     for res in report["workloads"]:
         lines += [f"### {res['id']}. {res['title']}", ""]

@@ -1,6 +1,7 @@
 """The workloads of issue 5. Each ``wN(cfg)`` builds its contenders, times them interleaved and
 returns a result dict: ``{"id", "title", "timings": {name: {"median_s", "times_s"}},
-"ratios": [{"name", "value", "target", "met"}], "info": {...}}``.
+"ratios": [{"name", "value", "target", "met", "interval"}], "info": {...}}``; ``interval`` is the
+ratio's 95% paired-bootstrap interval over the rounds (``_timing.ratio_interval``), None after one round.
 
 Contenders: ``plain`` (plain torch: the floor), ``ours`` (neurosurgeon), ``orig`` (NeuroSurgeon
 0.1.0 through its public API; skipped when it is not importable).
@@ -19,13 +20,13 @@ from neurosurgeon import functional as F
 from neurosurgeon.functional import random as nr
 from neurosurgeon.functional.fused import fused_kernels
 
-from ._timing import interleaved, ratio
+from ._timing import interleaved, ratio, ratio_interval
 
 FULL = dict(
     smoke=False, d_in=768, d_out=3072, tokens=1024, n_masks=64, density=0.1, mag_shape=(21000, 4000),
     gpt2=dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
     gpt2_batch=(2, 256), gpt2_batch_default=(4, 256), baselines=50, baseline_batch=(16, 32), baseline_chunk=2, orig_baselines=5,
-    w2_batches=10, repeats=dict(w1=31, w2=31, w3=3, w4=3, w5=15, w5_default=14, w6=3, w7=5, w7_layer=21), compile_backend="inductor", warmup=1,
+    w2_batches=10, repeats=dict(w1=61, w2=31, w3=3, w4=3, w5=15, w5_default=14, w6=3, w7=5, w7_layer=21), compile_backend="inductor", warmup=1,
 )
 SMOKE = dict(
     smoke=True, d_in=16, d_out=32, tokens=8, n_masks=4, density=0.1, mag_shape=(64, 32),
@@ -50,13 +51,14 @@ def original():
 def _ratio_row(name, timings, num, den, target=None, *, higher_is_better=False, scale=1.0):
     r = ratio(timings, num, den)
     if r is None:
-        return {"name": name, "value": None, "target": target, "met": None}
+        return {"name": name, "value": None, "target": target, "met": None, "interval": None}
     r *= scale
     met = None
     if target is not None:
         met = r >= target if higher_is_better else r <= target
+    ci = ratio_interval(timings, num, den)
     return {"name": name, "value": r, "target": (">= " if higher_is_better else "<= ") + f"{target:g}" if target else None,
-            "met": met}
+            "met": met, "interval": None if ci is None else [v * scale for v in ci]}
 
 
 def _subnetwork_theta(shape, density, generator_seed=0):

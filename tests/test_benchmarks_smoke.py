@@ -30,6 +30,8 @@ def test_smoke_results_have_timings_and_well_formed_ratios(smoke_report):
         assert w["ratios"], f"workload {w['id']} reports no ratio"
         for row in w["ratios"]:
             assert set(row) >= {"name", "value", "target", "met"}
+            if "interval" in row:  # one round: nothing to resample
+                assert row["interval"] is None
             if row["value"] is not None:
                 assert math.isfinite(row["value"]) and row["value"] > 0
             if row["value"] is None or row["target"] is None:
@@ -44,7 +46,7 @@ def test_original_column_present_exactly_when_importable(smoke_report):
 
 def test_markdown_names_machine_versions_threads_and_every_ratio(smoke_report):
     md = run_mod.to_markdown(smoke_report)
-    for text in ("## Machine", "torch:", "threads:", "| # | ratio | value | target | met |"):
+    for text in ("## Machine", "torch:", "threads:", "| # | ratio | value | 95% interval | target | met |"):
         assert text in md
     for w in smoke_report["workloads"]:
         for row in w["ratios"]:
@@ -70,3 +72,53 @@ def test_workload_5_is_also_timed_at_the_issues_default_token_count(smoke_report
     assert {"default:floor", "default:ours_cs"} <= set(w5["timings"])
     row = next(r for r in w5["ratios"] if r["name"].endswith("CS train step: ours / floor") and r["name"].startswith("at "))
     assert row["value"] is not None
+
+
+# -- the ratio's bootstrap interval -------------------------------------------------------------------
+timing = pytest.importorskip("benchmarks._timing")
+
+
+def _timings(**times):
+    import statistics
+
+    return {n: {"median_s": statistics.median(ts), "times_s": list(ts)} for n, ts in times.items()}
+
+
+def test_interval_is_paired_over_rounds():
+    # Each round slowed both contenders alike (drift), and num took exactly 1.1x den in every
+    # round: paired, the ratio has no noise at all; resampled apart, it would spread widely.
+    den = [1.0, 3.0, 0.5, 2.0, 1.5, 4.0, 0.8, 2.5]
+    t = _timings(num=[1.1 * v for v in den], den=den)
+    lo, hi = timing.ratio_interval(t, "num", "den")
+    assert lo == pytest.approx(1.1) and hi == pytest.approx(1.1)
+    t_unpaired = _timings(num=[1.1 * v for v in den], den=den + [1.0])  # different round counts
+    lo, hi = timing.ratio_interval(t_unpaired, "num", "den")
+    assert hi - lo > 0.5
+
+
+def test_interval_brackets_the_ratio_and_is_reproducible():
+    g = __import__("torch").Generator().manual_seed(3)
+    noise = __import__("torch").rand(2, 31, generator=g).double() * 0.2 + 1.0
+    t = _timings(num=(1.05 * noise[0]).tolist(), den=noise[1].tolist())
+    r = timing.ratio(t, "num", "den")
+    lo, hi = timing.ratio_interval(t, "num", "den")
+    assert lo < r < hi and hi - lo < 0.3
+    assert timing.ratio_interval(t, "num", "den") == (lo, hi)
+    narrow = timing.ratio_interval(t, "num", "den", level=0.5)
+    assert lo < narrow[0] <= narrow[1] < hi
+
+
+def test_interval_needs_two_rounds_of_both_contenders():
+    t = _timings(a=[1.0, 2.0], b=[1.0], c=[2.0, 1.0])
+    assert timing.ratio_interval(t, "a", "b") is None
+    assert timing.ratio_interval(t, "a", "missing") is None
+    assert timing.ratio_interval(t, "a", "c") is not None
+
+
+def test_verdict_marks_a_target_inside_the_interval_as_within_noise():
+    row = {"met": False, "target": "<= 1.05", "interval": [1.03, 1.09]}
+    assert run_mod.verdict(row) == "**no** (*within noise*)"
+    assert run_mod.verdict({**row, "interval": [1.06, 1.09]}) == "**no**"
+    assert run_mod.verdict({"met": True, "target": ">= 10", "interval": [9.5, 11.0]}) == "yes (*within noise*)"
+    assert run_mod.verdict({"met": True, "target": ">= 10", "interval": None}) == "yes"
+    assert run_mod.verdict({"met": None, "target": None, "interval": [0.9, 1.1]}) == "-"
