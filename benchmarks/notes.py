@@ -46,7 +46,14 @@ the eval forward when it ran every call. It now runs only when last call's thres
 certifying the weight: if exactly n - k entries of |w| exceed the old tau, {|w| > tau} *is* the
 mask, so each call costs abs, compare, count and cast (~1-2 ms) and stays exact after any edit,
 `.data` included (`magnitude_mask_and_threshold`; ours 2.0x -> 1.13x plain, the original's
-`torch.quantile` path 9x).""",
+`torch.quantile` path 9x).
+The default row read 1.068 (interval 1.03-1.09) in the 2026-11-30 01:44 run, 0.98-1.02 in the
+runs before. Checked after it (20 interleaved rounds, twice): 1.032 and 1.047, and no page faults
+(`ru_minflt` 0 per 10 calls, either path): what the default adds is the W * h pass itself, 0.89 ms
+after a GEMM with h in float. Keeping h as bool would read 7 MB less, but torch's bool paths are
+slower here (`torch.where(h, W, 0)` 4.2 ms, `W * h_bool` 1.5 ms, `masked_fill` 5.2 ms). Caching
+W * h by default (what `cached_masks()` opts into) would need to see every edit of W, the
+caller's parameter, including through `.data`, which no version counter shows.""",
     3: """**Bound.** Ours: the exact-k sampler (functional/sampling.py) reads ~n ln(m/(m-k)) words of the key's
 stream (~0.28M words for k = 236k of n = 2.36M instead of 2.36M), dedups the proposals with
 one int32 `scatter_reduce(amin)` into an n-sized buffer, and writes the n-sized mask: about 5
@@ -207,7 +214,11 @@ against eager. (The 2.3-3.2x of `benchmarks/model_compile_speedup.py` is for a 2
 GPT-2, where per-op overhead dominates.)""",
 }
 
-PROFILE_NOTES = """- Method: `torch.profiler` tables (`key_averages`, sorted by self CPU) of one step of every workload, and
+PROFILE_NOTES = """- Intervals (since 2026-11-30): each ratio's 95% interval resamples the rounds in pairs (both
+  contenders' times of a round together, 4000 resamples, seeded) and recomputes the ratio of
+  medians; it shows the rounds' noise, not the run-to-run drift of a shared VM, which can be larger.
+  With 3 rounds (workloads 3, 4, 6) it is coarse.
+- Method: `torch.profiler` tables (`key_averages`, sorted by self CPU) of one step of every workload, and
   `py-spy dump` of the long runs (e.g. it showed workload 3's time inside the original's
   `_sample_mask_randomly`). Raw tables are not kept: the machine is shared and they vary run to run.
 - Sampling (before): one complement_sampled mask of 768x3072 spent ~14 ms in eager Threefry over
