@@ -73,7 +73,12 @@ Explored and not built (2026-11-29): drawing a vmapped batch's keys on torch.get
 worker threads (a draw's scatter and gathers run on one core). Separate processes suggested
 1.25 s -> 0.8 s for the 64 masks, but interleaved in one process it gained 3-7% (16 rounds,
 twice), and evaluate_baselines got 11% slower (4 GPT-2 baselines in chunks of 2: 7.24 s vs
-6.54 s, 8 rounds): two workers' intra-op threads oversubscribe the 2 cores.""",
+6.54 s, 8 rounds): two workers' intra-op threads oversubscribe the 2 cores.
+Explored and not built (2026-11-30): backing the vmapped batch's output (64 x 9.4 MB, fresh memory)
+with transparent huge pages (`madvise(MADV_HUGEPAGE)` before the first touch; this VM's THP mode is
+`madvise`). A bare fill of such a tensor went from 125 ms to 34 ms and the batch's page faults from
+147k to ~800, but the 64 masks took as long (15.6 vs 15.8 ms a mask, 10 interleaved rounds):
+the faults were not what bounded the batch.""",
     4: """**Bound.** `torch.kthvalue` copies its input and quickselects it (random access, ~50 ns/entry here).
 `magnitude_mask` now brackets the k-th |w| with two order statistics of a 65k strided sample
 (Floyd-Rivest), counts below the bracket and gathers the band in streaming passes (abs, >=, <=,

@@ -87,8 +87,9 @@ def run(*, smoke: bool = False, only=None, threads: int = 2, memory: str | None 
         res["elapsed_s"] = time.perf_counter() - t0
         log(f"    ({res['elapsed_s']:.1f} s)")
         for row in res["ratios"]:
-            v = row["value"]
-            log(f"    {row['name']}: {'n/a' if v is None else f'{v:.3f}'}  target {row['target']}  met {row['met']}")
+            v, ci = row["value"], row.get("interval")
+            ci_text = "" if ci is None else f" ({ci[0]:.3f}-{ci[1]:.3f})"
+            log(f"    {row['name']}: {'n/a' if v is None else f'{v:.3f}'}{ci_text}  target {row['target']}  met {row['met']}")
         results.append(res)
         if partial is not None:  # e.g. rewrite RESULTS.md after each workload, so a long run can be cut short
             partial({"env": env, "config": cfg, "original_available": orig is not None,
