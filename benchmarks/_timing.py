@@ -46,7 +46,7 @@ def ratio_interval(timings: dict[str, dict], num: str, den: str, *, level: float
     the interval reflects the noise of the ratio rather than of each median. Otherwise each
     contender's times are resampled on their own. Seeded: the same timings give the same interval.
     """
-    if num not in timings or den not in timings:
+    if ratio(timings, num, den) is None:
         return None
     a = torch.tensor(timings[num]["times_s"], dtype=torch.float64)
     b = torch.tensor(timings[den]["times_s"], dtype=torch.float64)

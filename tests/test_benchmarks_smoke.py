@@ -3,8 +3,10 @@ one repeat) completes and reports every workload in the documented structure. No
 asserted anywhere: the machines are shared and noisy, and speed is the benchmark's business."""
 
 import math
+import statistics
 
 import pytest
+import torch
 
 run_mod = pytest.importorskip("benchmarks.run")
 
@@ -79,8 +81,6 @@ timing = pytest.importorskip("benchmarks._timing")
 
 
 def _timings(**times):
-    import statistics
-
     return {n: {"median_s": statistics.median(ts), "times_s": list(ts)} for n, ts in times.items()}
 
 
@@ -97,8 +97,8 @@ def test_interval_is_paired_over_rounds():
 
 
 def test_interval_brackets_the_ratio_and_is_reproducible():
-    g = __import__("torch").Generator().manual_seed(3)
-    noise = __import__("torch").rand(2, 31, generator=g).double() * 0.2 + 1.0
+    g = torch.Generator().manual_seed(3)
+    noise = torch.rand(2, 31, generator=g).double() * 0.2 + 1.0
     t = _timings(num=(1.05 * noise[0]).tolist(), den=noise[1].tolist())
     r = timing.ratio(t, "num", "den")
     lo, hi = timing.ratio_interval(t, "num", "den")
