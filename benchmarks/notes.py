@@ -99,7 +99,11 @@ masked model, and only the Conv1D weights trainable: the same GEMMs and no mask 
 bound of any eager weight-mask training step. In 30 interleaved rounds (outside the suite) the
 floor ran at 0.92-0.94x the original's CS step (ratio of medians 0.924, median of the per-round
 ratios 0.938) and ours at 1.01-1.02x the floor (0.93-0.95x the original), so CS <= 0.9x the
-original would need ours to run ~4% below the floor; that target is not met in eager mode.
+original would need ours to run ~4% below the floor; that target is not met in eager mode. With the
+intervals (2026-11-30, two runs): at 1024 tokens the floor itself read 0.958 (0.948-0.976) and
+0.962 (0.933-0.983) of the original's CS step, so no eager masked step with these GEMMs can reach
+0.9 there; at 2 x 256 the floor read 0.900 (0.84-0.93) and 0.946 (0.86-1.01), and ours 0.950
+(0.89-0.99) and 0.958 (0.88-1.01).
 Across the suite's runs (2026-11-25 and 11-29) the floor read 0.88-0.96x the original and ours
 1.01-1.08x the floor, ours / original 0.93-1.00. Compiled, ours runs at 0.89-0.96x the *eager*
 original, but the original compiles too and gains as much (workload 7). What ours still spends above the floor is the W * m pass and dm = g * W, 48
