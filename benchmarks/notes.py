@@ -134,7 +134,10 @@ no step faults at all and every contender is ~7% faster (10 interleaved rounds: 
 ours 2.37 s, original 2.46 s; 15 rounds in another process without: 2.48, 2.58, 2.68 s; peak
 RSS within +-3%), but the ratios stay put (ours / original 0.965, floor / original 0.931).
 Setting the trim threshold alone switches glibc's adaptive threshold off and makes every step
-fault ~10x as often (3.0-4.5 s). In ours the L0 term no longer adds to the step: the mask,
+fault ~10x as often (3.0-4.5 s). Torch's own switch for transparent huge pages, `THP_MEM_ALLOC_ENABLE=1` (2 MiB-aligned,
+`madvise`d allocations), cut the faults from ~150k to ~42k a step but made every step slower
+(2026-11-30, three alternating pairs of processes, 8 interleaved rounds each: floor 2.60-2.89 s
+against 2.30-2.72 s without, ours 2.87-3.11 s against 2.47-2.73 s), so the README does not suggest it. In ours the L0 term no longer adds to the step: the mask,
 W * m and sum(m) come from one sigmoid (`functional/cs_l0.py`), and the task and L0 gradients
 meet before the sigmoid derivative, so theta gets one gradient instead of two to add (A/B in one
 process: 2.70 s vs 2.76 s for the separate expressions, the original 2.80 s). The original
