@@ -53,7 +53,11 @@ runs before. Checked after it (20 interleaved rounds, twice): 1.032 and 1.047, a
 after a GEMM with h in float. Keeping h as bool would read 7 MB less, but torch's bool paths are
 slower here (`torch.where(h, W, 0)` 4.2 ms, `W * h_bool` 1.5 ms, `masked_fill` 5.2 ms). Caching
 W * h by default (what `cached_masks()` opts into) would need to see every edit of W, the
-caller's parameter, including through `.data`, which no version counter shows.""",
+caller's parameter, including through `.data`, which no version counter shows. Also tried: forming
+W * h in blocks of 256-1024 output rows into a cache-sized scratch, each followed by its own
+`addmm` into that slice of the output (no weight-sized write to memory). It is bitwise the same
+as the one-GEMM path, but it ran no faster: 1.056-1.077 against 1.061 for the default (40
+interleaved rounds).""",
     3: """**Bound.** Ours: the exact-k sampler (functional/sampling.py) reads ~n ln(m/(m-k)) words of the key's
 stream (~0.28M words for k = 236k of n = 2.36M instead of 2.36M), dedups the proposals with
 one int32 `scatter_reduce(amin)` into an n-sized buffer, and writes the n-sized mask: about 5
