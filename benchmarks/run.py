@@ -87,9 +87,8 @@ def run(*, smoke: bool = False, only=None, threads: int = 2, memory: str | None 
         res["elapsed_s"] = time.perf_counter() - t0
         log(f"    ({res['elapsed_s']:.1f} s)")
         for row in res["ratios"]:
-            v, ci = row["value"], row.get("interval")
-            ci_text = "" if ci is None else f" ({ci[0]:.3f}-{ci[1]:.3f})"
-            log(f"    {row['name']}: {'n/a' if v is None else f'{v:.3f}'}{ci_text}  target {row['target']}  met {row['met']}")
+            v, ci = row["value"], _fmt_interval(row)
+            log(f"    {row['name']}: {'n/a' if v is None else f'{v:.3f}'} ({ci})  target {row['target']}  met {row['met']}")
         results.append(res)
         if partial is not None:  # e.g. rewrite RESULTS.md after each workload, so a long run can be cut short
             partial({"env": env, "config": cfg, "original_available": orig is not None,
@@ -105,6 +104,11 @@ def run(*, smoke: bool = False, only=None, threads: int = 2, memory: str | None 
 
 def _fmt(v, digits=3):
     return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _fmt_interval(row: dict) -> str:
+    ci = row.get("interval")  # .get: reports saved before 2026-11-30 have none
+    return "-" if ci is None else f"{ci[0]:.3f}-{ci[1]:.3f}"
 
 
 def verdict(row: dict) -> str:
@@ -138,9 +142,7 @@ def to_markdown(report: dict) -> str:
               "", "## Ratios", "", "| # | ratio | value | 95% interval | target | met |", "|---|---|---|---|---|---|"]
     for res in report["workloads"]:
         for row in res["ratios"]:
-            ci = row.get("interval")
-            ci_text = "-" if ci is None else f"{ci[0]:.3f}-{ci[1]:.3f}"
-            lines.append(f"| {res['id']} | {row['name']} | {_fmt(row['value'])} | {ci_text} | "
+            lines.append(f"| {res['id']} | {row['name']} | {_fmt(row['value'])} | {_fmt_interval(row)} | "
                          f"{row['target'] or 'report'} | {verdict(row)} |")
         if res.get("error"):
             lines.append(f"| {res['id']} | failed: {res['error'][:200]} | | | | |")

@@ -375,10 +375,10 @@ def w5(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
             if "peak_rss_mib" in a and "peak_rss_mib" in b:
                 r = a["peak_rss_mib"] / b["peak_rss_mib"]
                 rows.append({"name": f"{s.upper()} peak RSS of a train step: ours / original", "value": r,
-                             "target": "<= 1", "met": r <= 1.0})
+                             "target": "<= 1", "met": r <= 1.0, "interval": None})
                 d = a["step_peak_above_before_mib"] / max(b["step_peak_above_before_mib"], 1e-9)
                 rows.append({"name": f"{s.upper()} step peak above pre-step RSS: ours / original", "value": d,
-                             "target": None, "met": None})
+                             "target": None, "met": None, "interval": None})
     return {"id": 5, "title": f"GPT-2 ({cfg['gpt2']['n_layer']} layers, random weights), every Conv1D masked: train step",
             "timings": t, "ratios": rows,
             "info": {"batch": cfg["gpt2_batch"], "batch_default_tokens": cfg["gpt2_batch_default"], "memory_mib": mem,
