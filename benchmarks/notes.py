@@ -107,7 +107,12 @@ original would need ours to run ~4% below the floor; that target is not met in e
 intervals (2026-11-30, two runs): at 1024 tokens the floor itself read 0.958 (0.948-0.976) and
 0.962 (0.933-0.983) of the original's CS step, so no eager masked step with these GEMMs can reach
 0.9 there; at 2 x 256 the floor read 0.900 (0.84-0.93) and 0.946 (0.86-1.01), and ours 0.950
-(0.89-0.99) and 0.958 (0.88-1.01).
+(0.89-0.99) and 0.958 (0.88-1.01). Checked again outside the suite (2026-11-30 03:20, 16
+interleaved rounds per batch): at 4 x 256 the floor read 0.953 (0.906-0.991) of the original's CS
+step and ours 0.970 (0.913-1.010); at 1 x 1024, one full-length sequence, 0.962 (0.906-0.999) and
+0.985 (0.939-1.071). A GEMM's weight layout is not a lever either: at 1024 tokens MKL runs the four
+Conv1D shapes' forward, dX and dW at 172-197 GFLOPS whether W is stored (in, out) as Conv1D does or
+(out, in) as Linear does (one exception, c_attn's forward at 121 GFLOPS in (out, in)).
 Across the suite's runs (2026-11-25 and 11-29) the floor read 0.88-0.96x the original and ours
 1.01-1.08x the floor, ours / original 0.93-1.00. Compiled, ours runs at 0.89-0.96x the *eager*
 original, but the original compiles too and gains as much (workload 7). What ours still spends above the floor is the W * m pass and dm = g * W, 48

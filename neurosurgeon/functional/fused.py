@@ -43,7 +43,10 @@ import torch
 from ._checks import check_choice, transformed
 from .hard_concrete import l0_shift, noise_uniform, nonzero_probability, stretch_and_clamp, stretched_gate
 
-__all__ = ["FUSED_MODES", "fused_kernels", "fused_settings", "fused_eligible", "fused_hard_concrete_weight"]
+__all__ = [
+    "FUSED_MODES", "MAX_GATE_POWER", "fused_kernels", "fused_settings", "fused_eligible", "fused_hard_concrete_weight",
+    "gate_power",
+]
 
 _log = logging.getLogger(__name__)
 
