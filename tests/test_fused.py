@@ -82,6 +82,17 @@ def test_gate_power_picks_the_power_form_only_for_beta_two_over_k_in_float32():
     assert fused.gate_power(2.0 / 3.0, torch.float64) is None and fused.gate_power(0.5, torch.bfloat16) is None
 
 
+def test_public_names_exist_and_callables_are_documented():
+    names = {}
+    exec("from neurosurgeon.functional.fused import *", names)  # what a user's star import gets
+    assert {"gate_power", "MAX_GATE_POWER", "fused_hard_concrete_weight"} <= set(fused.__all__)
+    for name in fused.__all__:
+        obj = names[name]
+        assert obj is getattr(fused, name)
+        if callable(obj):
+            assert obj.__doc__ and obj.__doc__.strip(), name
+
+
 def test_fused_l0_term_equals_eq12_and_its_gradients_every_way_they_arrive():
     theta, w = _theta_and_weight((300, 257))
     key, lam = nr.key(7), 0.37
