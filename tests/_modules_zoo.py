@@ -7,6 +7,7 @@ from transformers.pytorch_utils import Conv1D
 import neurosurgeon as ns
 import neurosurgeon.functional as F
 from neurosurgeon.functional._checks import RANDOM_ABLATIONS
+from neurosurgeon.functional import layer as FL
 
 STRATEGIES = ["ContSparse", "HardConcrete", "MagPrune"]
 #: class-name prefix -> strategy name of the functional core
@@ -84,5 +85,5 @@ def reference_key(layer: ns.MaskLayer, strategy: str, hard: bool, noise_step=Non
     if hard:
         return layer.mask_key if layer.ablation in RANDOM_ABLATIONS else None
     if strategy == "hard_concrete":
-        return F.noise_key(layer.mask_key, noise_step)
+        return FL.noise_key(layer.mask_key, noise_step)
     return None

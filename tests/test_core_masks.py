@@ -11,6 +11,10 @@ from hypothesis import strategies as st
 
 import neurosurgeon.functional as F
 from neurosurgeon.functional import random as nr
+from neurosurgeon.functional import units as FU
+from neurosurgeon.functional import reinit as FR
+from neurosurgeon.functional import magnitude as FM
+from neurosurgeon.functional import layer as FL
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 KINDS = ["linear", "gpt_conv1d", "conv1d", "conv2d"]
@@ -31,21 +35,21 @@ def _weight_shape(kind, out, inp, k=3):
     ],
 )
 def test_mask_shape_is_weight_shape_for_weight_units_and_one_per_output_for_neurons(kind, w_shape, neuron):
-    assert F.mask_shape(kind, w_shape, "weight") == w_shape
-    assert F.mask_shape(kind, w_shape, "neuron") == neuron
+    assert F.unit_shape(w_shape, "weight", kind=kind) == w_shape
+    assert F.unit_shape(w_shape, "neuron", kind=kind) == neuron
 
 
 def test_fan_in_matches_torch_init():
-    assert F.fan_in("linear", (5, 7)) == 7
-    assert F.fan_in("gpt_conv1d", (7, 5)) == 7
-    assert F.fan_in("conv2d", (5, 2, 3, 4)) == 24
-    assert F.fan_in("conv1d", (5, 2, 3)) == torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(5, 2, 3))[0]
+    assert FU.fan_in("linear", (5, 7)) == 7
+    assert FU.fan_in("gpt_conv1d", (7, 5)) == 7
+    assert FU.fan_in("conv2d", (5, 2, 3, 4)) == 24
+    assert FU.fan_in("conv1d", (5, 2, 3)) == torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(5, 2, 3))[0]
 
 
 @pytest.mark.parametrize("bad", ["neurons", "Weight", ""])
 def test_invalid_mask_unit_string_names_the_options(bad):
     with pytest.raises(ValueError, match=r"mask_unit.*'weight'.*'neuron'"):
-        F.mask_shape("linear", (2, 2), bad)
+        F.unit_shape((2, 2), bad, kind="linear")
 
 
 def test_invalid_ablation_string_names_the_options():
@@ -89,20 +93,15 @@ def test_hard_concrete_init_rejects_percentage_outside_unit_interval(p):
         F.hard_concrete_init(p)
 
 
-def test_hard_concrete_sample_follows_stretched_clamped_concrete_formula():
+def test_hard_concrete_sample_follows_stretched_clamped_concrete_formula_with_the_keys_noise():
     theta = torch.tensor([-3.0, -0.5, 0.0, 0.5, 3.0], dtype=torch.float64)
-    u = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9], dtype=torch.float64)
+    k = nr.key(3)
+    eps = 1e-6
+    u = nr.uniform(k, (5,), minval=eps, maxval=1 - eps).to(torch.float64)  # the gate's noise: float32 words
     beta, lo, hi = 2 / 3, -0.1, 1.1
     s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + theta) / beta)
     want = torch.clamp(s * (hi - lo) + lo, 0, 1)
-    assert torch.allclose(F.hard_concrete_mask_from_noise(theta, u), want)
-
-
-def test_hard_concrete_keyed_sample_equals_sample_from_the_keys_uniform_noise():
-    theta = torch.randn(4, 6)
-    k = nr.key(3)
-    u = nr.uniform(k, (4, 6), minval=F.hard_concrete.NOISE_EPS, maxval=1 - F.hard_concrete.NOISE_EPS)
-    assert torch.equal(F.hard_concrete_mask(theta, k), F.hard_concrete_mask_from_noise(theta, u))
+    assert torch.allclose(F.hard_concrete_mask(theta, k), want)
 
 
 def test_hard_concrete_sample_reaches_exact_zero_and_one():
@@ -154,7 +153,7 @@ def test_magnitude_count_is_python_round_of_p_times_n():
     w = torch.randn(7)
     for p in (0.0, 0.07, 0.5, 0.93, 1.0):
         assert int((F.magnitude_mask(w, prune_percentage=p) == 0).sum()) == round(p * 7)
-    assert F.num_pruned(10, 0.25) == round(2.5) == 2
+    assert FM.num_pruned(10, 0.25) == round(2.5) == 2
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.5, math.nan])
@@ -232,11 +231,11 @@ def test_sampled_masks_at_exact_count_in_bfloat16_beyond_256_ones():
 @pytest.mark.parametrize("kind", ["linear", "conv1d", "conv2d"])
 def test_random_ablate_values_drawn_like_kaiming_uniform_init(kind):
     w = torch.empty(_weight_shape(kind, 64, 32))
-    bound = 1 / math.sqrt(F.fan_in(kind, tuple(w.shape)))
-    r = F.reinit_weight(nr.key(0), kind, w)
+    bound = 1 / math.sqrt(FU.fan_in(kind, tuple(w.shape)))
+    r = FR.reinit_weight(nr.key(0), kind, w)
     assert r.shape == w.shape and (r.abs() <= bound).all()
     assert abs(r.std() - bound / math.sqrt(3)) < 0.05 * bound
-    rb = F.reinit_bias(nr.key(1), kind, w, torch.empty(64))
+    rb = FR.reinit_bias(nr.key(1), kind, w, torch.empty(64))
     assert (rb.abs() <= bound).all() and rb.std() > 0.3 * bound
     # torch's own initialiser has the same bound
     ref = torch.empty_like(w)
@@ -246,9 +245,9 @@ def test_random_ablate_values_drawn_like_kaiming_uniform_init(kind):
 
 def test_random_ablate_values_for_gpt_conv1d_are_normal_002_and_zero_bias():
     w = torch.empty(128, 64)
-    r = F.reinit_weight(nr.key(0), "gpt_conv1d", w)
+    r = FR.reinit_weight(nr.key(0), "gpt_conv1d", w)
     assert abs(r.std() - 0.02) < 0.001 and abs(r.mean()) < 0.001
-    assert torch.equal(F.reinit_bias(nr.key(1), "gpt_conv1d", w, torch.ones(64)), torch.zeros(64))
+    assert torch.equal(FR.reinit_bias(nr.key(1), "gpt_conv1d", w, torch.ones(64)), torch.zeros(64))
 
 
 def test_random_ablate_replaces_exactly_the_subnetwork_entries():
@@ -257,7 +256,7 @@ def test_random_ablate_replaces_exactly_the_subnetwork_entries():
     out = F.mask_parameters(w, None, theta, None, nr.key(0), strategy="continuous_sparsification", kind="linear",
                             hard=True, ablation="random_ablate")
     h = theta > 0
-    r = F.reinit_weight(F.draw_keys(nr.key(0))[2], "linear", w)
+    r = FR.reinit_weight(nr.split(nr.key(0), 4)[2], "linear", w)
     assert torch.equal(out.weight[~h], w[~h])
     assert torch.equal(out.weight[h], r[h])
 
@@ -267,15 +266,15 @@ def test_random_ablate_replaces_exactly_the_subnetwork_entries():
 @pytest.mark.parametrize("ablation", ["zero_ablate", "random_ablate", "randomly_sampled", "complement_sampled"])
 def test_cannot_ablate_while_training(strategy, ablation):
     with pytest.raises(ValueError, match="cannot ablate while training"):
-        F.layer_masks(torch.ones(2, 2), None, torch.ones(2, 2), None, nr.key(0), strategy=strategy, kind="linear",
+        FL.layer_masks(torch.ones(2, 2), None, torch.ones(2, 2), None, nr.key(0), strategy=strategy, kind="linear",
                       hard=False, ablation=ablation)
 
 
 def test_invalid_strategy_and_kind_strings_name_the_options():
     with pytest.raises(ValueError, match="hard_concrete"):
-        F.layer_masks(torch.ones(2, 2), None, None, None, None, strategy="hc", kind="linear", hard=True)
+        FL.layer_masks(torch.ones(2, 2), None, None, None, None, strategy="hc", kind="linear", hard=True)
     with pytest.raises(ValueError, match="gpt_conv1d"):
-        F.layer_masks(torch.ones(2, 2), None, None, None, None, strategy="hard_concrete", kind="dense", hard=True)
+        FL.layer_masks(torch.ones(2, 2), None, None, None, None, strategy="hard_concrete", kind="dense", hard=True)
 
 
 def test_mask_l0_counts_neuron_entries_once_per_weight_in_the_row():
@@ -294,18 +293,18 @@ units = st.sampled_from(["weight", "neuron"])
 
 
 def _theta(kind, out, inp, unit, dtype, seed):
-    shape = F.mask_shape(kind, _weight_shape(kind, out, inp), unit)
+    shape = F.unit_shape(_weight_shape(kind, out, inp), unit, kind=kind)
     g = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=g).to(dtype)
 
 
-@given(shapes, units, dtypes, st.integers(0, 2**32), st.sampled_from(F.STRATEGIES[:2]))
+@given(shapes, units, dtypes, st.integers(0, 2**32), st.sampled_from(["continuous_sparsification", "hard_concrete"]))
 def test_property_hard_masks_binary_and_soft_masks_in_unit_interval(shape, unit, dtype, seed, strategy):
     theta = _theta(*shape, unit, dtype, seed)
     h = F.hard_mask(strategy, theta)
     assert h.dtype == dtype and h.shape == theta.shape and ((h == 0) | (h == 1)).all()
     assert torch.equal(h, (theta > 0).to(dtype))
-    s = F.soft_mask(strategy, theta, nr.key(seed), temperature=0.7)
+    s = F.STRATEGIES[strategy].soft(theta, nr.key(seed), **{**F.STRATEGIES[strategy].mask_hparams, "temperature": 0.7})
     assert s.dtype == dtype and s.shape == theta.shape and ((s >= 0) & (s <= 1)).all()
 
 
@@ -315,8 +314,8 @@ def test_property_zero_ablate_is_one_minus_none(shape, unit, dtype, seed):
     theta = _theta(kind, out, inp, unit, dtype, seed)
     w = torch.randn(_weight_shape(kind, out, inp)).to(dtype)
     kw = dict(strategy="continuous_sparsification", kind=kind, hard=True)
-    none = F.layer_masks(w, None, theta, None, None, ablation="none", **kw).weight_mask
-    zero = F.layer_masks(w, None, theta, None, None, ablation="zero_ablate", **kw).weight_mask
+    none = FL.layer_masks(w, None, theta, None, None, ablation="none", **kw).weight_mask
+    zero = FL.layer_masks(w, None, theta, None, None, ablation="zero_ablate", **kw).weight_mask
     assert torch.equal(zero, 1 - none)
 
 
@@ -369,7 +368,7 @@ def test_property_magnitude_keeps_every_larger_abs_and_exact_count(n, dtype, p, 
     assert torch.equal(m, F.magnitude_mask(w.clone(), prune_percentage=p))
 
 
-@given(shapes, dtypes, st.integers(0, 2**32), st.sampled_from(F.ABLATIONS), st.sampled_from(F.STRATEGIES[:2]))
+@given(shapes, dtypes, st.integers(0, 2**32), st.sampled_from(F.ABLATIONS), st.sampled_from(["continuous_sparsification", "hard_concrete"]))
 def test_property_neuron_masks_zero_whole_output_units(shape, dtype, seed, ablation, strategy):
     kind, out, inp = shape
     theta = _theta(kind, out, inp, "neuron", dtype, seed)
@@ -378,8 +377,8 @@ def test_property_neuron_masks_zero_whole_output_units(shape, dtype, seed, ablat
         assume(2 * int(h.sum()) <= h.numel())
     w = (torch.rand(_weight_shape(kind, out, inp)) + 0.5).to(dtype)  # no zero weights
     p = F.mask_parameters(w, None, theta, None, nr.key(seed), strategy=strategy, kind=kind, hard=True,
-                          ablation=ablation)
-    d = F.out_dim(kind)
+                          ablation=ablation, mask_unit="neuron")
+    d = 1 if kind == "gpt_conv1d" else 0
     per_unit = p.weight_mask.movedim(d, 0).reshape(w.shape[d], -1)
     assert (per_unit == per_unit[:, :1]).all()  # each output unit all-kept or all-removed
     assert p.weight.shape == w.shape and p.weight.dtype == dtype
@@ -388,7 +387,7 @@ def test_property_neuron_masks_zero_whole_output_units(shape, dtype, seed, ablat
         assert (p.weight.movedim(d, 0)[zero_units] == 0).all()
 
 
-@given(shapes, units, dtypes, st.integers(0, 2**32), st.sampled_from(F.STRATEGIES))
+@given(shapes, units, dtypes, st.integers(0, 2**32), st.sampled_from(sorted(F.STRATEGIES)))
 def test_property_all_ones_mask_reproduces_parameters_bitwise(shape, unit, dtype, seed, strategy):
     kind, out, inp = shape
     w = torch.randn(_weight_shape(kind, out, inp)).to(dtype)
@@ -396,8 +395,8 @@ def test_property_all_ones_mask_reproduces_parameters_bitwise(shape, unit, dtype
     if strategy == "magnitude_pruning":
         wp, bp, kw = w, b, dict(prune_percentage=0.0)
     else:
-        wp = torch.full(F.mask_shape(kind, tuple(w.shape), unit), 3.0, dtype=dtype)
-        bp, kw = torch.full((out,), 3.0, dtype=dtype), {}
+        wp = torch.full(F.unit_shape(tuple(w.shape), unit, kind=kind), 3.0, dtype=dtype)
+        bp, kw = torch.full((out,), 3.0, dtype=dtype), {"mask_unit": unit}
     p = F.mask_parameters(w, b, wp, bp, None, strategy=strategy, kind=kind, hard=True, **kw)
     assert torch.equal(p.weight, w) and torch.equal(p.bias, b)
     assert (p.weight_mask == 1).all() and p.weight_mask.shape == w.shape
@@ -410,9 +409,9 @@ def test_masks_computed_in_theta_dtype_and_cast_to_weight_dtype(w_dtype, hard):
     w = torch.randn(4, 6).to(w_dtype)
     b = torch.randn(4).to(w_dtype)
     theta = torch.randn(4, 6)
-    masks = F.layer_masks(w, b, theta, torch.randn(4), nr.key(0), strategy="hard_concrete", kind="linear", hard=hard)
+    masks = FL.layer_masks(w, b, theta, torch.randn(4), nr.key(0), strategy="hard_concrete", kind="linear", hard=hard)
     assert masks.weight_mask.dtype == torch.float32 and masks.bias_mask.dtype == torch.float32
-    p = F.apply_layer_masks(w, b, masks)
+    p = FL.apply_unit_masks(w, b, masks, kind="linear", mask_unit="weight", unit_sizes=None)
     assert p.weight.dtype == w_dtype and p.bias.dtype == w_dtype and p.weight_mask.dtype == w_dtype
     assert torch.equal(p.weight, w * masks.weight_mask.to(w_dtype))
 

@@ -61,7 +61,7 @@ def reference(layer, x, strategy, kind, *, hard, noise_step=None):
         if strategy == "hard_concrete":
             hp.update(left=layer.left_stretch, right=layer.right_stretch)
     key = reference_key(layer, strategy, hard, noise_step)
-    p = F.mask_parameters(layer.weight, layer.bias, wp, bp, key, strategy=strategy, kind=kind, hard=hard,
+    p = F.mask_parameters(layer.weight, layer.bias, wp, bp, key, strategy=strategy, kind=kind, hard=hard, mask_unit=layer.mask_unit,
                           ablation=layer.ablation, **hp)
     return F.layer_forward(kind, x, p.weight, p.bias, **conv_args(layer, kind)), p
 

@@ -17,6 +17,8 @@ import neurosurgeon.functional as F
 from neurosurgeon.functional import magnitude as magnitude_module
 from neurosurgeon.functional import random as nr
 from neurosurgeon.functional._checks import RANDOM_ABLATIONS
+from neurosurgeon.functional import magnitude as FM
+from neurosurgeon.functional import layer as FL
 
 dtypes = st.sampled_from([torch.float32, torch.float64, torch.bfloat16])
 
@@ -38,12 +40,12 @@ def _straddles(w, k):
        st.sampled_from(["none", "own", "other", "random"]))
 def test_property_any_hint_gives_the_plain_mask_and_tau_certifies_it(n, dtype, p, seed, ties, hint_kind):
     w = _weight(n, dtype, seed, ties)
-    k = F.num_pruned(n, p)
+    k = FM.num_pruned(n, p)
     hint = {"none": None,
-            "own": F.magnitude_mask_and_threshold(w, prune_percentage=p)[1],
-            "other": F.magnitude_mask_and_threshold(_weight(n, dtype, seed + 1, ties), prune_percentage=p)[1],
+            "own": FM.magnitude_mask_and_threshold(w, prune_percentage=p)[1],
+            "other": FM.magnitude_mask_and_threshold(_weight(n, dtype, seed + 1, ties), prune_percentage=p)[1],
             "random": torch.rand((), generator=torch.Generator().manual_seed(seed)).to(dtype)}[hint_kind]
-    m, tau = F.magnitude_mask_and_threshold(w, prune_percentage=p, threshold_hint=hint)
+    m, tau = FM.magnitude_mask_and_threshold(w, prune_percentage=p, threshold_hint=hint)
     assert torch.equal(m, F.magnitude_mask(w, prune_percentage=p))
     if 0 < k < n:
         assert (tau is None) == _straddles(w, k)
@@ -56,25 +58,25 @@ def test_property_any_hint_gives_the_plain_mask_and_tau_certifies_it(n, dtype, p
 @given(st.integers(2, 200), st.floats(0.05, 0.95), st.integers(0, 2**32))
 def test_property_a_certifying_hint_is_reused_as_is(n, p, seed):
     w = _weight(n, torch.float32, seed, ties=False)
-    m, tau = F.magnitude_mask_and_threshold(w, prune_percentage=p)
+    m, tau = FM.magnitude_mask_and_threshold(w, prune_percentage=p)
     if tau is None:  # only for p * n rounding to 0 or n
-        assert F.num_pruned(n, p) in (0, n)
+        assert FM.num_pruned(n, p) in (0, n)
         return
-    m2, tau2 = F.magnitude_mask_and_threshold(w * 1.0, prune_percentage=p, threshold_hint=tau)
+    m2, tau2 = FM.magnitude_mask_and_threshold(w * 1.0, prune_percentage=p, threshold_hint=tau)
     assert tau2 is tau and torch.equal(m, m2)
 
 
 def test_hint_skips_the_selection_on_a_large_weight_and_a_wrong_hint_does_not(monkeypatch):
     w = torch.randn(600, 1000, generator=torch.Generator().manual_seed(0))  # > 8 * 65536: sampled selection
-    m, tau = F.magnitude_mask_and_threshold(w, prune_percentage=0.3)
+    m, tau = FM.magnitude_mask_and_threshold(w, prune_percentage=0.3)
     calls = []
     real = magnitude_module._kth_smallest
     monkeypatch.setattr(magnitude_module, "_kth_smallest", lambda x, k: calls.append(k) or real(x, k))
-    again, tau_again = F.magnitude_mask_and_threshold(w, prune_percentage=0.3, threshold_hint=tau)
+    again, tau_again = FM.magnitude_mask_and_threshold(w, prune_percentage=0.3, threshold_hint=tau)
     assert calls == [] and tau_again is tau and torch.equal(again, m)
     moved = w.clone()
     moved.view(-1)[:1000] *= 100  # 1000 small entries now beat the threshold: the hint no longer certifies
-    fresh, _ = F.magnitude_mask_and_threshold(moved, prune_percentage=0.3, threshold_hint=tau)
+    fresh, _ = FM.magnitude_mask_and_threshold(moved, prune_percentage=0.3, threshold_hint=tau)
     assert len(calls) == 1 and torch.equal(fresh, F.magnitude_mask(moved, prune_percentage=0.3))
     assert not torch.equal(fresh, m)
 
@@ -96,14 +98,14 @@ def test_sampled_selection_equals_kthvalue_for_every_rank_region(order):
 
 def test_hint_of_another_dtype_is_ignored():
     w = torch.randn(50, generator=torch.Generator().manual_seed(3))
-    m, tau = F.magnitude_mask_and_threshold(w, prune_percentage=0.4)
-    m64, tau64 = F.magnitude_mask_and_threshold(w.double(), prune_percentage=0.4, threshold_hint=tau)
+    m, tau = FM.magnitude_mask_and_threshold(w, prune_percentage=0.4)
+    m64, tau64 = FM.magnitude_mask_and_threshold(w.double(), prune_percentage=0.4, threshold_hint=tau)
     assert tau64.dtype == torch.float64 and torch.equal(m64, m.double())
 
 
 def test_under_vmap_the_value_independent_path_runs_and_matches():
     w = torch.randn(4, 30, generator=torch.Generator().manual_seed(5))
-    batched = torch.func.vmap(lambda x: F.magnitude_mask_and_threshold(x, prune_percentage=0.5)[0])(w)
+    batched = torch.func.vmap(lambda x: FM.magnitude_mask_and_threshold(x, prune_percentage=0.5)[0])(w)
     assert torch.equal(batched, torch.stack([F.magnitude_mask(x, prune_percentage=0.5) for x in w]))
 
 
@@ -160,11 +162,11 @@ def test_layer_masks_takes_precomputed_subnetworks_and_checks_their_shape():
     h = F.hard_mask("continuous_sparsification", theta)
     for ablation in ("none", "zero_ablate", "random_ablate"):
         kw = dict(strategy="continuous_sparsification", kind="linear", hard=True, ablation=ablation)
-        given_h = F.layer_masks(w, b, theta, None, nr.key(2), subnetworks=(h, None), **kw)
-        plain = F.layer_masks(w, b, theta, None, nr.key(2), **kw)
+        given_h = FL.layer_masks(w, b, theta, None, nr.key(2), subnetworks=(h, None), **kw)
+        plain = FL.layer_masks(w, b, theta, None, nr.key(2), **kw)
         assert all((a is None and c is None) or torch.equal(a, c) for a, c in zip(given_h, plain))
     fake = torch.ones_like(h)  # used as given, not recomputed from theta
     kw["ablation"] = "none"
-    assert F.layer_masks(w, b, theta, None, None, subnetworks=(fake, None), **kw).weight_mask is fake
+    assert FL.layer_masks(w, b, theta, None, None, subnetworks=(fake, None), **kw)[0] is fake
     with pytest.raises(ValueError, match="subnetworks"):
-        F.layer_masks(w, b, theta, None, None, subnetworks=(h[:2], None), **kw)
+        FL.layer_masks(w, b, theta, None, None, subnetworks=(h[:2], None), **kw)

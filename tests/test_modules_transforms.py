@@ -7,6 +7,7 @@ from torch.func import functional_call, grad, vmap
 
 import neurosurgeon.functional as F
 from neurosurgeon.functional import random as nr
+from neurosurgeon.functional import reinit as FR
 
 LEARNED_CLASSES = [s + x for s in ("ContSparse", "HardConcrete") for x in SUFFIXES]
 K = 4
@@ -80,9 +81,9 @@ def test_vmap_directly_on_functional_samplers_and_reinit_equals_loop():
         lambda k: F.randomly_sampled_mask(k, h),
         lambda k: F.complement_sampled_mask(k, h),
         lambda k: F.hard_concrete_mask(theta, k),
-        lambda k: F.reinit_weight(k, "linear", w),
-        lambda k: F.reinit_weight(k, "gpt_conv1d", w),
-        lambda k: F.reinit_bias(k, "conv1d", torch.empty(7, 3, 2), torch.empty(7)),
+        lambda k: FR.reinit_weight(k, "linear", w),
+        lambda k: FR.reinit_weight(k, "gpt_conv1d", w),
+        lambda k: FR.reinit_bias(k, "conv1d", torch.empty(7, 3, 2), torch.empty(7)),
         lambda k: F.ablate(h, k, ablation="randomly_sampled"),
         lambda k: F.mask_parameters(w, None, theta, None, k, strategy="hard_concrete", kind="linear", hard=True,
                                     ablation="complement_sampled").weight_mask,

@@ -72,7 +72,7 @@ def reference(layer, x, *, noise_step):
             hard = is_hard(layer, strategy)
             wp, bp = mask_tensors(layer, strategy)
             key = reference_key(layer, strategy, hard, noise_step)
-            p = F.mask_parameters(layer.weight, layer.bias, wp, bp, key, strategy=strategy, kind=kind, hard=hard,
+            p = F.mask_parameters(layer.weight, layer.bias, wp, bp, key, strategy=strategy, kind=kind, hard=hard, mask_unit=layer.mask_unit,
                                   ablation=layer.ablation, **hparams(layer, strategy))
         return F.layer_forward(kind, x, p.weight, p.bias, **conv_args(layer, kind)), p
 
@@ -175,7 +175,7 @@ class MaskLayerMachine(RuleBasedStateMachine):
         self.layer.mask_unit = unit
         self.kwargs["mask_unit"] = unit
         wp = self.layer.weight_mask_params
-        assert tuple(wp.shape) == F.mask_shape(self.kind, tuple(self.layer.weight.shape), unit)
+        assert tuple(wp.shape) == F.unit_shape(tuple(self.layer.weight.shape), unit, kind=self.kind)
         self.last_random = None
 
     @rule(value=st.booleans())

@@ -14,7 +14,6 @@ import torch
 ABLATIONS = ("none", "zero_ablate", "random_ablate", "randomly_sampled", "complement_sampled")
 RANDOM_ABLATIONS = ("random_ablate", "randomly_sampled", "complement_sampled")
 MASK_UNITS = ("weight", "neuron")
-STRATEGIES = ("continuous_sparsification", "hard_concrete", "magnitude_pruning")
 LAYER_KINDS = ("linear", "gpt_conv1d", "conv1d", "conv2d")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -118,6 +117,12 @@ def transformed(*tensors: torch.Tensor | None) -> bool:
         t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
 
 
+def in_transform() -> bool:
+    """True inside ``torch.compile`` tracing or any ``torch.func`` transform (``grad``, ``vmap``,
+    ``jacrev``...), whichever tensors are involved: where a module must mutate nothing."""
+    return torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None
+
+
 def concrete_int(t: torch.Tensor) -> int | None:
     """``int(t)`` when ``t`` can be read on the host without breaking a transform, else None.
 
@@ -145,13 +150,17 @@ def check_broadcasts_to(name: str, t: torch.Tensor, target_name: str, shape: tup
         raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to {target_name}'s shape {shape}")
 
 
-def check_layer_tensors(kind: str, weight, bias, weight_mask_params, bias_mask_params, *, magnitude: bool) -> None:
-    """Shapes of one masked layer's tensors (SPEC section 1).
+def check_layer_tensors(kind: str, weight, bias, weight_mask_params, bias_mask_params, *, mask_unit="weight",
+                        unit_sizes=None, magnitude: bool = False) -> None:
+    """Shapes of one masked layer's tensors.
 
-    ``weight_mask_params`` must have the weight's shape (``mask_unit="weight"``) or the neuron
-    shape (one entry per output unit); ``bias_mask_params`` needs a bias and has its shape; the
-    bias has one entry per output unit. Magnitude pruning passes the weight/bias themselves.
+    Theta of the weight has the unit shape of ``mask_unit`` (the weight's shape for
+    ``"weight"``, one entry per output unit for ``"neuron"``, the reduced shape of an einops
+    pattern); theta of the bias needs a bias and has its shape; the bias has one entry per
+    output unit. Magnitude pruning passes the weight/bias themselves.
     """
+    from .units import unit_shape  # units imports this module
+
     check_tensor("weight", weight)
     w_shape = tuple(weight.shape)
     out_axis = 1 if kind == "gpt_conv1d" else 0
@@ -164,11 +173,11 @@ def check_layer_tensors(kind: str, weight, bias, weight_mask_params, bias_mask_p
             raise ValueError(f"bias must have shape {(w_shape[out_axis],)} (one entry per output unit of weight {w_shape}), got {tuple(bias.shape)}")
     if weight_mask_params is not None:
         check_tensor("weight_mask_params", weight_mask_params)
-        neuron = tuple(s if i == out_axis else 1 for i, s in enumerate(w_shape))
-        allowed = (w_shape,) if magnitude else (w_shape, neuron)
-        if tuple(weight_mask_params.shape) not in allowed:
-            what = "the weight's shape" if magnitude else f"{w_shape} (mask_unit='weight') or {neuron} (mask_unit='neuron')"
-            raise ValueError(f"weight_mask_params must have {what} for a {kind} weight of shape {w_shape}, got {tuple(weight_mask_params.shape)}")
+        expected = w_shape if magnitude else unit_shape(w_shape, mask_unit, unit_sizes, kind=kind)
+        if tuple(weight_mask_params.shape) != expected:
+            what = "the weight's shape" if magnitude else f"the shape of mask_unit={mask_unit!r}"
+            raise ValueError(f"weight_mask_params must have {what}, {expected}, for a {kind} weight of shape {w_shape}, "
+                             f"got {tuple(weight_mask_params.shape)}")
     if bias_mask_params is not None:
         check_tensor("bias_mask_params", bias_mask_params)
         if bias is None:

@@ -1,4 +1,4 @@
-"""Ablations of a discovered subnetwork (SPEC section 3).
+"""Ablations of a discovered subnetwork.
 
 All act on the hard mask h (1 = in the subnetwork), at mask-unit shape:
 

@@ -3,9 +3,9 @@ L0 Regularization", arXiv 1712.01312).
 
 With u ~ U(0, 1), log alpha = theta, temperature beta and stretch (l, r) (section 4, eq. 9-10):
     s = sigma((log u - log(1 - u) + theta) / beta),  s_bar = s (r - l) + l,  z = min(1, max(0, s_bar)).
-The expected L0 norm is sum sigma(theta - beta log(-l / r)) (eq. 12); the deterministic
-test-time gate is z_hat = min(1, max(0, sigma(theta)(r - l) + l)) (eq. 13), which we binarise
-at 0.5, i.e. z = 1[theta > 0] for l + r = 1.
+The expected L0 norm is sum sigma(theta - beta log(-l / r)) (eq. 12). The test-time gate
+z_hat = min(1, max(0, sigma(theta)(r - l) + l)) (eq. 13) is binarised at 0.5, which is exactly
+theta > tau with tau = logit((0.5 - l) / (r - l)) (tau = 0 at the defaults).
 """
 
 from __future__ import annotations
@@ -15,73 +15,50 @@ import math
 import torch
 
 from . import random as nr
-from ._checks import check_broadcasts_to, check_fraction, check_stretch, check_temperature
+from ._checks import check_fraction, check_stretch, check_temperature
 
-__all__ = [
-    "hard_concrete_init",
-    "hard_concrete_mask",
-    "hard_concrete_mask_from_noise",
-    "hard_concrete_hard_mask",
-    "hard_concrete_l0",
-    "NOISE_EPS",
-]
+__all__ = ["hard_concrete_init", "hard_concrete_mask", "hard_concrete_hard_mask", "hard_concrete_l0"]
+
+#: The paper's defaults (section 4): temperature 2/3, stretch (-0.1, 1.1), half the gates open.
+TEMPERATURE = 2.0 / 3.0
+LEFT = -0.1
+RIGHT = 1.1
+MASK_INIT_PERCENTAGE = 0.5
 
 #: u is drawn from U(eps, 1 - eps) so log u and log(1 - u) stay finite.
 NOISE_EPS = 1e-6
 _INIT_CLIP = 1e-4
 
 
-def hard_concrete_init(mask_init_percentage: float) -> float:
-    """log alpha = log(p / (1 - p)) with p, the expected kept fraction, clipped to [1e-4, 1 - 1e-4]."""
+def hard_concrete_init(mask_init_percentage: float = MASK_INIT_PERCENTAGE) -> float:
+    """log alpha = log(p / (1 - p)), p the expected kept fraction, clipped to [1e-4, 1 - 1e-4].
+
+    Example:
+        >>> hard_concrete_init(0.5)
+        0.0
+    """
     p = check_fraction("mask_init_percentage", mask_init_percentage)
     p = min(max(p, _INIT_CLIP), 1.0 - _INIT_CLIP)
     return math.log(p / (1.0 - p))
-
-
-def hard_concrete_mask_from_noise(
-    log_alpha: torch.Tensor,
-    noise: torch.Tensor,
-    *,
-    temperature: float = 2.0 / 3.0,
-    left: float = -0.1,
-    right: float = 1.1,
-) -> torch.Tensor:
-    """Sampled soft gate z (eq. 9-10) from explicit uniform noise ``u`` in (0, 1), broadcastable to theta."""
-    beta = check_temperature(temperature)
-    lo, hi = check_stretch(left, right)
-    check_broadcasts_to("noise", noise, "log_alpha", tuple(log_alpha.shape))
-    # The logistic noise log u - log(1 - u) is formed at the noise's precision (at least theta's):
-    # rounding u to a half-precision theta first would send u = 1 - eps to 1 and the noise to inf.
-    u = noise.to(torch.promote_types(noise.dtype, log_alpha.dtype))
-    logistic = (torch.log(u) - torch.log1p(-u)).to(log_alpha.dtype)
-    return stretched_gate(logistic, log_alpha, beta, hi - lo, lo)
-
-
-def stretched_gate(logistic, log_alpha, beta, scale, left):
-    """Eq. 9-10 from logistic noise log(u / (1 - u)): clamp(sigma((noise + theta) / beta) * scale + l, 0, 1),
-    scale = r - l. ``beta``, ``scale`` and ``left`` may be floats or 0-d tensors (the fused kernel
-    passes tensors, so a temperature schedule does not recompile it)."""
-    return stretch_and_clamp(torch.sigmoid((logistic + log_alpha) / beta), scale, left)
-
-
-def stretch_and_clamp(s, scale, left):
-    """Eq. 10: the concrete sample s stretched to (l, r) and clamped, min(1, max(0, s * scale + l)), scale = r - l."""
-    return torch.clamp(s * scale + left, 0.0, 1.0)
 
 
 def hard_concrete_mask(
     log_alpha: torch.Tensor,
     key: torch.Tensor,
     *,
-    temperature: float = 2.0 / 3.0,
-    left: float = -0.1,
-    right: float = 1.1,
+    temperature: float = TEMPERATURE,
+    left: float = LEFT,
+    right: float = RIGHT,
 ) -> torch.Tensor:
-    """Sampled soft gate z in [0, 1] with u ~ U(eps, 1 - eps) drawn from ``key``.
+    """Sampled gate z in [0, 1] (eq. 9-10), with u ~ U(eps, 1 - eps) drawn from ``key``.
 
     Args:
         log_alpha: theta, any shape.
         key: PRNG key ``(2,)``; vmap over a ``(K, 2)`` batch for K samples.
+        temperature, left, right: beta > 0, l < 0, r > 1.
+
+    Returns:
+        z, theta's shape and dtype, differentiable in theta.
 
     Example:
         >>> from neurosurgeon.functional import random as nr
@@ -89,37 +66,63 @@ def hard_concrete_mask(
         >>> bool(((0 <= z) & (z <= 1)).all())
         True
     """
-    u = noise_uniform(key, tuple(log_alpha.shape))
-    return hard_concrete_mask_from_noise(log_alpha, u, temperature=temperature, left=left, right=right)
-
-
-def noise_uniform(key: torch.Tensor, shape) -> torch.Tensor:
-    """The gate noise u ~ U(eps, 1 - eps) (float32) that :func:`hard_concrete_mask` draws from ``key``."""
-    return nr.uniform(key, shape, dtype=torch.float32, minval=NOISE_EPS, maxval=1.0 - NOISE_EPS)
-
-
-def hard_concrete_hard_mask(log_alpha: torch.Tensor, *, left: float = -0.1, right: float = 1.1) -> torch.Tensor:
-    """Deterministic gate (eq. 13) binarised: 1 where clamp(sigma(theta)(r - l) + l, 0, 1) > 0.5."""
+    beta = check_temperature(temperature)
     lo, hi = check_stretch(left, right)
-    gate = torch.clamp(torch.sigmoid(log_alpha) * (hi - lo) + lo, 0.0, 1.0)
-    return (gate > 0.5).to(log_alpha.dtype)
+    u = nr.uniform(key, tuple(log_alpha.shape), dtype=torch.float32, device=log_alpha.device,
+                   minval=NOISE_EPS, maxval=1.0 - NOISE_EPS)
+    # The logistic noise is formed at float32 at least: rounding u to a half-precision theta first
+    # would send u = 1 - eps to 1 and the noise to inf.
+    u = u.to(torch.promote_types(u.dtype, log_alpha.dtype))
+    logistic = (torch.log(u) - torch.log1p(-u)).to(log_alpha.dtype)
+    s = torch.sigmoid((logistic + log_alpha) / beta)
+    return torch.clamp(s * (hi - lo) + lo, 0.0, 1.0)
+
+
+def hard_concrete_threshold(left: float = LEFT, right: float = RIGHT) -> float:
+    """tau = logit((0.5 - l) / (r - l)), in float64: the gate of eq. 13 exceeds 0.5 iff theta > tau."""
+    lo, hi = check_stretch(left, right)
+    if abs(lo + hi - 1.0) < 1e-12:
+        # A symmetric stretch (l + r = 1, as the defaults) has tau = 0 exactly; decimal stretches
+        # such as -0.1 and 1.1 are not exact floats, and would leave tau a rounding error off 0.
+        return 0.0
+    return math.log((0.5 - lo) / (hi - 0.5))
+
+
+def _threshold_in(dtype: torch.dtype, tau: float, device) -> torch.Tensor:
+    """The largest value of ``dtype`` not above tau: for any theta of that dtype, theta > tau
+    exactly when theta > this value, so the comparison never rounds tau the wrong way."""
+    t = torch.tensor(tau, dtype=torch.float64).to(dtype)
+    if float(t) > tau:
+        t = torch.nextafter(t, torch.tensor(-math.inf, dtype=dtype))
+    return t.to(device)
+
+
+def hard_concrete_hard_mask(log_alpha: torch.Tensor, *, left: float = LEFT, right: float = RIGHT) -> torch.Tensor:
+    """Deterministic gate (eq. 13) binarised at 0.5: 1[theta > tau], in theta's dtype.
+
+    tau is computed once in float64, so the mask is the same in every dtype (theta = tau is
+    pruned); going through sigma and the clamp in theta's own dtype would move the boundary
+    with rounding.
+
+    Example:
+        >>> hard_concrete_hard_mask(torch.tensor([-1e-17, 0.0, 1e-9], dtype=torch.bfloat16))
+        tensor([0., 0., 1.], dtype=torch.bfloat16)
+    """
+    tau = hard_concrete_threshold(left, right)
+    if log_alpha.dtype.is_floating_point and tau != 0.0:
+        tau = _threshold_in(log_alpha.dtype, tau, log_alpha.device)
+    return (log_alpha > tau).to(log_alpha.dtype)
 
 
 def hard_concrete_l0(
-    log_alpha: torch.Tensor, *, temperature: float = 2.0 / 3.0, left: float = -0.1, right: float = 1.1
+    log_alpha: torch.Tensor, *, temperature: float = TEMPERATURE, left: float = LEFT, right: float = RIGHT
 ) -> torch.Tensor:
-    """Expected number of non-zero gates, sum sigma(theta - beta log(-l / r)) (eq. 12); 0-d tensor."""
+    """Expected number of non-zero gates, sum sigma(theta - beta log(-l / r)) (eq. 12); 0-d tensor.
+
+    Example:
+        >>> round(float(hard_concrete_l0(torch.zeros(4))), 4)
+        3.3273
+    """
     beta = check_temperature(temperature)
     lo, hi = check_stretch(left, right)
-    return nonzero_probability(log_alpha, l0_shift(beta, lo, hi)).sum()
-
-
-def l0_shift(beta: float, left: float, right: float) -> float:
-    """beta log(-l / r): theta minus this is the logit of P(z != 0) (eq. 12)."""
-    return beta * math.log(-left / right)
-
-
-def nonzero_probability(log_alpha: torch.Tensor, shift) -> torch.Tensor:
-    """P(z != 0) = sigma(theta - beta log(-l / r)) per gate (eq. 12), with ``shift`` from
-    :func:`l0_shift` (a float, or a 0-d tensor in the fused kernel): its sum is the expected L0."""
-    return torch.sigmoid(log_alpha - shift)
+    return torch.sigmoid(log_alpha - beta * math.log(-lo / hi)).sum()

@@ -12,7 +12,7 @@ from torch.nn.modules.utils import _pair, _single
 
 from ._checks import LAYER_KINDS, PADDING_MODES, check_broadcasts_to, check_choice, check_same_shape
 
-__all__ = ["linear", "gpt_conv1d", "conv1d", "conv2d", "layer_forward", "apply_mask"]
+__all__ = ["layer_forward"]
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -19,7 +19,10 @@ import torch
 
 from ._checks import check_fraction, transformed
 
-__all__ = ["magnitude_mask", "magnitude_mask_and_threshold", "num_pruned"]
+__all__ = ["magnitude_mask"]
+
+#: The fraction pruned by default.
+PRUNE_PERCENTAGE = 0.2
 
 
 def num_pruned(numel: int, prune_percentage: float) -> int:
@@ -64,7 +67,7 @@ def _kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.kthvalue(band, k - below).values
 
 
-def magnitude_mask(weight: torch.Tensor, *, prune_percentage: float = 0.2) -> torch.Tensor:
+def magnitude_mask(weight: torch.Tensor, *, prune_percentage: float = PRUNE_PERCENTAGE) -> torch.Tensor:
     """Binary mask (weight's shape and dtype) keeping all but the round(p * n) smallest |w|.
 
     Finds the k-th |w| by selection (:func:`_kth_smallest`: a sampled bracket, then ``torch.kthvalue``
@@ -83,7 +86,7 @@ def magnitude_mask(weight: torch.Tensor, *, prune_percentage: float = 0.2) -> to
 
 
 def magnitude_mask_and_threshold(
-    weight: torch.Tensor, *, prune_percentage: float = 0.2, threshold_hint: torch.Tensor | None = None
+    weight: torch.Tensor, *, prune_percentage: float = PRUNE_PERCENTAGE, threshold_hint: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(:func:`magnitude_mask`, a threshold tau certifying it), reusing ``threshold_hint`` when it still certifies.
 

@@ -29,7 +29,7 @@ import torch
 from . import random as nr
 from ._checks import check_key, concrete_int, transformed
 
-__all__ = ["sample_zeros", "randomly_sampled_mask", "complement_sampled_mask"]
+__all__ = ["randomly_sampled_mask", "complement_sampled_mask"]
 
 _MAX_UNITS = 2**31 - 1
 _U32 = 2**32
@@ -43,14 +43,9 @@ def _draw_estimate(n: int, m: int, k: int) -> int:
 
 
 def _stream(key: torch.Tensor, count: int) -> torch.Tensor:
-    """Words 0..count-1 of the key's stream as int64 in [0, 2**32): word 2i, 2i+1 = Threefry(key, (i, 0)).
-
-    Interleaving makes every prefix of the stream independent of ``count``.
-    """
-    k = nr._to_i32(key)
-    c0 = torch.arange((count + 1) // 2, dtype=torch.int32, device=key.device)
-    y0, y1 = nr._threefry_i32(k[0], k[1], c0, torch.zeros_like(c0))
-    return torch.stack((y0, y1), dim=1).reshape(-1)[:count].to(torch.int64) & (_U32 - 1)
+    """Words 0..count-1 of the key's stream (:func:`~neurosurgeon.functional.random` layout) as
+    int64 in [0, 2**32); every prefix is independent of ``count``."""
+    return nr._words_i32(key, count).to(torch.int64) & (_U32 - 1)
 
 
 _UNSEEN = 2**31 - 1  # first_seen's empty entry: above every draw position

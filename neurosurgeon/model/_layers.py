@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ..modules import MaskLayer
 
-__all__ = ["LayerSpec", "layer_spec", "mask_layers", "require_mask_layers"]
+__all__ = ["LayerSpec", "layer_spec", "mask_layers", "require_mask_layers", "set_module"]
 
 
 class LayerSpec(NamedTuple):
@@ -23,6 +23,8 @@ class LayerSpec(NamedTuple):
     kind: str
     hparams: dict[str, Any]
     mask_bias: bool
+    mask_unit: str
+    unit_sizes: dict[str, int] | None
 
     @property
     def has_params(self) -> bool:
@@ -32,7 +34,8 @@ class LayerSpec(NamedTuple):
 
 def layer_spec(layer: MaskLayer) -> LayerSpec:
     """The :class:`LayerSpec` of ``layer``."""
-    return LayerSpec(layer.strategy, layer.layer_kind, layer.mask_hparams, layer.mask_bias)
+    return LayerSpec(layer.strategy, layer.layer_kind, layer.mask_hparams, layer.mask_bias, layer.mask_unit,
+                     layer.unit_sizes)
 
 
 def mask_layers(model: nn.Module) -> dict[str, MaskLayer]:
@@ -59,3 +62,14 @@ def require_mask_layers(model: nn.Module) -> dict[str, MaskLayer]:
             f"{type(model).__name__} has no mask layers; call neurosurgeon.inject_masks(model, targets) first"
         )
     return layers
+
+
+def set_module(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
+    """Put ``module`` at dotted ``path`` of ``model``; returns the (new) root, which is ``module``
+    itself when ``path`` is empty."""
+    if not path:
+        return module
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, attr, module)
+    return model

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from .. import functional as F
+from ..functional.units import expand_mask
 from ..functional._checks import ABLATIONS, check_bool, check_choice
 from ._layers import layer_spec, require_mask_layers
 from .select import match_names
@@ -14,7 +15,7 @@ __all__ = ["set_ablation", "set_use_masks", "subnetwork"]
 
 
 def set_ablation(model: nn.Module, ablation: str, *, force_resample: bool = False) -> None:
-    """Set the ablation mode of every mask layer of ``model`` (SPEC section 3).
+    """Set the ablation mode of every mask layer of ``model`` .
 
     Ablations act on the hard mask, so put the model in eval mode before a forward with an
     ablation other than ``none`` (a training layer raises "cannot ablate while training").
@@ -69,12 +70,15 @@ def subnetwork(model: nn.Module, *, broadcast: bool = True) -> dict[str, torch.T
     out = {}
     for name, layer in require_mask_layers(model).items():
         spec = layer_spec(layer)
+        layer.check_mask_params(name)
         prefix = f"{name}." if name else ""
-        wp, bp = layer.mask_tensors()
-        hp = {k: v for k, v in spec.hparams.items() if k in ("left", "right", "prune_percentage")}
-        for suffix, params, base in (("weight", wp, layer.weight), ("bias", bp, layer.bias)):
+        for suffix, params, base in zip(("weight", "bias"), layer.mask_tensors(), (layer.weight, layer.bias)):
             if params is None or (suffix == "bias" and not spec.mask_bias):
                 continue
-            h = F.hard_mask(spec.strategy, params, **hp).bool()
-            out[prefix + suffix] = h.expand_as(base).clone() if broadcast else h.clone()
+            h = F.hard_mask(spec.strategy, params, **spec.hparams).bool()
+            if broadcast:
+                if suffix == "weight":
+                    h = expand_mask(h, base.shape, spec.mask_unit, spec.unit_sizes, kind=spec.kind)
+                h = h.expand_as(base)
+            out[prefix + suffix] = h.clone()
     return out

@@ -8,19 +8,10 @@ import torch
 import torch.nn as nn
 
 from ..modules import MaskLayer
-from ._layers import require_mask_layers
+from ._layers import require_mask_layers, set_module
 from .freeze import set_freeze_base
 
 __all__ = ["bake"]
-
-
-def _set_module(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
-    if not path:
-        return module
-    parent_path, _, attr = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, attr, module)
-    return model
 
 
 @torch.no_grad()
@@ -43,7 +34,9 @@ def bake(model: nn.Module, *, hard: bool = True) -> nn.Module:
     Returns:
         the baked copy, in ``model``'s train/eval mode.
     """
-    require_mask_layers(model)
+    for name, layer in require_mask_layers(model).items():
+        if hard or layer._is_hard():
+            layer.check_mask_params(name)
     mode = model.training
     twin = copy.deepcopy(model)
     set_freeze_base(twin, False)
@@ -68,5 +61,5 @@ def bake(model: nn.Module, *, hard: bool = True) -> nn.Module:
                 else:
                     shared.setdefault(tag, p)
             baked[id(layer)] = plain
-        twin = _set_module(twin, path, baked[id(layer)])
+        twin = set_module(twin, path, baked[id(layer)])
     return twin.train(mode)

@@ -36,10 +36,9 @@ def masked_state(
     """The effective (masked) weight and bias of every mask layer, as a pure function of the
     parameters and ``key``.
 
-    Each layer goes through :func:`neurosurgeon.functional.layer_masks` and
-    :func:`~neurosurgeon.functional.apply_layer_masks` (SPEC sections 2-3) with draw key
-    ``fold_in(key, i)`` for layer ``i``, so ``torch.func.vmap`` over keys, ``grad`` over
-    mask parameters and ``torch.compile`` apply. Layers' ``use_masks``, ``ablation`` and
+    Each layer goes through :func:`neurosurgeon.functional.mask_parameters` with draw key
+    ``fold_in(key, i)`` for layer ``i``, so ``torch.func.vmap`` over keys, ``grad`` over mask
+    parameters and ``torch.compile`` apply. Layers' ``use_masks``, ``ablation`` and
     ``force_resample`` settings are not read: everything comes from the arguments.
 
     Args:
@@ -47,10 +46,11 @@ def masked_state(
         key: baseline key ``(2,)``; may be None when nothing random is drawn (hard masks with
             a non-random ablation, or continuous sparsification's soft masks).
         ablation: applied to every layer's hard mask.
-        hard: hard masks (default) or the training masks (soft; hard-concrete noise from
-            ``fold_in(fold_in(key, i), ...)`` as drawn by :func:`~neurosurgeon.functional.layer_masks`).
-        params: optional replacements, by full name (``"<layer>.weight_mask_params"``,
-            ``"<layer>.weight"``, ...), e.g. tensors being differentiated.
+        hard: hard masks (default) or the training masks (soft; hard-concrete noise drawn from
+            ``fold_in(key, i)``).
+        params: replacements, by full name (``"<layer>.weight_mask_params"``,
+            ``"<layer>.weight"``, ...), e.g. tensors being differentiated. A name that is not a
+            mask layer's tensor raises ValueError listing it.
 
     Returns:
         dict ``"<layer>.weight"`` / ``"<layer>.bias"`` -> effective tensor; feed it to
@@ -59,9 +59,16 @@ def masked_state(
     check_choice("ablation", ablation, ABLATIONS)
     if key is None and hard and ablation in RANDOM_ABLATIONS:
         raise ValueError(f"ablation={ablation!r} draws random masks and needs a key, got key=None")
+    layers = require_mask_layers(model)
     params = dict(params or {})
+    known = {f"{name}.{attr}" if name else attr for name, layer in layers.items()
+             for attr in ("weight", "bias", "weight_mask_params", "bias_mask_params") if getattr(layer, attr, None) is not None}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"params has name(s) {unknown} that are no mask layer's tensor; known: {sorted(known)[:8]}"
+                         f"{'...' if len(known) > 8 else ''}")
     out = {}
-    for i, (name, layer) in enumerate(require_mask_layers(model).items()):
+    for i, (name, layer) in enumerate(layers.items()):
         spec = layer_spec(layer)
         prefix = f"{name}." if name else ""
 
@@ -77,9 +84,9 @@ def masked_state(
             wp, bp = weight, (bias if spec.mask_bias else None)
         # Draw on the layer's device, as the module (whose key buffer lives there) does.
         layer_key = None if key is None else nr.fold_in(key.to(weight.device), i)
-        masks = F.layer_masks(weight, bias, wp, bp, layer_key, strategy=spec.strategy, kind=spec.kind,
-                              hard=hard or not spec.has_params, ablation=ablation, **spec.hparams)
-        p = F.apply_layer_masks(weight, bias, masks)
+        p = F.mask_parameters(weight, bias, wp, bp, layer_key, strategy=spec.strategy, kind=spec.kind,
+                              hard=hard or not spec.has_params, ablation=ablation, mask_unit=spec.mask_unit,
+                              unit_sizes=spec.unit_sizes, **spec.hparams)
         out[prefix + "weight"] = p.weight
         if bias is not None:
             out[prefix + "bias"] = p.bias

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..functional._checks import STRATEGIES, check_bool, check_choice, check_finite
+from ..functional._checks import check_bool, check_choice, check_finite
+from ..functional.strategies import STRATEGIES
 from ..modules import MaskLayer
 from . import analysis, bake as _bake, io, l0, schedule
 from ._layers import mask_layers
@@ -44,7 +45,7 @@ class CircuitConfig:
         l0_lambda: float = 1e-8,
         key: int | torch.Tensor | None = None,
     ):
-        self.mask_method = check_choice("mask_method", mask_method, STRATEGIES)
+        self.mask_method = check_choice("mask_method", mask_method, tuple(STRATEGIES))
         self.mask_hparams = dict(mask_hparams or {})
         self.target_layers = [] if target_layers is None else (
             [target_layers] if isinstance(target_layers, (str, type)) else list(target_layers))

@@ -10,7 +10,8 @@ import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
 from ..functional import random as nr
-from ..functional._checks import ABLATIONS, MASK_UNITS, STRATEGIES, check_bool, check_choice, check_key
+from ..functional._checks import ABLATIONS, check_bool, check_choice, check_key
+from ..functional.strategies import STRATEGIES
 from ..modules import (
     ContSparseConv1d,
     ContSparseConv2d,
@@ -27,7 +28,8 @@ from ..modules import (
     MaskLayer,
 )
 from .freeze import _GRAD, set_freeze_base
-from .select import resolve_targets
+from ._layers import set_module
+from .select import _glob_regex, resolve_targets
 
 __all__ = ["inject_masks", "MASK_CLASSES", "model_key"]
 
@@ -61,12 +63,6 @@ def _hparam_names(cls: type[MaskLayer]) -> list[str]:
     return [n for n in inspect.signature(cls.from_layer).parameters if n not in _COMMON]
 
 
-def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, attr = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, attr, module)
-
-
 def inject_masks(
     model: nn.Module,
     targets,
@@ -76,6 +72,7 @@ def inject_masks(
     freeze_base: bool = True,
     ablation: str = "none",
     mask_unit: str = "weight",
+    unit_sizes: dict[str, int] | None = None,
     mask_bias: bool = False,
     **hparams: Any,
 ) -> dict[str, MaskLayer]:
@@ -94,14 +91,17 @@ def inject_masks(
         model: a ``transformers`` or plain torch model, modified in place.
         targets: exact module names, glob patterns (``"transformer.h.*.mlp.c_fc"``, ``*`` within
             one name part, ``**`` across parts), layer types (``nn.Linear``, transformers
-            ``Conv1D``, ``nn.Conv1d``, ``nn.Conv2d``), or a list mixing these.
+            ``Conv1D``, ``nn.Conv1d``, ``nn.Conv2d``), or a list mixing these; or a dict
+            ``{name or pattern: (mask_unit, unit_sizes)}`` giving each target its own unit,
+            such as :func:`neurosurgeon.attention_heads` returns.
         strategy: ``continuous_sparsification`` (Savarese et al. 2020), ``hard_concrete``
             (Louizos et al. 2018) or ``magnitude_pruning`` (Frankle & Carbin 2019).
         key: model PRNG key ``(2,)`` or int seed; None draws one from torch's global RNG.
         freeze_base: freeze every base parameter and keep base dropout/batch-norm in eval mode
             while the masks train (:func:`set_freeze_base`).
-        ablation, mask_unit: as for the mask layers (SPEC sections 1 and 3); magnitude
-            pruning only has ``mask_unit="weight"``.
+        ablation, mask_unit, unit_sizes: as for the mask layers (:class:`~neurosurgeon.MaskLayer`);
+            ``mask_unit`` is ``weight``, ``neuron`` or an einops pattern; magnitude pruning
+            only has ``mask_unit="weight"``.
         mask_bias: also mask the bias of every target that has one.
         **hparams: the strategy's hyper-parameters: ``mask_init_value``, ``temperature``
             (continuous sparsification); ``mask_init_percentage``, ``left_stretch``,
@@ -122,12 +122,12 @@ def inject_masks(
         >>> sorted(layers)
         ['0', '2']
     """
-    check_choice("strategy", strategy, STRATEGIES)
+    check_choice("strategy", strategy, tuple(STRATEGIES))
     check_choice("ablation", ablation, ABLATIONS)
-    check_choice("mask_unit", mask_unit, MASK_UNITS)
+    units = _units_by_target(targets, mask_unit, unit_sizes)
     check_bool("mask_bias", mask_bias)
     check_bool("freeze_base", freeze_base)
-    if strategy == "magnitude_pruning" and mask_unit != "weight":
+    if strategy == "magnitude_pruning" and any(unit != ("weight", None) for unit in units.values()):
         raise ValueError(f"magnitude_pruning masks single weights only: mask_unit must be 'weight', got {mask_unit!r}")
     classes = MASK_CLASSES[strategy]
     allowed = _hparam_names(next(iter(classes.values())))
@@ -135,7 +135,7 @@ def inject_masks(
     if unknown:
         raise TypeError(f"unknown hyper-parameter(s) {unknown} for strategy {strategy!r}; valid: {allowed}")
     root_key = model_key(key)
-    paths = resolve_targets(model, targets)
+    paths = resolve_targets(model, list(targets) if isinstance(targets, dict) else targets)
 
     # Index every future mask layer as mask_layers(model) will list it after injection.
     order = []
@@ -148,14 +148,13 @@ def inject_masks(
     by_weight: dict[int, MaskLayer] = {}
     out: dict[str, MaskLayer] = {}
     common = dict(ablation=ablation, **hparams)
-    if strategy != "magnitude_pruning":
-        common["mask_unit"] = mask_unit
     for path in paths:
         base = model.get_submodule(path)
         if id(base) not in made:
             layer_key = nr.fold_in(root_key, index[id(base)]).to(base.weight.device)
             has_bias = getattr(base, "bias", None) is not None
-            masked = classes[type(base)].from_layer(base, key=layer_key, mask_bias=mask_bias and has_bias, **common)
+            unit = {} if strategy == "magnitude_pruning" else dict(zip(("mask_unit", "unit_sizes"), _unit_of(units, path)))
+            masked = classes[type(base)].from_layer(base, key=layer_key, mask_bias=mask_bias and has_bias, **common, **unit)
             _carry_freeze_record(base, masked)
             tied = by_weight.get(id(base.weight))
             if tied is not None and type(tied) is type(masked):
@@ -164,11 +163,37 @@ def inject_masks(
             made[id(base)] = masked
         masked = made[id(base)]
         masked.train(base.training)
-        _set_module(model, path, masked)
+        set_module(model, path, masked)
         out[path] = masked
     if freeze_base:
         set_freeze_base(model, True)
     return out
+
+
+def _units_by_target(targets, mask_unit, unit_sizes) -> dict:
+    """{target: (mask_unit, unit_sizes)}: per target from a dict of targets, else one for all."""
+    if not isinstance(targets, dict):
+        return {None: (mask_unit, unit_sizes)}
+    out = {}
+    for name, unit in targets.items():
+        if isinstance(unit, str):
+            unit = (unit, None)
+        if not (isinstance(unit, tuple) and len(unit) == 2):
+            raise TypeError(f"targets[{name!r}] must be a mask_unit or a (mask_unit, unit_sizes) pair, got {unit!r}")
+        out[name] = unit
+    return out
+
+
+def _unit_of(units: dict, path: str):
+    """The (mask_unit, unit_sizes) of the target that selected ``path``."""
+    if None in units:
+        return units[None]
+    if path in units:
+        return units[path]
+    for pattern, unit in units.items():
+        if isinstance(pattern, str) and _glob_regex(pattern).match(path):
+            return unit
+    raise ValueError(f"no mask unit given for {path!r}")
 
 
 def _carry_freeze_record(base: nn.Module, masked: MaskLayer) -> None:

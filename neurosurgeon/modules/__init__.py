@@ -12,10 +12,9 @@ from .hardconcrete import (
 )
 from .magprune import MagPruneConv1d, MagPruneConv2d, MagPruneGPTConv1D, MagPruneLayer, MagPruneLinear
 from .mask_layer import MaskLayer
-from .mask_parameter import MaskParameter
 
 __all__ = [
-    "MaskLayer", "MaskParameter", "cached_masks",
+    "MaskLayer", "cached_masks",
     "ContSparseLayer", "ContSparseLinear", "ContSparseGPTConv1D", "ContSparseConv1d", "ContSparseConv2d",
     "HardConcreteLayer", "HardConcreteLinear", "HardConcreteGPTConv1D", "HardConcreteConv1d", "HardConcreteConv2d",
     "MagPruneLayer", "MagPruneLinear", "MagPruneGPTConv1D", "MagPruneConv1d", "MagPruneConv2d",

@@ -1,38 +1,39 @@
-"""``cached_masks()``: reuse effective weights between forwards while evaluating.
+"""``cached_masks()``: reuse each layer's masked weight inside one block, the way
+``torch.nn.utils.parametrize.cached()`` does.
 
-By default a masked layer reuses its hard mask h while theta is unchanged (theta is a
-:class:`~neurosurgeon.modules.mask_parameter.MaskParameter`, whose ``.data`` edits are counted)
-and forms the effective weight W * h on every forward (one pass over the weight; ~3% of a
-1024-token GPT-2-sized Linear forward on CPU). That is always correct for edits of the base
-weight, which is the caller's plain parameter: its edits through ``.data`` bump no version
-counter, so no cache can see them. Inside ``with cached_masks():`` each layer also reuses the
-effective weight it last computed while its mask parameters, weight, bias, key and settings
-keep the same tensor versions (an optimizer step, ``load_state_dict``, ``copy_`` under
-``no_grad``, any ``.data`` access of theta or reassigning the weight's ``.data`` all change
-them). As with ``torch.nn.utils.parametrize.cached()``, in-place edits of the base weight
-through ``.data`` inside the context are the caller's to avoid. Leaving the outermost context
-makes every entry stale: it is never served again, and is replaced at the layer's next forward
-(a training forward drops it, and the cached h, straight away).
-
-Only results without an autograd graph are reused (eval mode with a frozen base, or
-``no_grad``): reusing a graph would fail at the second backward.
+Outside the block every forward recomputes its masks, so nothing can be stale. Inside it, a
+mask layer computes its effective weight and bias once (per mode and settings) and reuses
+them until the outermost block exits, which forgets everything. Editing parameters inside the
+block is the caller's contract, as with ``parametrize.cached()``. Only results without an
+autograd graph are kept (evaluation under ``no_grad``, or a frozen base): reusing a graph would
+fail at the second backward.
 """
 
 from __future__ import annotations
 
-__all__ = ["cached_masks", "cache_generation"]
+from typing import Any
 
-_state = {"depth": 0, "generation": 0}
+__all__ = ["cached_masks"]
+
+_state: dict[str, Any] = {"depth": 0, "entries": {}}
 
 
-def cache_generation() -> int | None:
-    """The current caching context's id, or None outside ``cached_masks()``."""
-    return _state["generation"] if _state["depth"] else None
+def cache_lookup(layer, settings) -> Any:
+    """The entry ``layer`` stored under ``settings`` in the open block, or None."""
+    if not _state["depth"]:
+        return None
+    entry = _state["entries"].get(id(layer))
+    return entry[2] if entry is not None and entry[0] is layer and entry[1] == settings else None
+
+
+def cache_store(layer, settings, value) -> None:
+    """Keep ``value`` for ``layer`` under ``settings`` until the outermost block exits."""
+    if _state["depth"]:
+        _state["entries"][id(layer)] = (layer, settings, value)
 
 
 class cached_masks:
-    """Context manager: hard masks and effective weights are computed once per version of the
-    tensors they depend on (see the module docstring). Re-entrant.
+    """Context manager: each mask layer computes its masked weight once per block. Re-entrant.
 
     Example:
         >>> import torch, neurosurgeon as ns
@@ -45,13 +46,11 @@ class cached_masks:
     """
 
     def __enter__(self):
-        if _state["depth"] == 0:
-            _state["generation"] += 1
         _state["depth"] += 1
         return self
 
     def __exit__(self, *exc):
         _state["depth"] -= 1
         if _state["depth"] == 0:
-            _state["generation"] += 1  # entries stamped inside never match again
+            _state["entries"].clear()
         return False

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .. import functional as F
+from ..functional.continuous_sparsification import MASK_INIT_VALUE, TEMPERATURE
 from ..functional._checks import check_finite, check_temperature
 from ._layer_types import CONV1D, CONV2D, GPT_CONV1D, LINEAR
 from .mask_layer import MaskLayer, TemperedMixin
@@ -27,29 +27,16 @@ class ContSparseLayer(TemperedMixin, MaskLayer):
 
     _strategy = "continuous_sparsification"
 
-    def __init__(self, *, mask_init_value: float = 0.0, temperature: float = 1.0, **kwargs):
+    def __init__(self, *, mask_init_value: float = MASK_INIT_VALUE, temperature: float = TEMPERATURE, **kwargs):
         self._mask_init_value = check_finite("mask_init_value", mask_init_value)
         self._temperature = check_temperature(temperature)
         super().__init__(**kwargs)
 
-    def _mask_init(self) -> float:
-        return self._mask_init_value
+    def _init_hparams(self):
+        return {"mask_init_value": self._mask_init_value}
 
     def _hparams(self):
         return {"temperature": self._temperature}
-
-    def masked_parameters(self) -> F.MaskedParameters:
-        """As :meth:`MaskLayer.masked_parameters`; a weight-unit mask being trained computes W * m
-        and its L0 term from one sigmoid (:func:`~neurosurgeon.functional.continuous_sparsification_weight_and_l0`),
-        and :meth:`calculate_l0` returns that term while theta and the temperature are unchanged."""
-        if not self._trains_weight_mask_eagerly():
-            return super().masked_parameters()
-        wp, bp = self._mask_tensors()
-        self._resample_if_requested()
-        w, m, l0 = F.continuous_sparsification_weight_and_l0(self.weight, wp, temperature=self._temperature)
-        self._remember_l0(wp, l0)
-        b, bias_mask = self._soft_bias(bp, None)
-        return F.MaskedParameters(w, b, m.to(self.weight.dtype), bias_mask)
 
     @property
     def mask_init_value(self) -> float:
@@ -61,9 +48,9 @@ class ContSparseLayer(TemperedMixin, MaskLayer):
 
     @classmethod
     def from_layer(cls, layer: nn.Module, ablation: str = "none", mask_unit: str = "weight", mask_bias: bool = False,
-                   mask_init_value: float = 0.0, *, temperature: float = 1.0, key=None):
+                   mask_init_value: float = MASK_INIT_VALUE, *, temperature: float = TEMPERATURE, unit_sizes=None, key=None):
         """Wrap an existing layer; the mask layer shares its ``weight`` and ``bias`` Parameters."""
-        return cls._wrap(layer, key=key, ablation=ablation, mask_unit=mask_unit, mask_bias=mask_bias,
+        return cls._wrap(layer, key=key, ablation=ablation, mask_unit=mask_unit, unit_sizes=unit_sizes, mask_bias=mask_bias,
                          mask_init_value=mask_init_value, temperature=temperature)
 
 
@@ -73,10 +60,10 @@ class ContSparseLinear(ContSparseLayer):
     _layer = LINEAR
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, ablation: str = "none",
-                 mask_unit: str = "weight", mask_bias: bool = False, mask_init_value: float = 0.0, *,
-                 temperature: float = 1.0, key=None, device=None, dtype=None, _base=None):
+                 mask_unit: str = "weight", mask_bias: bool = False, mask_init_value: float = MASK_INIT_VALUE, *,
+                 temperature: float = TEMPERATURE, unit_sizes=None, key=None, device=None, dtype=None, _base=None):
         super().__init__(mask_init_value=mask_init_value, temperature=temperature, ablation=ablation,
-                         mask_unit=mask_unit, mask_bias=mask_bias, key=key, device=device, dtype=dtype, base=_base,
+                         mask_unit=mask_unit, mask_bias=mask_bias, unit_sizes=unit_sizes, key=key, device=device, dtype=dtype, base=_base,
                          layer_args=dict(in_features=in_features, out_features=out_features, bias=bias))
 
 
@@ -86,18 +73,18 @@ class ContSparseGPTConv1D(ContSparseLayer):
     _layer = GPT_CONV1D
 
     def __init__(self, nf: int, nx: int, ablation: str = "none", mask_unit: str = "weight", mask_bias: bool = False,
-                 mask_init_value: float = 0.0, *, temperature: float = 1.0, key=None, device=None, dtype=None, _base=None):
+                 mask_init_value: float = MASK_INIT_VALUE, *, temperature: float = TEMPERATURE, unit_sizes=None, key=None, device=None, dtype=None, _base=None):
         super().__init__(mask_init_value=mask_init_value, temperature=temperature, ablation=ablation,
-                         mask_unit=mask_unit, mask_bias=mask_bias, key=key, device=device, dtype=dtype, base=_base,
+                         mask_unit=mask_unit, mask_bias=mask_bias, unit_sizes=unit_sizes, key=key, device=device, dtype=dtype, base=_base,
                          layer_args=dict(nf=nf, nx=nx))
 
 
 class _ContSparseConv(ContSparseLayer):
     def __init__(self, in_channels, out_channels, kernel_size, padding=0, stride=1, dilation=1, groups=1, bias=True,
-                 padding_mode="zeros", ablation="none", mask_unit="weight", mask_bias=False, mask_init_value=0.0, *,
-                 temperature=1.0, key=None, device=None, dtype=None, _base=None):
+                 padding_mode="zeros", ablation="none", mask_unit="weight", mask_bias=False, mask_init_value=MASK_INIT_VALUE, *,
+                 temperature=TEMPERATURE, unit_sizes=None, key=None, device=None, dtype=None, _base=None):
         super().__init__(mask_init_value=mask_init_value, temperature=temperature, ablation=ablation,
-                         mask_unit=mask_unit, mask_bias=mask_bias, key=key, device=device, dtype=dtype, base=_base,
+                         mask_unit=mask_unit, mask_bias=mask_bias, unit_sizes=unit_sizes, key=key, device=device, dtype=dtype, base=_base,
                          layer_args=dict(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
                                          padding=padding, stride=stride, dilation=dilation, groups=groups, bias=bias,
                                          padding_mode=padding_mode))

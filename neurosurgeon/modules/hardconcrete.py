@@ -2,15 +2,14 @@
 
 Reference: ``NeuroSurgeon.Masking.hardconcrete_layer``. While training, each forward samples
 gates z from the hard concrete distribution with noise drawn from the layer's key and a step
-counter; when hard, z = 1[theta > 0]. See :mod:`neurosurgeon.functional.hard_concrete`.
+counter; when hard, z = 1[theta > tau] (tau = 0 at the default stretch). See :mod:`neurosurgeon.functional.hard_concrete`.
 """
 
 from __future__ import annotations
 
 import torch.nn as nn
 
-from .. import functional as F
-from ..functional import fused
+from ..functional.hard_concrete import LEFT, MASK_INIT_PERCENTAGE, RIGHT, TEMPERATURE
 from ..functional._checks import check_fraction, check_stretch, check_temperature
 from ._layer_types import CONV1D, CONV2D, GPT_CONV1D, LINEAR
 from .mask_layer import MaskLayer, TemperedMixin
@@ -30,34 +29,18 @@ class HardConcreteLayer(TemperedMixin, MaskLayer):
 
     _strategy = "hard_concrete"
 
-    def __init__(self, *, mask_init_percentage: float = 0.5, left_stretch: float = -0.1, right_stretch: float = 1.1,
-                 temperature: float = 2.0 / 3.0, **kwargs):
+    def __init__(self, *, mask_init_percentage: float = MASK_INIT_PERCENTAGE, left_stretch: float = LEFT, right_stretch: float = RIGHT,
+                 temperature: float = TEMPERATURE, **kwargs):
         self._mask_init_percentage = check_fraction("mask_init_percentage", mask_init_percentage)
         self._left, self._right = check_stretch(left_stretch, right_stretch)
         self._temperature = check_temperature(temperature)
         super().__init__(**kwargs)
 
-    def _mask_init(self) -> float:
-        return F.hard_concrete_init(self._mask_init_percentage)
+    def _init_hparams(self):
+        return {"mask_init_percentage": self._mask_init_percentage}
 
     def _hparams(self):
         return {"temperature": self._temperature, "left": self._left, "right": self._right}
-
-    def masked_parameters(self) -> F.MaskedParameters:
-        """As :meth:`MaskLayer.masked_parameters`; large weight masks being trained go through
-        the fused kernel of :mod:`neurosurgeon.functional.fused` (same key, same gates), which
-        also gives the L0 term :meth:`calculate_l0` returns while theta and the hyper-parameters
-        are unchanged."""
-        wp, bp = self._mask_tensors()
-        if not (self._trains_weight_mask_eagerly() and fused.fused_eligible(self.weight, wp)):
-            return super().masked_parameters()
-        self._resample_if_requested()
-        k_weight, k_bias = F.draw_keys(self._next_noise_key())[:2]
-        hp = self._hparams()
-        w, z, l0 = fused.fused_hard_concrete_weight(self.weight, wp, k_weight, **hp)
-        self._remember_l0(wp, l0)
-        b, bias_mask = self._soft_bias(bp, k_bias)
-        return F.MaskedParameters(w, b, z.to(self.weight.dtype), bias_mask)
 
     @property
     def mask_init_percentage(self) -> float:
@@ -77,10 +60,10 @@ class HardConcreteLayer(TemperedMixin, MaskLayer):
 
     @classmethod
     def from_layer(cls, layer: nn.Module, ablation: str = "none", mask_unit: str = "weight", mask_bias: bool = False,
-                   mask_init_percentage: float = 0.5, *, left_stretch: float = -0.1, right_stretch: float = 1.1,
-                   temperature: float = 2.0 / 3.0, key=None):
+                   mask_init_percentage: float = MASK_INIT_PERCENTAGE, *, left_stretch: float = LEFT, right_stretch: float = RIGHT,
+                   temperature: float = TEMPERATURE, unit_sizes=None, key=None):
         """Wrap an existing layer; the mask layer shares its ``weight`` and ``bias`` Parameters."""
-        return cls._wrap(layer, key=key, ablation=ablation, mask_unit=mask_unit, mask_bias=mask_bias,
+        return cls._wrap(layer, key=key, ablation=ablation, mask_unit=mask_unit, unit_sizes=unit_sizes, mask_bias=mask_bias,
                          mask_init_percentage=mask_init_percentage, left_stretch=left_stretch,
                          right_stretch=right_stretch, temperature=temperature)
 
@@ -91,12 +74,12 @@ class HardConcreteLinear(HardConcreteLayer):
     _layer = LINEAR
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, ablation: str = "none",
-                 mask_unit: str = "weight", mask_bias: bool = False, mask_init_percentage: float = 0.5, *,
-                 left_stretch: float = -0.1, right_stretch: float = 1.1, temperature: float = 2.0 / 3.0,
-                 key=None, device=None, dtype=None, _base=None):
+                 mask_unit: str = "weight", mask_bias: bool = False, mask_init_percentage: float = MASK_INIT_PERCENTAGE, *,
+                 left_stretch: float = LEFT, right_stretch: float = RIGHT, temperature: float = TEMPERATURE,
+                 unit_sizes=None, key=None, device=None, dtype=None, _base=None):
         super().__init__(mask_init_percentage=mask_init_percentage, left_stretch=left_stretch,
                          right_stretch=right_stretch, temperature=temperature, ablation=ablation, mask_unit=mask_unit,
-                         mask_bias=mask_bias, key=key, device=device, dtype=dtype, base=_base,
+                         mask_bias=mask_bias, unit_sizes=unit_sizes, key=key, device=device, dtype=dtype, base=_base,
                          layer_args=dict(in_features=in_features, out_features=out_features, bias=bias))
 
 
@@ -106,22 +89,22 @@ class HardConcreteGPTConv1D(HardConcreteLayer):
     _layer = GPT_CONV1D
 
     def __init__(self, nf: int, nx: int, ablation: str = "none", mask_unit: str = "weight", mask_bias: bool = False,
-                 mask_init_percentage: float = 0.5, *, left_stretch: float = -0.1, right_stretch: float = 1.1,
-                 temperature: float = 2.0 / 3.0, key=None, device=None, dtype=None, _base=None):
+                 mask_init_percentage: float = MASK_INIT_PERCENTAGE, *, left_stretch: float = LEFT, right_stretch: float = RIGHT,
+                 temperature: float = TEMPERATURE, unit_sizes=None, key=None, device=None, dtype=None, _base=None):
         super().__init__(mask_init_percentage=mask_init_percentage, left_stretch=left_stretch,
                          right_stretch=right_stretch, temperature=temperature, ablation=ablation, mask_unit=mask_unit,
-                         mask_bias=mask_bias, key=key, device=device, dtype=dtype, base=_base,
+                         mask_bias=mask_bias, unit_sizes=unit_sizes, key=key, device=device, dtype=dtype, base=_base,
                          layer_args=dict(nf=nf, nx=nx))
 
 
 class _HardConcreteConv(HardConcreteLayer):
     def __init__(self, in_channels, out_channels, kernel_size, padding=0, stride=1, dilation=1, groups=1, bias=True,
-                 padding_mode="zeros", ablation="none", mask_unit="weight", mask_bias=False, mask_init_percentage=0.5,
-                 *, left_stretch=-0.1, right_stretch=1.1, temperature=2.0 / 3.0, key=None, device=None, dtype=None,
+                 padding_mode="zeros", ablation="none", mask_unit="weight", mask_bias=False, mask_init_percentage=MASK_INIT_PERCENTAGE,
+                 *, left_stretch=LEFT, right_stretch=RIGHT, temperature=TEMPERATURE, unit_sizes=None, key=None, device=None, dtype=None,
                  _base=None):
         super().__init__(mask_init_percentage=mask_init_percentage, left_stretch=left_stretch,
                          right_stretch=right_stretch, temperature=temperature, ablation=ablation, mask_unit=mask_unit,
-                         mask_bias=mask_bias, key=key, device=device, dtype=dtype, base=_base,
+                         mask_bias=mask_bias, unit_sizes=unit_sizes, key=key, device=device, dtype=dtype, base=_base,
                          layer_args=dict(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
                                          padding=padding, stride=stride, dilation=dilation, groups=groups, bias=bias,
                                          padding_mode=padding_mode))

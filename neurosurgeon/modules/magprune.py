@@ -1,7 +1,7 @@
 """Magnitude-pruning layers (Frankle & Carbin 2019, arXiv 1803.03635): the non-differentiable
 baseline. Reference: ``NeuroSurgeon.Masking.magprune_layer``.
 
-The mask zeroes exactly round(p * n) entries of smallest |w| (SPEC section 2), the same in
+The mask zeroes exactly round(p * n) entries of smallest |w| , the same in
 train and eval; ``mask_unit`` is always ``weight``. There are no mask parameters.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .. import functional as F
-from ..functional._checks import check_choice, check_fraction
+from ..functional.magnitude import PRUNE_PERCENTAGE, magnitude_mask_and_threshold
+from ..functional._checks import check_choice, check_fraction, in_transform
 from ._layer_types import CONV1D, CONV2D, GPT_CONV1D, LINEAR
 from .mask_layer import MaskLayer
 
@@ -26,17 +26,17 @@ class MagPruneLayer(MaskLayer):
 
     _strategy = "magnitude_pruning"
 
-    def __init__(self, *, prune_percentage: float = 0.2, **kwargs):
+    def __init__(self, *, prune_percentage: float = PRUNE_PERCENTAGE, **kwargs):
         self._prune_percentage = check_fraction("prune_percentage", prune_percentage)
         super().__init__(mask_unit="weight", **kwargs)
 
-    def _make_mask_params(self) -> None:
-        pass  # the mask is a function of the weight itself
+    def _make_weight_mask_params(self) -> None:
+        self._thresholds = None  # the mask is a function of the weight itself
 
     def _make_bias_mask_params(self) -> None:
         pass
 
-    def _mask_tensors(self):
+    def mask_tensors(self):
         return self.weight, (self.bias if self._mask_bias else None)
 
     def _is_hard(self) -> bool:
@@ -45,15 +45,16 @@ class MagPruneLayer(MaskLayer):
     def _hparams(self):
         return {"prune_percentage": self._prune_percentage}
 
-    def _subnetworks(self, wp, bp, h_args):
-        # Finding the k-th |w| is a selection (~one kthvalue); checking that last call's
-        # threshold still splits the weight exactly is a few streaming passes, and a threshold
-        # that no longer certifies is ignored, so this cannot serve a stale mask (even after an
-        # edit through ``.data``, which no version counter sees).
+    def _subnetworks(self, wp, bp):
+        # Finding the k-th |w| is a selection; checking that the last call's threshold still
+        # splits the weight exactly is a few streaming passes. The check certifies itself (a
+        # threshold that no longer splits exactly round(p * n) off is ignored), so an edited
+        # weight can never get a stale mask. Under transforms nothing is kept.
         hints = self._thresholds or (None, None)
-        out = [F.magnitude_mask_and_threshold(t, threshold_hint=hint, **h_args) if t is not None else (None, None)
+        out = [magnitude_mask_and_threshold(t, threshold_hint=hint, **self._hparams()) if t is not None else (None, None)
                for t, hint in zip((wp, bp), hints)]
-        self._thresholds = tuple(tau for _, tau in out)
+        if not in_transform():
+            self._thresholds = tuple(tau for _, tau in out)
         return tuple(h for h, _ in out)
 
     @property
@@ -74,7 +75,7 @@ class MagPruneLayer(MaskLayer):
 
     @classmethod
     def from_layer(cls, layer: nn.Module, ablation: str = "none", mask_bias: bool = False,
-                   prune_percentage: float = 0.2, *, key=None):
+                   prune_percentage: float = PRUNE_PERCENTAGE, *, key=None):
         """Wrap an existing layer; the mask layer shares its ``weight`` and ``bias`` Parameters."""
         return cls._wrap(layer, key=key, ablation=ablation, mask_bias=mask_bias, prune_percentage=prune_percentage)
 
@@ -85,7 +86,7 @@ class MagPruneLinear(MagPruneLayer):
     _layer = LINEAR
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, ablation: str = "none",
-                 mask_bias: bool = False, prune_percentage: float = 0.2, *, key=None, device=None, dtype=None,
+                 mask_bias: bool = False, prune_percentage: float = PRUNE_PERCENTAGE, *, key=None, device=None, dtype=None,
                  _base=None):
         super().__init__(prune_percentage=prune_percentage, ablation=ablation, mask_bias=mask_bias, key=key,
                          device=device, dtype=dtype, base=_base,
@@ -98,14 +99,14 @@ class MagPruneGPTConv1D(MagPruneLayer):
     _layer = GPT_CONV1D
 
     def __init__(self, nf: int, nx: int, ablation: str = "none", mask_bias: bool = False,
-                 prune_percentage: float = 0.2, *, key=None, device=None, dtype=None, _base=None):
+                 prune_percentage: float = PRUNE_PERCENTAGE, *, key=None, device=None, dtype=None, _base=None):
         super().__init__(prune_percentage=prune_percentage, ablation=ablation, mask_bias=mask_bias, key=key,
                          device=device, dtype=dtype, base=_base, layer_args=dict(nf=nf, nx=nx))
 
 
 class _MagPruneConv(MagPruneLayer):
     def __init__(self, in_channels, out_channels, kernel_size, padding=0, stride=1, dilation=1, groups=1, bias=True,
-                 padding_mode="zeros", ablation="none", mask_bias=False, prune_percentage=0.2, *, key=None,
+                 padding_mode="zeros", ablation="none", mask_bias=False, prune_percentage=PRUNE_PERCENTAGE, *, key=None,
                  device=None, dtype=None, _base=None):
         super().__init__(prune_percentage=prune_percentage, ablation=ablation, mask_bias=mask_bias, key=key,
                          device=device, dtype=dtype, base=_base,

@@ -1,0 +1,227 @@
+"""Where the transformer blocks, attention and MLP modules, and attention heads sit in each model family.
+
+One row per architecture, under the module names of transformers 5. Module-path globs follow
+:mod:`.select` (``*`` within one dotted part, ``**`` across parts). The table's globs start with
+``**`` glued to a name (``**h.*``, not ``**.h.*``) so that one glob matches both a base model
+(``h.0`` in ``GPT2Model``) and the same model under a task head (``transformer.h.0`` in
+``GPT2LMHeadModel``).
+
+Head patterns are einops reductions from a layer's WEIGHT to its head mask: ``nn.Linear``
+stores (out, in), GPT-2's ``Conv1D`` stores (in, out). Axis ``h`` is the head, ``d`` the
+feature within a head (inferred), ``qkv`` the query/key/value part of a fused projection
+(always 3), ``i``/``o`` the untouched input/output features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import einops
+import torch
+import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
+
+from .select import match_names
+
+__all__ = ["Architecture", "ARCHITECTURES", "architecture_of", "attention_heads"]
+
+_HEAD_LAYERS = (nn.Linear, Conv1D)
+
+# Configs without grouped-query attention may leave the key/value head count unset.
+_FALLBACK = {"num_key_value_heads": "num_attention_heads"}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Module-path templates of one model family.
+
+    Attributes:
+        name: the row's key in :data:`ARCHITECTURES`, e.g. ``"gpt2"``.
+        model_types: the ``config.model_type`` values it serves.
+        layers: glob (from the model root) matching every transformer block, in order.
+        attention: a block's attention module, relative to the block.
+        mlp: a block's MLP module, relative to the block.
+        heads: glob of each attention projection (from the model root) ->
+            (einops pattern from its weight to its head mask, config attribute giving ``h``).
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    layers: str
+    attention: str
+    mlp: str
+    heads: Mapping[str, tuple[str, str]] = field(hash=False)
+
+
+def _qkvo(prefix: str, q: str, k: str, v: str, o: str, kv_heads: str = "num_attention_heads") -> dict:
+    # Separate projections: q/k/v split their output features into heads, o its input features.
+    return {
+        f"{prefix}.{q}": ("(h d) i -> h", "num_attention_heads"),
+        f"{prefix}.{k}": ("(h d) i -> h", kv_heads),
+        f"{prefix}.{v}": ("(h d) i -> h", kv_heads),
+        f"{prefix}.{o}": ("o (h d) -> h", "num_attention_heads"),
+    }
+
+
+_ROWS = [
+    # BertModel, RobertaModel, ...: attention.self.{query,key,value} and attention.output.dense.
+    # The MLP is split over two sibling modules; "intermediate" holds the first Linear, while
+    # "output" holds the second with the residual add and LayerNorm.
+    Architecture(
+        "bert", ("bert", "roberta", "xlm-roberta", "camembert", "electra"),
+        layers="**encoder.layer.*", attention="attention", mlp="intermediate",
+        heads=_qkvo("**encoder.layer.*.attention", "self.query", "self.key", "self.value", "output.dense"),
+    ),
+    Architecture(
+        "distilbert", ("distilbert",), layers="**transformer.layer.*", attention="attention", mlp="ffn",
+        heads=_qkvo("**transformer.layer.*.attention", "q_lin", "k_lin", "v_lin", "out_lin"),
+    ),
+    # GPT2Attention splits c_attn's output into [q | k | v], each viewed as (h, d).
+    Architecture(
+        "gpt2", ("gpt2",), layers="**h.*", attention="attn", mlp="mlp",
+        heads={
+            "**h.*.attn.c_attn": ("i (qkv h d) -> qkv h", "num_attention_heads"),
+            "**h.*.attn.c_proj": ("(h d) o -> h", "num_attention_heads"),
+        },
+    ),
+    # GPTNeoXAttention views query_key_value's output as (h, 3 * d) and chunks the last axis,
+    # so the features are head-major: [q_0 k_0 v_0 | q_1 k_1 v_1 | ...], not GPT-2's [q | k | v].
+    Architecture(
+        "gpt_neox", ("gpt_neox",), layers="**layers.*", attention="attention", mlp="mlp",
+        heads={
+            "**layers.*.attention.query_key_value": ("(h qkv d) i -> qkv h", "num_attention_heads"),
+            "**layers.*.attention.dense": ("o (h d) -> h", "num_attention_heads"),
+        },
+    ),
+    Architecture(
+        "vit", ("vit",), layers="**layers.*", attention="attention", mlp="mlp",
+        heads=_qkvo("**layers.*.attention", "q_proj", "k_proj", "v_proj", "o_proj"),
+    ),
+    # Grouped-query attention: k_proj / v_proj have num_key_value_heads heads; d is inferred, so
+    # a config whose head_dim differs from hidden_size / num_attention_heads (Gemma) fits too.
+    Architecture(
+        "llama", ("llama", "mistral", "qwen2", "qwen3", "gemma"), layers="**layers.*", attention="self_attn", mlp="mlp",
+        heads=_qkvo("**layers.*.self_attn", "q_proj", "k_proj", "v_proj", "o_proj", kv_heads="num_key_value_heads"),
+    ),
+]
+
+#: Every known architecture by name.
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in _ROWS}
+
+
+def _known() -> str:
+    return "; ".join(f"{a.name} ({', '.join(a.model_types)})" for a in _ROWS)
+
+
+def architecture_of(model_or_config) -> Architecture:
+    """The :data:`ARCHITECTURES` row serving a model or config, found by ``config.model_type``.
+
+    Args:
+        model_or_config: a model with a ``config`` attribute, or the config itself.
+
+    Returns:
+        the matching :class:`Architecture`.
+
+    Raises:
+        ValueError: the model type is in no row.
+
+    Example:
+        >>> architecture_of(GPT2LMHeadModel(GPT2Config(n_layer=2))).name
+        'gpt2'
+    """
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    for arch in _ROWS:
+        if model_type in arch.model_types:
+            return arch
+    raise ValueError(
+        f"no known architecture for model_type {model_type!r} ({type(model_or_config).__name__}); "
+        f"known: {_known()}. Pass templates={{glob: (einops pattern, sizes)}} to name its attention projections"
+    )
+
+
+def _config_int(config, attr: str) -> int:
+    value = getattr(config, attr, None)
+    if value is None and attr in _FALLBACK:
+        value = getattr(config, _FALLBACK[attr], None)
+    if not isinstance(value, int):
+        raise ValueError(f"{type(config).__name__}.{attr} is {value!r}; cannot size the attention heads")
+    return value
+
+
+def _axes(pattern: str) -> list[str]:
+    lhs = pattern.split("->")[0]
+    return lhs.replace("(", " ").replace(")", " ").split()
+
+
+def _row_templates(arch: Architecture, config) -> dict[str, tuple[str, dict[str, int]]]:
+    out = {}
+    for glob, (pattern, attr) in arch.heads.items():
+        sizes = {"h": _config_int(config, attr)}
+        if "qkv" in _axes(pattern):
+            sizes["qkv"] = 3
+        out[glob] = (pattern, sizes)
+    return out
+
+
+def attention_heads(model: nn.Module, *, architecture=None, templates=None) -> dict[str, tuple[str, dict[str, int]]]:
+    """Every attention projection of ``model`` with the einops pattern that reduces its weight to heads.
+
+    Args:
+        model: the model; only its ``nn.Linear`` and ``transformers.pytorch_utils.Conv1D``
+            modules (by exact type) are candidates.
+        architecture: a name in :data:`ARCHITECTURES` or an :class:`Architecture`, forcing that
+            row; default: found from ``model.config.model_type``.
+        templates: ``{glob: (einops pattern, sizes)}`` for a model in no row, sizes naming enough
+            axis sizes (``h``, and ``qkv`` where fused) for einops to split the weight; skips
+            the table and needs no config.
+
+    Returns:
+        ``{module name: (pattern, sizes)}`` in ``named_modules`` order, such that
+        ``einops.reduce(module.weight, pattern, "sum", **sizes)`` has one entry per head
+        (shape ``(h,)``, or ``(qkv, h)`` for a fused projection).
+
+    Raises:
+        ValueError: the architecture is unknown, a glob matches no Linear/Conv1D module, a
+            module matches two globs, or a pattern does not fit a module's weight.
+
+    Example:
+        >>> attention_heads(GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=12)))["transformer.h.0.attn.c_attn"]
+        ('i (qkv h d) -> qkv h', {'h': 12, 'qkv': 3})
+    """
+    if templates is not None:
+        if architecture is not None:
+            raise ValueError("give architecture= or templates=, not both")
+        chosen = {glob: (pattern, dict(sizes)) for glob, (pattern, sizes) in templates.items()}
+        if not chosen:
+            raise ValueError("templates is empty; give {glob: (einops pattern, sizes)}")
+    else:
+        if architecture is None:
+            arch = architecture_of(model)
+        elif isinstance(architecture, Architecture):
+            arch = architecture
+        elif architecture in ARCHITECTURES:
+            arch = ARCHITECTURES[architecture]
+        else:
+            raise ValueError(f"unknown architecture {architecture!r}; known: {_known()}")
+        chosen = _row_templates(arch, model.config)
+
+    layers = {n: m for n, m in model.named_modules() if type(m) in _HEAD_LAYERS}
+    found: dict[str, tuple[str, dict[str, int]]] = {}
+    for glob, spec in chosen.items():
+        try:
+            hits = match_names(layers, glob)
+        except ValueError as e:
+            raise ValueError(f"attention template {glob!r} matches no nn.Linear or Conv1D module of "
+                             f"{type(model).__name__}") from e
+        for name in hits:
+            if name in found:
+                raise ValueError(f"module {name!r} matches two attention templates")
+            # A meta tensor checks that the sizes divide the weight's axes without any compute.
+            try:
+                einops.reduce(torch.empty(layers[name].weight.shape, device="meta"), spec[0], "sum", **spec[1])
+            except einops.EinopsError as e:
+                raise ValueError(f"attention pattern {spec[0]!r} with {spec[1]} does not fit {name!r}: {e}") from e
+            found[name] = (spec[0], dict(spec[1]))
+    return {n: found[n] for n in layers if n in found}
