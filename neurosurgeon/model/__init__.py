@@ -17,12 +17,14 @@ from .freeze import is_base_frozen, set_freeze_base
 from .inject import inject_masks
 from .io import load_masks, mask_state, save_masks
 from .l0 import l0_penalty, l0_statistics
-from .schedule import TemperatureCallback, TemperatureSchedule, get_temperature, set_temperature
+from .architectures import ARCHITECTURES, attention_heads
+from .schedule import TemperatureCallback, TemperatureSchedule, advance_noise, get_temperature, set_temperature
 from .select import SUPPORTED_LAYERS
 
 __all__ = [
     "inject_masks", "mask_layers", "SUPPORTED_LAYERS", "set_freeze_base", "is_base_frozen",
     "l0_penalty", "l0_statistics", "TemperatureSchedule", "TemperatureCallback", "set_temperature", "get_temperature",
+    "advance_noise", "attention_heads", "ARCHITECTURES",
     "set_ablation", "set_use_masks", "subnetwork", "save_masks", "load_masks", "mask_state", "bake",
     "masked_state", "run_masked", "masks_disabled", "evaluate_baselines",
     "CircuitConfig", "CircuitModel",

@@ -127,6 +127,7 @@ def architecture_of(model_or_config) -> Architecture:
         ValueError: the model type is in no row.
 
     Example:
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
         >>> architecture_of(GPT2LMHeadModel(GPT2Config(n_layer=2))).name
         'gpt2'
     """
@@ -187,6 +188,7 @@ def attention_heads(model: nn.Module, *, architecture=None, templates=None) -> d
             module matches two globs, or a pattern does not fit a module's weight.
 
     Example:
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
         >>> attention_heads(GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=12)))["transformer.h.0.attn.c_attn"]
         ('i (qkv h d) -> qkv h', {'h': 12, 'qkv': 3})
     """

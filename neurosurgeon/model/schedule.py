@@ -8,13 +8,15 @@ multiplies it by ``(final_temp / initial) ** (1 / epochs)`` after each epoch (th
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 from transformers import TrainerCallback
 
 from ..functional._checks import check_temperature
+from ..functional.strategies import STRATEGIES
 from ._layers import require_mask_layers
 
-__all__ = ["TemperatureSchedule", "TemperatureCallback", "set_temperature", "get_temperature"]
+__all__ = ["TemperatureSchedule", "TemperatureCallback", "set_temperature", "get_temperature", "advance_noise"]
 
 
 def _annealed(model: nn.Module):
@@ -125,3 +127,27 @@ class TemperatureCallback(TrainerCallback):
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         if model is not None:
             self.schedule.step(model)
+
+
+@torch.no_grad()
+def advance_noise(model: nn.Module, steps: int = 1) -> None:
+    """Advance the hard-concrete noise step of every mask layer of ``model`` by ``steps``.
+
+    An eager training forward does this by itself after drawing its noise. Under
+    ``torch.compile`` and ``torch.func`` transforms a forward mutates nothing, so call this
+    between the steps of a compiled training loop to draw fresh noise each step. A step
+    counter shared by tied layers advances once.
+
+    Example:
+        >>> import torch.nn as nn, neurosurgeon as ns
+        >>> net = nn.Sequential(nn.Linear(4, 2)); _ = ns.inject_masks(net, "0", strategy="hard_concrete", key=0)
+        >>> ns.advance_noise(net); int(net[0].noise_step)
+        1
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    seen = set()
+    for layer in require_mask_layers(model).values():
+        if STRATEGIES[layer.strategy].needs_key and id(layer.noise_step) not in seen:
+            seen.add(id(layer.noise_step))
+            layer.noise_step.add_(steps)
