@@ -11,7 +11,7 @@ write are accepted. Two cases need these helpers:
 - :func:`from_v0_state_dict`: 0.1.0 -> ours, for convolutions trained with
   ``mask_unit="neuron"``. 0.1.0 gave those one mask entry per (output channel, kernel
   position), shape ``(out, 1, *kernel)``; ours has one per output channel, ``(out, 1, 1[, 1])``
-  (SPEC section 1). The helper expands such masks to the full weight shape, which a layer
+  . The helper expands such masks to the full weight shape, which a layer
   built with ``mask_unit="weight"`` loads, giving the same masks.
 
 Example:

@@ -68,14 +68,24 @@ def hard_concrete_mask(
     """
     beta = check_temperature(temperature)
     lo, hi = check_stretch(left, right)
-    u = nr.uniform(key, tuple(log_alpha.shape), dtype=torch.float32, device=log_alpha.device,
-                   minval=NOISE_EPS, maxval=1.0 - NOISE_EPS)
-    # The logistic noise is formed at float32 at least: rounding u to a half-precision theta first
-    # would send u = 1 - eps to 1 and the noise to inf.
+    u = _gate_noise(key, log_alpha)
+    # log u - log(1 - u) as one logarithm, at float32 at least: rounding u to a half-precision
+    # theta first would send u = 1 - eps to 1 and the noise to inf.
     u = u.to(torch.promote_types(u.dtype, log_alpha.dtype))
-    logistic = (torch.log(u) - torch.log1p(-u)).to(log_alpha.dtype)
+    logistic = torch.log(u / (1.0 - u)).to(log_alpha.dtype)
     s = torch.sigmoid((logistic + log_alpha) / beta)
     return torch.clamp(s * (hi - lo) + lo, 0.0, 1.0)
+
+
+def _gate_noise(key: torch.Tensor, log_alpha: torch.Tensor) -> torch.Tensor:
+    """u ~ U(eps, 1 - eps), theta's shape: gate j (flat index) reads word 2j of the key's stream
+    for j < h = ceil(n / 2) and word 2(j - h) + 1 after, so gates j and j + h share one Threefry
+    block. A compiled caller then computes each block once instead of once per word."""
+    n = log_alpha.numel()
+    h = (n + 1) // 2
+    words = nr.uniform(key, (2 * h,), dtype=torch.float32, device=log_alpha.device,
+                       minval=NOISE_EPS, maxval=1.0 - NOISE_EPS)
+    return torch.cat((words[0::2], words[1::2]))[:n].reshape(log_alpha.shape)
 
 
 def hard_concrete_threshold(left: float = LEFT, right: float = RIGHT) -> float:

@@ -11,7 +11,8 @@ import torch.nn as nn
 from ..functional.continuous_sparsification import MASK_INIT_VALUE, TEMPERATURE
 from ..functional._checks import check_finite, check_temperature
 from ._layer_types import CONV1D, CONV2D, GPT_CONV1D, LINEAR
-from .mask_layer import MaskLayer, TemperedMixin
+from .mask_layer import MaskLayer
+from .tempered import TemperedMixin
 
 __all__ = ["ContSparseLayer", "ContSparseLinear", "ContSparseGPTConv1D", "ContSparseConv1d", "ContSparseConv2d"]
 

@@ -1,10 +1,6 @@
-"""``MaskLayer``: the shell shared by every masking strategy and layer type.
-
-It owns the base ``weight``/``bias`` (shared with the wrapped layer, never copied), the mask
-parameters, a PRNG key buffer and a few flags, and computes every mask through the functional
-core (:func:`neurosurgeon.functional.mask_parameters`'s building blocks): no formula lives here.
-A forward is a function of the parameters, the buffers and the input; the only state it ever
-advances is the hard-concrete noise step, and never under a transform (see :class:`MaskLayer`).
+"""``MaskLayer``: the shell shared by every strategy and layer type. It owns the base weight and
+bias (shared, never copied), theta, a key and a few flags; every mask comes from the functional
+core. A forward is a function of parameters, buffers and input (see :class:`MaskLayer`).
 """
 
 from __future__ import annotations
@@ -17,14 +13,14 @@ import torch.nn as nn
 
 from .. import functional as F
 from ..functional import random as nr
-from ..functional._checks import ABLATIONS, RANDOM_ABLATIONS, check_bool, check_choice, check_key, check_temperature, in_transform
+from ..functional._checks import ABLATIONS, RANDOM_ABLATIONS, check_bool, check_choice, check_key, in_transform
 from ..functional.layer import apply_unit_masks, check_finite, noise_key, unit_masks
 from ..functional.strategies import STRATEGIES
 from ..functional.units import unit_shape
 from ._layer_types import LayerType
 from .cache import cache_lookup, cache_store
 
-__all__ = ["MaskLayer", "TemperedMixin"]
+__all__ = ["MaskLayer"]
 
 
 def _initial_key(key: torch.Tensor | int | None, device) -> torch.Tensor:
@@ -35,6 +31,11 @@ def _initial_key(key: torch.Tensor | int | None, device) -> torch.Tensor:
     if isinstance(key, int) and not isinstance(key, bool):
         return nr.key(key, device=device)
     return check_key(key).clone().to(device)
+
+
+def _setting(attr: str, check, doc: str) -> property:
+    """A property stored in ``attr`` whose setter validates with ``check`` (which returns the value)."""
+    return property(lambda self: getattr(self, attr), lambda self, v: setattr(self, attr, check(v)), doc=doc)
 
 
 class MaskLayer(nn.Module):
@@ -140,13 +141,10 @@ class MaskLayer(nn.Module):
         self.bias_mask_params = self._new_mask_params(tuple(self.bias.shape)) if self._mask_bias else None
 
     # -- properties ----------------------------------------------------------------------
-    @property
-    def ablation(self) -> str:
-        return self._ablation
-
-    @ablation.setter
-    def ablation(self, value: str) -> None:
-        self._ablation = check_choice("ablation", value, ABLATIONS)
+    ablation = _setting("_ablation", lambda v: check_choice("ablation", v, ABLATIONS), "The ablation mode (see the class docstring).")
+    use_masks = _setting("_use_masks", lambda v: check_bool("use_masks", v), "Masks on (True) or the base layer as it is (False).")
+    force_resample = _setting("_force_resample", lambda v: check_bool("force_resample", v),
+                              "Set True to draw new random masks / replacement values at the next use; reads False after.")
 
     @property
     def mask_unit(self) -> str:
@@ -178,23 +176,6 @@ class MaskLayer(nn.Module):
             self._make_bias_mask_params()
 
     @property
-    def use_masks(self) -> bool:
-        return self._use_masks
-
-    @use_masks.setter
-    def use_masks(self, value: bool) -> None:
-        self._use_masks = check_bool("use_masks", value)
-
-    @property
-    def force_resample(self) -> bool:
-        """Set True to draw new random masks / replacement values at the next use; reads False after."""
-        return self._force_resample
-
-    @force_resample.setter
-    def force_resample(self, value: bool) -> None:
-        self._force_resample = check_bool("force_resample", value)
-
-    @property
     def weight_mask(self) -> torch.Tensor | None:
         """The weight mask applied by the last forward, broadcast to the weight's shape."""
         return None if self._last is None else self._last.weight_mask
@@ -211,8 +192,7 @@ class MaskLayer(nn.Module):
 
     @property
     def layer_kind(self) -> str:
-        """The wrapped layer type as the functional core names it: ``linear``, ``gpt_conv1d``,
-        ``conv1d`` or ``conv2d`` (read-only)."""
+        """The wrapped layer type: ``linear``, ``gpt_conv1d``, ``conv1d`` or ``conv2d`` (read-only)."""
         return self._layer.kind
 
     @property
@@ -224,8 +204,7 @@ class MaskLayer(nn.Module):
         return {}
 
     def mask_tensors(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(weight, bias) mask inputs of the functional core: theta, or for magnitude pruning the
-        weight (and the bias when it is masked) itself; None where nothing is masked."""
+        """(weight, bias) mask inputs of the core: theta (magnitude pruning: the weight and bias themselves)."""
         return self.weight_mask_params, self.bias_mask_params
 
     def _is_hard(self) -> bool:
@@ -244,6 +223,10 @@ class MaskLayer(nn.Module):
     def _subnetworks(self, wp, bp) -> tuple:
         """Hard masks h of (weight, bias) already known, else None (computed by the core)."""
         return None, None
+
+    def _trained_parameters(self) -> F.MaskedParameters | None:
+        """A strategy's faster eager training path to the same parameters, or None."""
+        return None
 
     def _unit_masks(self, hard: bool):
         if not hard and self._ablation != "none":
@@ -273,8 +256,10 @@ class MaskLayer(nn.Module):
             cached = cache_lookup(self, settings)
             if cached is not None:
                 return cached
-        p = apply_unit_masks(self.weight, self.bias, self._unit_masks(hard), kind=self._layer.kind,
-                             mask_unit=self._mask_unit, unit_sizes=self._unit_sizes)
+        p = None if hard or tracing else self._trained_parameters()
+        if p is None:
+            p = apply_unit_masks(self.weight, self.bias, self._unit_masks(hard), kind=self._layer.kind,
+                                 mask_unit=self._mask_unit, unit_sizes=self._unit_sizes)
         if not tracing:
             if not hard and self._row.needs_key:
                 with torch.no_grad():
@@ -315,8 +300,7 @@ class MaskLayer(nn.Module):
         return super().train(mode)
 
     def bake(self) -> nn.Module:
-        """A plain base layer (``nn.Linear``, ``Conv1D``, ``nn.Conv1d/2d``) with the masked weights
-        of the current mode baked in (detached copies)."""
+        """A plain base layer with the current mode's masked weights baked in (detached copies)."""
         if self._is_hard():
             self.check_mask_params()
         with torch.no_grad():
@@ -363,19 +347,3 @@ class MaskLayer(nn.Module):
         sizes = f", unit_sizes={self._unit_sizes}" if self._unit_sizes else ""
         return (f"{cfg}, bias={self.bias is not None}, ablation={self._ablation!r}, mask_unit={self._mask_unit!r}"
                 f"{sizes}, mask_bias={self._mask_bias}")
-
-
-class TemperedMixin:
-    """The ``temperature`` property of the strategies with one: beta in sigma(beta * theta)
-    (continuous sparsification) or of the concrete distribution (hard concrete)."""
-
-    _temperature: float
-
-    @property
-    def temperature(self) -> float:
-        """The temperature beta; setting it validates (finite, > 0) and changes nothing else."""
-        return self._temperature
-
-    @temperature.setter
-    def temperature(self, value: float) -> None:
-        self._temperature = check_temperature(value)

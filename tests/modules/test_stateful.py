@@ -3,7 +3,7 @@ edits, state-dict round trips and bakes on one mask layer.
 
 After every step the layer's output must equal a reference built from the pure functions
 (:func:`neurosurgeon.functional.mask_parameters` + :func:`~neurosurgeon.functional.layer_forward`)
-with the layer's own tensors and key, and the SPEC invariants must hold (binary hard masks,
+with the layer's own tensors and key, and the mask invariants must hold (binary hard masks,
 ablation counts, reuse of random draws until ``force_resample``, ``use_masks=False`` is the
 base layer, L0 bounds, round trips reproduce every mode's output bitwise).
 """

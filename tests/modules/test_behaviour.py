@@ -1,4 +1,4 @@
-"""Module shells (SPEC section 5): construction, validation, modes, L0, masks after forward,
+"""Module shells: construction, validation, modes, L0, masks after forward,
 resampling and caching, state dicts, dtypes and devices."""
 
 import copy

@@ -1,13 +1,13 @@
 """Compatibility with NeuroSurgeon 0.1.0 state dicts, both directions.
 
-Fixtures in ``tests/fixtures/v0/`` were written by the original library
-(``tests/fixtures/make_v0_fixtures.py``): each holds a layer's state dict, an input and the
+Fixtures in ``tests/compat/fixtures/v0/`` were written by the original library
+(``tests/compat/fixtures/make_v0_fixtures.py``): each holds a layer's state dict, an input and the
 original's eval outputs for ablation ``none`` and ``zero_ablate``. The forward direction needs
 only this package; the reverse direction (ours -> 0.1.0) needs ``NeuroSurgeon`` installed and
 is skipped otherwise.
 
-Deliberate differences, tested as such (see docs/compat.md):
-- magnitude pruning prunes the smallest |w| (SPEC 2); 0.1.0 prunes the smallest signed w;
+Deliberate differences, tested as such (see docs/porting.md):
+- magnitude pruning prunes the smallest |w|; 0.1.0 prunes the smallest signed w;
 - convolution ``mask_unit="neuron"`` masks are (out, 1, 1[, 1]) here, (out, 1, *kernel) in
   0.1.0; :func:`neurosurgeon.compat.from_v0_state_dict` converts them to weight-level masks.
 """
@@ -128,7 +128,7 @@ def test_v0_magnitude_pruning_uses_abs_value_by_spec(name):
 @pytest.mark.parametrize("name", ALL)
 def test_v0_l0_agrees_except_hard_concrete_neuron_penalty(name):
     """Hard L0 counts and max L0 agree everywhere; the soft L0 agrees except for hard-concrete
-    neuron masks, where 0.1.0 sums the penalty per mask unit and we, per SPEC 5, count it at
+    neuron masks, where 0.1.0 sums the penalty per mask unit and we count it at
     the weight's size (each neuron entry weighs as many weights as it gates)."""
     rec = _fixture(name)
     if name in CONV_NEURON:

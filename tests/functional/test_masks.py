@@ -1,4 +1,4 @@
-"""The functional core's mask rules (SPEC sections 1-3), checked on hand-worked examples and,
+"""The functional core's mask rules (units, strategies, ablations), checked on hand-worked examples and,
 with hypothesis, over random shapes, dtypes, mask units, strategies and ablations."""
 
 import math
@@ -97,7 +97,8 @@ def test_hard_concrete_sample_follows_stretched_clamped_concrete_formula_with_th
     theta = torch.tensor([-3.0, -0.5, 0.0, 0.5, 3.0], dtype=torch.float64)
     k = nr.key(3)
     eps = 1e-6
-    u = nr.uniform(k, (5,), minval=eps, maxval=1 - eps).to(torch.float64)  # the gate's noise: float32 words
+    words = nr.uniform(k, (6,), minval=eps, maxval=1 - eps).to(torch.float64)  # float32 words of the key's stream
+    u = torch.cat((words[0::2], words[1::2]))[:5]  # gate j reads word 2j, then 2(j - 3) + 1: one block per pair
     beta, lo, hi = 2 / 3, -0.1, 1.1
     s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + theta) / beta)
     want = torch.clamp(s * (hi - lo) + lo, 0, 1)

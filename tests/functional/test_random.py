@@ -12,7 +12,7 @@ from _stats import chi2_uniform_pvalue as _chi2_uniform_pvalue
 
 FLOATS = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
-# Random123 known-answer vectors, Threefry-2x32 with 20 rounds (SPEC section 6).
+# Random123 known-answer vectors, Threefry-2x32 with 20 rounds (Salmon et al. 2011).
 KAT = [
     ((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
     ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
