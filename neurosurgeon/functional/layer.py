@@ -81,7 +81,7 @@ class LayerMasks(NamedTuple):
     bias_replacement: torch.Tensor | None
 
 
-def check_finite(params: torch.Tensor, name: str) -> None:
+def check_finite_tensor(params: torch.Tensor, name: str) -> None:
     """Raise if mask parameters hold NaN/inf, rather than silently binarising them to 0.
     Skipped where reading a value would break a transform."""
     n_bad = concrete_int((~torch.isfinite(params)).sum())
@@ -193,7 +193,7 @@ def layer_masks(weight, bias, weight_mask_params, bias_mask_params, key, *, stra
     if hard and row.has_params and check_bool("check_finite_params", check_finite_params):
         for name, p in (("weight_mask_params", weight_mask_params), ("bias_mask_params", bias_mask_params)):
             if p is not None:
-                check_finite(p, name)
+                check_finite_tensor(p, name)
     return unit_masks(weight, bias, weight_mask_params, bias_mask_params, key, strategy=strategy, kind=kind,
                       hard=hard, ablation=ablation, hparams=hp, subnetworks=subnetworks)
 

@@ -73,8 +73,8 @@ def _threefry_i32(k0: torch.Tensor, k1: torch.Tensor, c0: torch.Tensor, c1: torc
 
 
 def _threefry_words(k0: int, k1: int, c0: int, c1: int) -> tuple[int, int]:
-    """Threefry-2x32-20 of one counter on Python ints: deriving a key (``split``, ``fold_in``)
-    is ~100 tensor ops on two words, whose dispatch costs ~1 ms; Python ints cost ~20 us."""
+    """Threefry-2x32-20 of one counter on Python ints: deriving a key (``split``, ``fold_in``) as
+    ~100 tensor ops on two words would cost far more in dispatch than the arithmetic itself."""
     ks = (k0, k1, k0 ^ k1 ^ _PARITY)
     x0, x1 = (c0 + k0) & _MASK32, (c1 + k1) & _MASK32
     for i in range(_ROUNDS):
@@ -220,7 +220,7 @@ def _numel(shape: Sequence[int]) -> int:
     if isinstance(shape, int):
         shape = (shape,)
     shape = tuple(shape)
-    # torch.SymInt: a size traced symbolically by torch.compile(dynamic=True) (the fused kernel).
+    # torch.SymInt: a size traced symbolically by torch.compile(dynamic=True) (a compiled hard-concrete gate).
     if any((not isinstance(s, (int, torch.SymInt))) or s < 0 for s in shape):
         raise ValueError(f"shape must be a sequence of non-negative ints, got {shape!r}")
     return math.prod(shape)

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import torch.nn as nn
 
+from ..functional.strategies import STRATEGIES
 from ..modules import MaskLayer
 
 __all__ = ["LayerSpec", "layer_spec", "mask_layers", "require_mask_layers", "set_module"]
@@ -29,7 +30,7 @@ class LayerSpec(NamedTuple):
     @property
     def has_params(self) -> bool:
         """Whether the strategy has trainable mask parameters (magnitude pruning has none)."""
-        return self.strategy != "magnitude_pruning"
+        return STRATEGIES[self.strategy].has_params
 
 
 def layer_spec(layer: MaskLayer) -> LayerSpec:

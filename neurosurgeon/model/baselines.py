@@ -171,12 +171,10 @@ def evaluate_baselines(
         keys: int64 ``(K, 2)``, e.g. ``neurosurgeon.functional.random.split(key(0), K)``.
         ablation: usually ``randomly_sampled``, ``complement_sampled`` or ``random_ablate``;
             any ablation is accepted.
-        chunk_size: evaluate at most this many keys at once (bounds memory); default all. For
-            large models on CPU small chunks are also faster, being bound by memory bandwidth:
-            GPT-2 small, 16 x 32 tokens, 2 threads: ~1.4 s per key with chunks of 1-4, 1.7 s
-            with 8. Each layer draws its masks inside its own forward, so only one layer's
-            effective weights per key are alive at a time (a chunk of 2 GPT-2-small keys peaked
-            ~0.4 GB above the model, against ~1.2 GB when every layer's were built first).
+        chunk_size: evaluate at most this many keys at once (bounds memory); default all. Each
+            layer draws its masks inside its own forward, so one layer's effective weights per
+            key are alive at a time; a chunk holds that and the chunk's activations
+            (benchmarks/NOTES.md, workload 6, says what bounds the time per key).
 
     Returns:
         ``fn``'s result with a leading dimension K on every tensor.

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..modules import MaskLayer
 
-__all__ = ["set_freeze_base", "is_base_frozen"]
+__all__ = ["set_freeze_base", "is_base_frozen", "freeze_root"]
 
 _FLAG = "_neurosurgeon_frozen"
 _GRAD = "_neurosurgeon_requires_grad"
@@ -91,3 +91,13 @@ def set_freeze_base(model: nn.Module, frozen: bool = True) -> nn.Module:
 def is_base_frozen(model: nn.Module) -> bool:
     """Whether :func:`set_freeze_base` froze ``model``'s base."""
     return any(getattr(m, _FLAG, False) for m in model.modules())
+
+
+def freeze_root(model: nn.Module) -> nn.Module:
+    """Keep ``model``'s own module in eval mode too (its mask layers still follow ``train()``):
+    for a wrapper such as ``CircuitModel``, whose user-facing root is the wrapper itself.
+    :func:`set_freeze_base` with ``frozen=False`` undoes it."""
+    model.train = _FrozenTrain(model)
+    setattr(model, _FLAG, True)
+    model.training = False
+    return model

@@ -43,7 +43,7 @@ MASK_CLASSES: dict[str, dict[type, type[MaskLayer]]] = {
                           nn.Conv1d: MagPruneConv1d, nn.Conv2d: MagPruneConv2d},
 }
 
-_COMMON = ("layer", "ablation", "mask_unit", "mask_bias", "key")
+_COMMON = ("layer", "ablation", "mask_unit", "unit_sizes", "mask_bias", "key")
 
 
 def model_key(key: torch.Tensor | int | None) -> torch.Tensor:
@@ -59,7 +59,9 @@ def model_key(key: torch.Tensor | int | None) -> torch.Tensor:
     return check_key(key).detach().cpu()
 
 
-def _hparam_names(cls: type[MaskLayer]) -> list[str]:
+def layer_hparams(strategy: str) -> list[str]:
+    """The hyper-parameters the mask layers of ``strategy`` take (by their layer names)."""
+    cls = next(iter(MASK_CLASSES[strategy].values()))
     return [n for n in inspect.signature(cls.from_layer).parameters if n not in _COMMON]
 
 
@@ -127,10 +129,10 @@ def inject_masks(
     units = _units_by_target(targets, mask_unit, unit_sizes)
     check_bool("mask_bias", mask_bias)
     check_bool("freeze_base", freeze_base)
-    if strategy == "magnitude_pruning" and any(unit != ("weight", None) for unit in units.values()):
+    if not STRATEGIES[strategy].has_params and any(unit != ("weight", None) for unit in units.values()):
         raise ValueError(f"magnitude_pruning masks single weights only: mask_unit must be 'weight', got {mask_unit!r}")
     classes = MASK_CLASSES[strategy]
-    allowed = _hparam_names(next(iter(classes.values())))
+    allowed = layer_hparams(strategy)
     unknown = sorted(set(hparams) - set(allowed))
     if unknown:
         raise TypeError(f"unknown hyper-parameter(s) {unknown} for strategy {strategy!r}; valid: {allowed}")
@@ -153,7 +155,7 @@ def inject_masks(
         if id(base) not in made:
             layer_key = nr.fold_in(root_key, index[id(base)]).to(base.weight.device)
             has_bias = getattr(base, "bias", None) is not None
-            unit = {} if strategy == "magnitude_pruning" else dict(zip(("mask_unit", "unit_sizes"), _unit_of(units, path)))
+            unit = {} if not STRATEGIES[strategy].has_params else dict(zip(("mask_unit", "unit_sizes"), _unit_of(units, path)))
             masked = classes[type(base)].from_layer(base, key=layer_key, mask_bias=mask_bias and has_bias, **common, **unit)
             _carry_freeze_record(base, masked)
             tied = by_weight.get(id(base.weight))

@@ -41,7 +41,7 @@ def _tensors(name: str, layer) -> dict[str, torch.Tensor]:
 def _describe(name: str, layer) -> dict:
     spec = layer_spec(layer)
     return {"strategy": spec.strategy, "kind": spec.kind, "mask_unit": layer.mask_unit,
-            "mask_bias": spec.mask_bias, "hparams": spec.hparams}
+            "unit_sizes": spec.unit_sizes, "mask_bias": spec.mask_bias, "hparams": spec.hparams}
 
 
 def mask_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -136,8 +136,8 @@ def load_masks(model: nn.Module, path: str | os.PathLike, *, strict: bool = True
         if name not in saved_layers:
             continue
         want, have = saved_layers[name], _describe(name, layer)
-        for field in ("strategy", "kind", "mask_unit", "mask_bias"):
-            if want[field] != have[field]:
+        for field in ("strategy", "kind", "mask_unit", "unit_sizes", "mask_bias"):
+            if want.get(field) != have[field]:  # files from before unit patterns have no unit_sizes
                 problems.append(f"{name or '<root>'}: {field} is {have[field]!r} in the model but {want[field]!r} in the file")
         for k, target in _tensors(name, layer).items():
             if k not in tensors:

@@ -15,6 +15,7 @@ import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
 from ..modules import MaskLayer
+from ..modules._layer_types import UnsupportedLayerError
 
 __all__ = ["SUPPORTED_LAYERS", "resolve_targets", "match_names"]
 
@@ -109,7 +110,7 @@ def resolve_targets(model: nn.Module, targets) -> list[str]:
     for t in _as_list(targets):
         if isinstance(t, type):
             if t not in SUPPORTED_LAYERS:
-                raise TypeError(f"cannot mask layers of type {t.__module__}.{t.__qualname__}; supported: {_supported_names()}")
+                raise UnsupportedLayerError(f"cannot mask layers of type {t.__module__}.{t.__qualname__}; supported: {_supported_names()}")
             hits = [n for n, m in modules if type(m) is t]
             if not hits:
                 raise ValueError(f"target type {t.__qualname__} matches no layer of {type(model).__name__}")
@@ -123,7 +124,7 @@ def resolve_targets(model: nn.Module, targets) -> list[str]:
                 hits = [n for n, m in matched if type(m) in SUPPORTED_LAYERS]
                 if not hits:
                     shown = ", ".join(f"{n} ({type(m).__name__})" for n, m in matched[:5])
-                    raise TypeError(f"target pattern {t!r} matches no maskable layer, only {shown}; supported: {_supported_names()}")
+                    raise UnsupportedLayerError(f"target pattern {t!r} matches no maskable layer, only {shown}; supported: {_supported_names()}")
                 chosen.update(hits)
             else:
                 if t not in by_name:
@@ -137,7 +138,7 @@ def resolve_targets(model: nn.Module, targets) -> list[str]:
                 if isinstance(m, MaskLayer):
                     raise ValueError(f"target {t!r} is already a mask layer ({type(m).__name__})")
                 if type(m) not in SUPPORTED_LAYERS:
-                    raise TypeError(f"cannot mask {t!r}: it is a {type(m).__module__}.{type(m).__qualname__}; supported: {_supported_names()}")
+                    raise UnsupportedLayerError(f"cannot mask {t!r}: it is a {type(m).__module__}.{type(m).__qualname__}; supported: {_supported_names()}")
                 chosen.add(t)
         else:
             raise TypeError(f"each target must be a str (name or glob pattern) or a layer type, got {t!r}")

@@ -11,10 +11,11 @@ from .hardconcrete import (
     HardConcreteLinear,
 )
 from .magprune import MagPruneConv1d, MagPruneConv2d, MagPruneGPTConv1D, MagPruneLayer, MagPruneLinear
+from ._layer_types import UnsupportedLayerError
 from .mask_layer import MaskLayer
 
 __all__ = [
-    "MaskLayer", "cached_masks",
+    "MaskLayer", "cached_masks", "UnsupportedLayerError",
     "ContSparseLayer", "ContSparseLinear", "ContSparseGPTConv1D", "ContSparseConv1d", "ContSparseConv2d",
     "HardConcreteLayer", "HardConcreteLinear", "HardConcreteGPTConv1D", "HardConcreteConv1d", "HardConcreteConv2d",
     "MagPruneLayer", "MagPruneLinear", "MagPruneGPTConv1D", "MagPruneConv1d", "MagPruneConv2d",

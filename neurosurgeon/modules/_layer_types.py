@@ -16,6 +16,11 @@ from .. import functional as F
 from ..functional._checks import PADDING_MODES, check_choice, check_positive_int
 
 
+class UnsupportedLayerError(ValueError, TypeError):
+    """A layer of a type no mask layer wraps: a ValueError, as NeuroSurgeon 0.1.0 raised, and a
+    TypeError, as the wrong type of an argument is."""
+
+
 class LayerType:
     """Describes one base layer type: ``kind`` for the functional core, the torch class it
     wraps, the attribute names of its configuration, and how to make and initialise it."""

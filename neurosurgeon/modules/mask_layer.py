@@ -14,10 +14,11 @@ import torch.nn as nn
 from .. import functional as F
 from ..functional import random as nr
 from ..functional._checks import ABLATIONS, RANDOM_ABLATIONS, check_bool, check_choice, check_key, in_transform
-from ..functional.layer import apply_unit_masks, check_finite, noise_key, unit_masks
+from ..functional.layer import apply_unit_masks, check_finite_tensor, noise_key, unit_masks
 from ..functional.strategies import STRATEGIES
 from ..functional.units import unit_shape
-from ._layer_types import LayerType
+from ._layer_types import LayerType, UnsupportedLayerError
+from ._v0 import V0Methods
 from .cache import cache_lookup, cache_store
 
 __all__ = ["MaskLayer"]
@@ -38,7 +39,7 @@ def _setting(attr: str, check, doc: str) -> property:
     return property(lambda self: getattr(self, attr), lambda self, v: setattr(self, attr, check(v)), doc=doc)
 
 
-class MaskLayer(nn.Module):
+class MaskLayer(V0Methods, nn.Module):
     """Abstract masked layer (reference: ``NeuroSurgeon.Masking.mask_layer.MaskLayer``).
 
     Subclasses fix a strategy (``_strategy``, a row of
@@ -103,16 +104,14 @@ class MaskLayer(nn.Module):
     @classmethod
     def _wrap(cls, layer: nn.Module, key=None, **mask_args):
         if not isinstance(layer, cls._layer.base):
-            raise TypeError(f"{cls.__name__}.from_layer needs a {cls._layer.base.__name__}, got {type(layer).__name__}")
+            raise UnsupportedLayerError(f"{cls.__name__}.from_layer needs a {cls._layer.base.__name__}, got {type(layer).__name__}")
         return cls(**cls._layer.config_from(layer), **mask_args, key=key, _base=layer)
 
     def _checked_unit(self, mask_unit, unit_sizes) -> tuple[str, dict[str, int] | None]:
         unit_shape(self.weight.shape, mask_unit, unit_sizes, kind=self._layer.kind)  # raises if they do not fit
         return mask_unit, None if unit_sizes is None else dict(unit_sizes)
 
-    @property
-    def _row(self):
-        return STRATEGIES[self._strategy]
+    _row = property(lambda self: STRATEGIES[self._strategy])
 
     def reset_mask_parameters(self) -> None:
         """(Re)create the mask parameters at their initial value."""
@@ -129,8 +128,7 @@ class MaskLayer(nn.Module):
 
     def _new_mask_params(self, shape: tuple[int, ...]) -> nn.Parameter:
         # Half-precision weights get float32 theta: sigma(beta * theta) needs the range.
-        dtype = torch.promote_types(self.weight.dtype, torch.float32)
-        value = self._row.init(**self._init_hparams())
+        dtype, value = torch.promote_types(self.weight.dtype, torch.float32), self._row.init(**self._init_hparams())
         return nn.Parameter(torch.full(shape, value, dtype=dtype, device=self.weight.device))
 
     def _make_weight_mask_params(self) -> None:
@@ -138,7 +136,10 @@ class MaskLayer(nn.Module):
         self.weight_mask_params = self._new_mask_params(shape)
 
     def _make_bias_mask_params(self) -> None:
-        self.bias_mask_params = self._new_mask_params(tuple(self.bias.shape)) if self._mask_bias else None
+        if self._mask_bias:
+            self.bias_mask_params = self._new_mask_params(tuple(self.bias.shape))
+        elif hasattr(self, "bias_mask_params"):  # as in 0.1.0: no attribute when the bias is not masked
+            delattr(self, "bias_mask_params")
 
     # -- properties ----------------------------------------------------------------------
     ablation = _setting("_ablation", lambda v: check_choice("ablation", v, ABLATIONS), "The ablation mode (see the class docstring).")
@@ -205,7 +206,7 @@ class MaskLayer(nn.Module):
 
     def mask_tensors(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(weight, bias) mask inputs of the core: theta (magnitude pruning: the weight and bias themselves)."""
-        return self.weight_mask_params, self.bias_mask_params
+        return self.weight_mask_params, getattr(self, "bias_mask_params", None)
 
     def _is_hard(self) -> bool:
         return (not self.training) or (not self.weight_mask_params.requires_grad)
@@ -217,7 +218,7 @@ class MaskLayer(nn.Module):
             return
         for name, p in zip(("weight_mask_params", "bias_mask_params"), self.mask_tensors()):
             if p is not None:
-                check_finite(p, f"{label or type(self).__name__}.{name}")
+                check_finite_tensor(p, f"{label or type(self).__name__}.{name}")
 
     # -- forward -----------------------------------------------------------------------------
     def _subnetworks(self, wp, bp) -> tuple:
@@ -334,7 +335,7 @@ class MaskLayer(nn.Module):
         if self._is_hard() and self._row.has_params:  # new parameters that will make a hard mask
             for name in ("weight_mask_params", "bias_mask_params"):
                 if isinstance(state_dict.get(prefix + name), torch.Tensor):
-                    check_finite(state_dict[prefix + name], f"{prefix or type(self).__name__ + '.'}{name}")
+                    check_finite_tensor(state_dict[prefix + name], f"{prefix or type(self).__name__ + '.'}{name}")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def __getstate__(self):

@@ -79,3 +79,13 @@ def test_masked_state_refuses_names_it_does_not_know():
     ns.masked_state(model, None, params={name: theta})  # a known name is fine
     with pytest.raises(ValueError, match="transformer.h.0.attn.c_proj.weight_mask_param'"):
         ns.masked_state(model, nr.key(0), params={"transformer.h.0.attn.c_proj.weight_mask_param": theta})
+
+
+def test_loading_head_masks_into_other_units_is_refused_naming_the_field(tmp_path):
+    model = _gpt2()
+    ns.inject_masks(model, ns.attention_heads(model), key=0)
+    ns.save_masks(model, tmp_path / "heads.safetensors")
+    twin = _gpt2()
+    ns.inject_masks(twin, "**.attn.c_*", key=0, mask_unit="neuron")
+    with pytest.raises(ValueError, match="mask_unit"):
+        ns.load_masks(twin, tmp_path / "heads.safetensors")

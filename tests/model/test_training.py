@@ -112,11 +112,11 @@ def test_circuit_model_adds_the_l0_term_to_the_loss_only_while_training():
     circuit = _circuit()
     batch = ZOO["gpt2"].batch()
     assert circuit.train() is circuit and circuit.training
-    plain = circuit.root_model(**batch).loss
+    plain = circuit.wrapped_model(**batch).loss
     with_l0 = circuit(**batch).loss
-    assert with_l0.item() == pytest.approx(plain.item() + 1e-3 * ns.l0_penalty(circuit.root_model).item(), rel=1e-6)
+    assert with_l0.item() == pytest.approx(plain.item() + 1e-3 * ns.l0_penalty(circuit.wrapped_model).item(), rel=1e-6)
     assert circuit.eval() is circuit and not circuit.training
-    assert circuit(**batch).loss.item() == circuit.root_model(**batch).loss.item()
+    assert circuit(**batch).loss.item() == circuit.wrapped_model(**batch).loss.item()
 
 
 def test_circuit_model_mask_hparams_reach_the_layers():
@@ -170,3 +170,36 @@ def test_circuit_config_validates_its_fields():
         ns.CircuitConfig(mask_method="pruning")
     with pytest.raises(ValueError, match="target_layers"):
         ns.CircuitModel(ns.CircuitConfig(), mlp())
+
+
+def test_circuit_model_has_the_original_surface():
+    circuit = _circuit()
+    layers = circuit.mask_layers()
+    # new: training (soft masks), the frozen wrapped model itself in eval, its mask layers training
+    assert circuit.training and not circuit.wrapped_model.training
+    assert all(m.training for m in layers.values()) and circuit.root_model is circuit.wrapped_model
+    assert all(k.startswith("wrapped_model.") for k in circuit.state_dict())
+    assert circuit._compute_l0_loss().requires_grad
+    stats = circuit.compute_l0_statistics()  # hard counts even while training; the mode is restored
+    assert isinstance(stats["total_l0"], torch.Tensor) and isinstance(stats["max_l0"], int)
+    assert stats["layer2maxl0"] == stats["layer_max_l0"] and set(stats["layer2l0"]) == set(layers)
+    assert float(stats["total_l0"]) == sum(float(m.train(False).calculate_l0()) for m in layers.values())
+    circuit.train(train_bool=True)
+    assert all(m.training for m in layers.values())
+    assert circuit.train(False) is circuit and circuit._compute_l0_loss() == 0.0
+    circuit.use_masks(value=False, name_list=["wrapped_model.lm_head"])
+    assert not layers["lm_head"].use_masks and layers["transformer.h.0.mlp.c_fc"].use_masks
+    circuit.set_ablate_mode("zero_ablate", force_resample=True)
+    circuit.set_ablate_mode("none")
+    assert not any(m.force_resample for m in layers.values())
+
+
+def test_circuit_model_temperature_warns_and_is_ignored_without_one():
+    cfg = ns.CircuitConfig(mask_method="hard_concrete", mask_hparams={"mask_init_percentage": 0.5},
+                           target_layers=["lm_head"], key=0)
+    circuit = ns.CircuitModel(cfg, build("gpt2"))
+    with pytest.warns(UserWarning, match="temperature"):
+        assert circuit.temperature is None
+    with pytest.warns(UserWarning, match="temperature"):
+        circuit.temperature = 3.0
+    assert circuit.mask_layers()["lm_head"].temperature == pytest.approx(2 / 3)
