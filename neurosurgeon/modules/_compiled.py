@@ -4,7 +4,7 @@ Eager torch runs the gate's noise (20 rounds of Threefry) and eq. 9-10 of Louizo
 as ~130 separate passes over memory; ``torch.compile`` fuses the very same function
 (:func:`neurosurgeon.functional.hard_concrete_mask` and ``W * z``, no second copy of the formula)
 into one loop forward and one backward. A cold compilation takes tens of seconds, so it never
-happens in a training step: the second eligible step starts a separate Python process that
+happens in a training step: the second step of a large theta starts a separate Python process that
 compiles a small stand-in of the same kind, filling Inductor's on-disk caches, while steps run
 eagerly. Once it has finished, the next step compiles here from those caches (seconds) and
 uses the kernel from then on. A process, not a thread: a compilation in progress makes
@@ -86,15 +86,15 @@ def _finish(sig: tuple) -> None:
 
 def compiled_gate(weight: torch.Tensor, log_alpha: torch.Tensor, hparams: dict):
     """The compiled ``(W * z, z)`` for a weight-unit theta of this kind if it is ready, else None.
-    The second call for a kind starts building it in the background."""
+    The second step of any theta of this kind starts building it in the background."""
     if (_failed or log_alpha.numel() < MIN_NUMEL or log_alpha.shape != weight.shape
             or log_alpha.device.type not in ("cpu", "cuda")):
         return None
     sig = _signature(weight, log_alpha, hparams)
     if sig in _ready:
         return _ready[sig]
-    if sig not in _seen:
-        _seen.add(sig)  # the first eligible step runs eagerly and starts nothing
+    if (sig, id(log_alpha)) not in _seen:
+        _seen.add((sig, id(log_alpha)))  # a theta's first training step runs eagerly and starts nothing
     elif sig not in _building:
         _building[sig] = _start(sig, str(log_alpha.device))
     elif _building[sig][0].poll() is not None:

@@ -78,7 +78,7 @@ class MaskLayer(V0Methods, nn.Module):
         self._ablation = check_choice("ablation", ablation, ABLATIONS)
         mask_bias = check_bool("mask_bias", mask_bias)
         self._use_masks = True
-        self._force_resample = False
+        self._force_resample, self._draws = False, 0  # _draws: resamples so far (a cached_masks() key)
         self._last: F.MaskedParameters | None = None  # what the last eager forward applied
         self._layer.configure(self, **layer_args)
         if base is None:
@@ -248,11 +248,11 @@ class MaskLayer(V0Methods, nn.Module):
         if self._force_resample and not tracing:
             with torch.no_grad():
                 self.mask_key.copy_(nr.fold_in(self.mask_key, 1))
-            self._force_resample = False
+            self._force_resample, self._draws = False, self._draws + 1
         if not self._use_masks:
             return F.MaskedParameters(self.weight, self.bias)
         hard = self._is_hard()
-        settings = (self._ablation, self._mask_unit, self._mask_bias, tuple(sorted(self._hparams().items())))
+        settings = (self._ablation, self._mask_unit, self._mask_bias, self._draws, tuple(sorted(self._hparams().items())))
         if hard and not tracing:
             cached = cache_lookup(self, settings)
             if cached is not None:

@@ -77,6 +77,10 @@ def test_a_settings_change_inside_the_block_is_seen():
         layer(x)
         layer.ablation = "zero_ablate"
         assert torch.equal(layer(x), _reference(layer, x))
+        layer.ablation = "randomly_sampled"
+        first = layer(x)
+        layer.force_resample = True
+        assert not torch.equal(layer(x), first) and torch.equal(layer(x), _reference(layer, x))  # new draw seen
         layer.use_masks = False
         assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
 
