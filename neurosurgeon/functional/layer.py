@@ -126,6 +126,9 @@ def unit_masks(weight, bias, weight_mask_params, bias_mask_params, key, *, strat
     """(weight mask, weight replacement, bias mask, bias replacement) at unit shape; settings
     already checked. ``subnetworks``: hard masks h already computed from these parameters."""
     row = strategy_row(strategy)
+    if not hard and row.has_params and ablation != "none":
+        raise ValueError(f"cannot ablate while training: ablation={ablation!r} needs a hard mask; "
+                         "call .eval() (or freeze the mask parameters) first, or use ablation='none'")
     keys = nr.split(key, 4) if key is not None else (None,) * 4
 
     def one(params, h, k_draw, k_reinit, reinit):
@@ -183,9 +186,6 @@ def layer_masks(weight, bias, weight_mask_params, bias_mask_params, key, *, stra
     hp = resolve_hparams(strategy, hparams)
     check_layer_tensors(kind, weight, bias, weight_mask_params, bias_mask_params, mask_unit=mask_unit,
                         unit_sizes=unit_sizes, magnitude=not row.has_params)
-    if not hard and ablation != "none":
-        raise ValueError(f"cannot ablate while training: ablation={ablation!r} needs a hard mask; "
-                         "call .eval() (or freeze the mask parameters) first, or use ablation='none'")
     needs_key = (hard and ablation in RANDOM_ABLATIONS) or (not hard and row.needs_key)
     if needs_key and key is None:
         raise ValueError(f"{strategy} with hard={hard}, ablation={ablation!r} draws random numbers and needs a key, "

@@ -230,9 +230,6 @@ class MaskLayer(V0Methods, nn.Module):
         return None
 
     def _unit_masks(self, hard: bool):
-        if not hard and self._ablation != "none":
-            raise ValueError(f"cannot ablate while training: ablation={self._ablation!r} needs a hard mask; "
-                             "call .eval() (or freeze the mask parameters) first, or use ablation='none'")
         if hard:
             key = self.mask_key if self._ablation in RANDOM_ABLATIONS else None
         else:

@@ -63,3 +63,15 @@ def test_compiled_eval_forward_with_an_ablation_matches_eager():
     ns.set_ablation(model, "zero_ablate")
     x = torch.randn(4, 6)
     torch.testing.assert_close(torch.compile(model)(x), model(x))
+
+
+def test_advance_noise_moves_each_hard_concrete_counter_once_and_leaves_other_strategies():
+    hc = _model("hard_concrete")
+    tied = nn.Sequential(hc[0], hc[0])  # one layer at two paths: one counter
+    ns.advance_noise(tied, 2)
+    assert int(hc[0].noise_step) == 2 and int(hc[3].noise_step) == 0
+    cs = _model("continuous_sparsification")
+    ns.advance_noise(cs)
+    assert all(int(m.noise_step) == 0 for m in ns.mask_layers(cs).values())
+    with pytest.raises(ValueError, match="steps"):
+        ns.advance_noise(hc, -1)

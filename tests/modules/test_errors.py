@@ -370,3 +370,15 @@ def test_functional_validation_adds_no_host_reads_under_vmap():
     # Batched and unbatched float kernels may round differently in the last bit.
     torch.testing.assert_close(out[1], one(keys[1]), rtol=1e-6, atol=1e-6)
     assert not math.isnan(float(out.sum()))
+
+
+def test_loading_non_finite_theta_into_a_hard_layer_raises_before_anything_is_copied():
+    layer = make("ContSparseLinear").eval()
+    before = layer.weight_mask_params.detach().clone()
+    sd = {k: v.clone() for k, v in layer.state_dict().items()}
+    sd["weight_mask_params"][0, 0] = NAN
+    sd["weight"] = sd["weight"] + 1.0
+    weight_before = layer.weight.detach().clone()
+    with pytest.raises(ValueError, match=names_value("weight_mask_params", "non-finite")):
+        layer.load_state_dict(sd)
+    assert torch.equal(layer.weight_mask_params, before) and torch.equal(layer.weight, weight_before)
