@@ -9,7 +9,9 @@ the subnetwork zero-ablated or random-ablated; and K random baselines that remov
 weights as the subnetwork holds, drawn from all weights (``randomly_sampled``) or from the
 weights outside it (``complement_sampled``), all K in one vmapped pass. The empirical p-value
 of an ablation is ``(1 + #{baselines with accuracy <= the ablated subnetwork's}) / (K + 1)``:
-small when removing the subnetwork hurts more than removing random weights.
+small when removing the subnetwork hurts more than removing random weights. What makes these
+numbers meaningless (a model at chance, degenerate baselines, a subnetwork too large for
+complement sampling) is found here too and reported as warnings (``_warnings``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn as nn
 
 from .. import model as ns
 from ..functional import random as nr
+from . import _warnings
 from .task import Examples
 
 __all__ = ["MaskConfig", "discover", "evaluate", "CONDITIONS", "BASELINES"]
@@ -51,17 +54,23 @@ class MaskConfig:
         return {"mask_init_percentage": 0.9 if self.init is None else self.init}
 
 
-def _accuracy_fn(logits_fn: LogitsFn, data: Examples, n_subtasks: int):
-    """fn(forward) -> per-sub-task accuracy ``(S,)``, where ``forward`` is the model or a callable
-    running it (as :func:`neurosurgeon.evaluate_baselines` passes); no data-dependent shapes, so vmap applies."""
+def _scorer(data: Examples, n_subtasks: int):
+    """score(logits) -> per-sub-task accuracy ``(S,)``; no data-dependent shapes, so vmap applies."""
     onehot = nn.functional.one_hot(data.subtask, n_subtasks).to(torch.float32)
     counts = onehot.sum(0).clamp(min=1)
 
-    def fn(forward) -> torch.Tensor:
-        correct = (logits_fn(forward, data).argmax(-1) == data.labels).to(torch.float32)
+    def score(logits: torch.Tensor) -> torch.Tensor:
+        correct = (logits.argmax(-1) == data.labels).to(torch.float32)
         return (correct @ onehot) / counts  # exact counts first, so 500/500 reads 1.0
 
-    return fn
+    return score
+
+
+def _accuracy_fn(logits_fn: LogitsFn, data: Examples, n_subtasks: int):
+    """fn(forward) -> per-sub-task accuracy ``(S,)``, where ``forward`` is the model or a callable
+    running it (as :func:`neurosurgeon.evaluate_baselines` passes)."""
+    score = _scorer(data, n_subtasks)
+    return lambda forward: score(logits_fn(forward, data))
 
 
 def _density(model: nn.Module) -> float:
@@ -127,23 +136,33 @@ def discover(model: nn.Module, names: list[str], train: Examples, monitor: Examp
 
 def evaluate(model: nn.Module, test: Examples, logits_fn: LogitsFn, *, seeds: int, seed: int,
              chunk_size: int | None = None) -> dict:
-    """Accuracies per condition and sub-task, the K baselines and the empirical p-values."""
+    """Accuracies per condition and sub-task, the K baselines, the empirical p-values, and the
+    warnings that say which of these numbers are not meaningful."""
     subtasks = list(test.subtasks)
     fn = _accuracy_fn(logits_fn, test, len(subtasks))
     model.eval()
     out: dict = {"conditions": {}, "baselines": {}, "p_values": {}}
     with torch.no_grad():
         ns.set_use_masks(model, False)
-        out["conditions"]["full"] = fn(model)
+        full_logits = logits_fn(model, test)
+        out["conditions"]["full"] = _scorer(test, len(subtasks))(full_logits)
         ns.set_use_masks(model, True)
         for ablation, cond in (("none", "subnetwork"), ("zero_ablate", "zero_ablate"), ("random_ablate", "random_ablate")):
             ns.set_ablation(model, ablation)
             out["conditions"][cond] = fn(model)
         ns.set_ablation(model, "none")
+    # Found before the baselines run, so complement sampling is not even tried when it cannot work.
+    units = ns.subnetwork(model, broadcast=False)
+    overflow = _warnings.complement_overflow(units)
     keys = nr.split(nr.key(seed), seeds)
     timings = {}
     for b in BASELINES:
         t = time.perf_counter()
+        if b == "complement_sampled" and overflow:
+            out["baselines"][b] = None
+            out.setdefault("baseline_errors", {})[b] = (
+                f"the subnetwork keeps more than half the units of {len(overflow)} masked tensor(s); see warnings")
+            continue
         try:
             out["baselines"][b] = ns.evaluate_baselines(model, fn, keys, ablation=b, chunk_size=chunk_size)
         except ValueError as e:  # complement_sampled: the subnetwork is larger than its complement
@@ -160,7 +179,13 @@ def evaluate(model: nn.Module, test: Examples, logits_fn: LogitsFn, *, seeds: in
             rank = (values <= acc + 1e-9).sum(0)
             out["p_values"][cond][b] = (rank + 1).double() / (values.shape[0] + 1)
     out["baseline_seconds"] = timings
-    return _to_python(out, subtasks)
+    res = _to_python(out, subtasks)
+    res["chance"] = _warnings.chance_levels(test.labels, test.subtask, subtasks, int(full_logits.shape[-1]))
+    res["mask_units"] = {"kept": sum(int(torch.count_nonzero(h)) for h in units.values()),
+                         "total": sum(h.numel() for h in units.values())}
+    res["complement_overflow"] = overflow
+    res["warnings"], res["p_meaningful"] = _warnings.assess(res, target=subtasks[0])
+    return res
 
 
 def _to_python(out: dict, subtasks: list[str]) -> dict:

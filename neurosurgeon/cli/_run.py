@@ -4,6 +4,7 @@ discover -> test -> write sequence that ``demo`` and ``analyze`` both end with."
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch.nn as nn
 from .. import model as ns
 from . import _analysis
 from .plot import plot_results
-from .report import format_table, write_results
+from .report import format_table, format_warnings, write_results
 
 __all__ = ["CLIError", "Console", "resolve_device", "select_targets", "run_config", "run_analysis"]
 
@@ -101,8 +102,11 @@ def run_config(args, names: list[str], device: str, *, default_targets) -> dict:
 
 
 def run_analysis(*, model: nn.Module, names: list[str], mask_train, monitor, test, logits_fn, args, console: Console,
-                 results: dict, t_start: float) -> dict:
-    """Discover the subnetwork, test it, print the table and write the three files into ``args.out``."""
+                 results: dict, t_start: float, other=None) -> dict:
+    """Discover the subnetwork, test it, print the table and write the three files into ``args.out``.
+
+    ``other``: (training, monitoring) examples of the second sub-task; a subnetwork is then found
+    for it too, on a copy of the model, and its overlap with the first is reported."""
     cfg = _analysis.MaskConfig(
         method=args.method, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
         lr=args.lr, l0_lambda=args.l0_lambda, final_temp=args.final_temp, init=args.mask_init, seed=args.seed,
@@ -117,6 +121,9 @@ def run_analysis(*, model: nn.Module, names: list[str], mask_train, monitor, tes
     console.log(f"\n[2/3] Discovering a subnetwork for sub-task {target!r} in {len(names)} layers "
                 f"({cfg.method}, L0 lambda {cfg.l0_lambda}, {cfg.epochs} epochs x {cfg.steps_per_epoch} steps)")
     t = time.perf_counter()
+    from .compare import subtask_overlap  # compare.py imports this module
+
+    unmasked = copy.deepcopy(model) if other is not None else None
     history = _analysis.discover(model, names, mask_train, monitor, logits_fn, cfg,
                                  progress=console.progress, log=console.log)
     t_discover = time.perf_counter() - t
@@ -142,6 +149,12 @@ def run_analysis(*, model: nn.Module, names: list[str], mask_train, monitor, tes
     })
     if "baseline_errors" in ev:
         results["baseline_errors"] = ev["baseline_errors"]
+    results.update({k: ev[k] for k in ("chance", "p_meaningful", "warnings")})
+    if other is not None:
+        t = time.perf_counter()
+        results["overlap"] = subtask_overlap(model, unmasked, names, *other, logits_fn, cfg, subtasks=test.subtasks,
+                                             console=console)
+        results["timing"]["overlap_s"] = time.perf_counter() - t
     results["timing"].update({"discover_s": t_discover, "evaluate_s": t_eval, "baselines_s": ev["baseline_seconds"]})
 
     files = {"results": out / "results.json", "masks": out / "masks.safetensors", "plot": out / "subnetwork.png"}
@@ -154,6 +167,9 @@ def run_analysis(*, model: nn.Module, names: list[str], mask_train, monitor, tes
     print()
     print(format_table(results))
     print()
+    if results["warnings"]:
+        print(format_warnings(results["warnings"]))
+        print()
     print(f"wrote {files['plot']}, {files['masks']}, {files['results']}  "
           f"({results['timing']['total_s']:.1f} s)")
     return results

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from .. import __version__
 from ._run import CLIError, Console, maskable_names, resolve_device, run_analysis, run_config, select_targets
+from ._warnings import at_or_below_chance, chance_levels
 from .task import Examples
 
 __all__ = ["run_analyze", "read_examples", "default_targets"]
@@ -230,12 +231,18 @@ def run_analyze(args) -> dict:
 
     logits_fn = _sequence_logits if kind == "classification" else _causal_logits(torch.tensor(candidates, device=device))
     with torch.no_grad():
-        correct = logits_fn(model, test).argmax(-1) == test.labels
+        logits = logits_fn(model, test)
+    correct = logits.argmax(-1) == test.labels
     base = {s: float(correct[test.subtask == i].float().mean()) for i, s in enumerate(subtasks)}
     console.log(f"neurosurgeon {__version__} analyze: {type(model).__name__} from {str(model_dir)!r} ({kind}, {device})")
     console.log(f"  {len(rows)} examples from {str(data_path)!r}: sub-tasks {subtasks}, target {target!r}; "
                 f"{len(train)} train / {len(test)} test")
     console.log("\n[1/3] Model loaded; test accuracy: " + ", ".join(f"{s} {a:.3f}" for s, a in base.items()))
+    chance = chance_levels(test.labels, test.subtask, subtasks, int(logits.shape[-1]))
+    low = [s for s in subtasks if at_or_below_chance(base[s], chance[s])]
+    if low:  # said now, before the mask training; the warnings after the table say it in full
+        console.log("  note: at or below chance on " + ", ".join(f"{s} (chance {chance[s]['chance']:.3f})" for s in low)
+                    + "; those sub-tasks' numbers will not be meaningful")
 
     names = select_targets(model, args.targets) if args.targets else default_targets(model)
     if not names:

@@ -18,7 +18,12 @@ def plot_results(results: dict, path: Path) -> None:
 
     layers = results["subnetwork"]["layers"]
     subtasks = results["subtasks"]
-    fig, axes = plt.subplots(1, 1 + len(subtasks), figsize=(5 + 4 * len(subtasks), 4.2), constrained_layout=True)
+    extra = "overlap" in results
+    fig, axes = plt.subplots(1, 1 + len(subtasks) + extra, figsize=(5 + 4 * (len(subtasks) + extra), 4.2),
+                             constrained_layout=True)
+    if extra:
+        _plot_overlap(axes[-1], results["overlap"])
+        axes = axes[:-1]
     ax = axes[0]
     names = list(layers)
     dens = [layers[n]["density"] for n in names]
@@ -40,7 +45,28 @@ def plot_results(results: dict, path: Path) -> None:
         ax.set_xlim(-0.02, 1.02)
         ax.set_xlabel(f"accuracy on {s!r}")
         ax.set_ylabel("baselines")
-        ax.set_title(f"ablation on {s!r}")
+        at_chance = any(w["kind"] == "full_model_at_chance" and w["data"]["subtask"] == s
+                        for w in results.get("warnings", []))
+        ax.set_title(f"ablation on {s!r}" + ("\n(full model at chance: not meaningful)" if at_chance else ""))
         ax.legend(fontsize=7, loc="upper left")
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_overlap(ax, overlap: dict) -> None:
+    """Observed IoU of the two sub-tasks' subnetworks beside the IoU two random subnetworks of the
+    same sizes would have, for the whole network and each layer, with the hypergeometric p."""
+    rows = [("whole network", overlap["total"]), *overlap["layers"].items()]
+    y = range(len(rows))
+    ax.barh([i - 0.2 for i in y], [o["iou"] for _, o in rows], height=0.4, color="tab:purple", label="observed IoU")
+    ax.barh([i + 0.2 for i in y], [o["expected_iou"] for _, o in rows], height=0.4, color="tab:gray",
+            label="chance IoU (random subnetworks)")
+    for i, (_, o) in zip(y, rows):
+        ax.text(max(o["iou"], o["expected_iou"]) * 1.02, i, f"p = {o['p_value']:.2g}", va="center", fontsize=7)
+    ax.set_yticks(list(y), [n if len(n) <= 24 else "…" + n[-23:] for n, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(0.05, *(max(o["iou"], o["expected_iou"]) for _, o in rows)) * 1.35)
+    a, b = overlap["subtasks"]
+    ax.set_xlabel(f"IoU of the {a!r} and {b!r} subnetworks")
+    ax.set_title(f"overlap of {a!r} and {b!r} vs chance")
+    ax.legend(fontsize=7, loc="lower right")
