@@ -1,4 +1,5 @@
-"""Where the transformer blocks, attention and MLP modules, and attention heads sit in each model family.
+"""Where the transformer blocks, attention and MLP modules, residual-stream hook points and
+attention heads sit in each model family.
 
 One row per architecture, under the module names of transformers 5. Module-path globs follow
 :mod:`.select` (``*`` within one dotted part, ``**`` across parts). The table's globs start with
@@ -24,7 +25,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .select import match_names
 
-__all__ = ["Architecture", "ARCHITECTURES", "architecture_of", "attention_heads"]
+__all__ = ["Architecture", "ARCHITECTURES", "architecture_of", "resolve_architecture", "attention_heads"]
 
 _HEAD_LAYERS = (nn.Linear, Conv1D)
 
@@ -44,6 +45,13 @@ class Architecture:
         mlp: a block's MLP module, relative to the block.
         heads: glob of each attention projection (from the model root) ->
             (einops pattern from its weight to its head mask, config attribute giving ``h``).
+        attention_update: module (relative to the block) whose output, or its first element
+            if a tuple, is what attention adds to the residual stream; default ``attention``.
+        attention_stream: module (relative to the block) whose output is the residual stream
+            after attention, in a post-norm block (BERT); None (default) for a pre-norm block,
+            where that stream is the block's input plus the attention update.
+        mlp_update: module (relative to the block) whose output is what the MLP adds to the
+            residual stream; default ``mlp``. The stream after the MLP is the block's output.
     """
 
     name: str
@@ -52,6 +60,16 @@ class Architecture:
     attention: str
     mlp: str
     heads: Mapping[str, tuple[str, str]] = field(hash=False)
+    attention_update: str | None = None
+    attention_stream: str | None = None
+    mlp_update: str | None = None
+
+    def __post_init__(self):
+        # Frozen dataclass: fill the defaults that name another field through object.__setattr__.
+        if self.attention_update is None:
+            object.__setattr__(self, "attention_update", self.attention)
+        if self.mlp_update is None:
+            object.__setattr__(self, "mlp_update", self.mlp)
 
 
 def _qkvo(prefix: str, q: str, k: str, v: str, o: str, kv_heads: str = "num_attention_heads") -> dict:
@@ -67,15 +85,19 @@ def _qkvo(prefix: str, q: str, k: str, v: str, o: str, kv_heads: str = "num_atte
 _ROWS = [
     # BertModel, RobertaModel, ...: attention.self.{query,key,value} and attention.output.dense.
     # The MLP is split over two sibling modules; "intermediate" holds the first Linear, while
-    # "output" holds the second with the residual add and LayerNorm.
+    # "output" holds the second with the residual add and LayerNorm. Post-norm: the updates are
+    # the two output projections, and attention.output returns the normed stream.
     Architecture(
-        "bert", ("bert", "roberta", "xlm-roberta", "camembert", "electra"),
+        "bert", ("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie"),
         layers="**encoder.layer.*", attention="attention", mlp="intermediate",
         heads=_qkvo("**encoder.layer.*.attention", "self.query", "self.key", "self.value", "output.dense"),
+        attention_update="attention.output.dense", attention_stream="attention.output", mlp_update="output.dense",
     ),
+    # Post-norm too: sa_layer_norm(attention + input), then output_layer_norm(ffn + that).
     Architecture(
         "distilbert", ("distilbert",), layers="**transformer.layer.*", attention="attention", mlp="ffn",
         heads=_qkvo("**transformer.layer.*.attention", "q_lin", "k_lin", "v_lin", "out_lin"),
+        attention_stream="sa_layer_norm",
     ),
     # GPT2Attention splits c_attn's output into [q | k | v], each viewed as (h, d).
     Architecture(
@@ -87,6 +109,8 @@ _ROWS = [
     ),
     # GPTNeoXAttention views query_key_value's output as (h, 3 * d) and chunks the last axis,
     # so the features are head-major: [q_0 k_0 v_0 | q_1 k_1 v_1 | ...], not GPT-2's [q | k | v].
+    # With use_parallel_residual (the default) the MLP reads the block input, not the stream
+    # after attention; that stream is still the block input plus the attention update.
     Architecture(
         "gpt_neox", ("gpt_neox",), layers="**layers.*", attention="attention", mlp="mlp",
         heads={
@@ -140,6 +164,33 @@ def architecture_of(model_or_config) -> Architecture:
         f"no known architecture for model_type {model_type!r} ({type(model_or_config).__name__}); "
         f"known: {_known()}. Pass templates={{glob: (einops pattern, sizes)}} to name its attention projections"
     )
+
+
+def resolve_architecture(model: nn.Module | None, architecture=None) -> Architecture:
+    """The row to use for ``model``: the one forced by ``architecture``, else the one serving it.
+
+    Args:
+        model: the model (read for ``config.model_type`` when ``architecture`` is None).
+        architecture: None, an :class:`Architecture` (a user's own templates), a row name in
+            :data:`ARCHITECTURES`, or a ``model_type`` some row serves (``"roberta"``).
+
+    Returns:
+        the :class:`Architecture`.
+
+    Raises:
+        ValueError: the name or the model's type is in no row.
+    """
+    if architecture is None:
+        return architecture_of(model)
+    if isinstance(architecture, Architecture):
+        return architecture
+    if isinstance(architecture, str):
+        if architecture in ARCHITECTURES:
+            return ARCHITECTURES[architecture]
+        for arch in _ROWS:
+            if architecture in arch.model_types:
+                return arch
+    raise ValueError(f"unknown architecture {architecture!r}; known: {_known()}, or pass an Architecture")
 
 
 def _config_int(config, attr: str) -> int:
@@ -199,15 +250,7 @@ def attention_heads(model: nn.Module, *, architecture=None, templates=None) -> d
         if not chosen:
             raise ValueError("templates is empty; give {glob: (einops pattern, sizes)}")
     else:
-        if architecture is None:
-            arch = architecture_of(model)
-        elif isinstance(architecture, Architecture):
-            arch = architecture
-        elif architecture in ARCHITECTURES:
-            arch = ARCHITECTURES[architecture]
-        else:
-            raise ValueError(f"unknown architecture {architecture!r}; known: {_known()}")
-        chosen = _row_templates(arch, model.config)
+        chosen = _row_templates(resolve_architecture(model, architecture), model.config)
 
     layers = {n: m for n, m in model.named_modules() if type(m) in _HEAD_LAYERS}
     found: dict[str, tuple[str, dict[str, int]]] = {}
