@@ -1,18 +1,22 @@
-"""State-dict conversion to and from NeuroSurgeon 0.1.0.
+"""State-dict conversion to and from NeuroSurgeon 0.1.0: one call each way, for a layer's or a
+whole model's (``CircuitModel``'s included) state dict.
 
 Most 0.1.0 checkpoints need no conversion: ``layer.load_state_dict(old, strict=True)`` works,
 because our parameter names are the same (``weight``, ``bias``, ``weight_mask_params``,
 ``bias_mask_params``), our extra buffers (``mask_key``, ``noise_step``) are optional on load,
 and the duplicate ``_base_layer.weight``/``_base_layer.bias`` keys 0.1.0's convolution layers
-write are accepted. Two cases need these helpers:
+write are accepted. The helpers cover the rest:
 
 - :func:`to_v0_state_dict`: ours -> 0.1.0. The original's strict loading rejects our
-  ``mask_key``/``noise_step`` buffers and requires ``_base_layer.*`` keys on convolutions.
-- :func:`from_v0_state_dict`: 0.1.0 -> ours, for convolutions trained with
-  ``mask_unit="neuron"``. 0.1.0 gave those one mask entry per (output channel, kernel
-  position), shape ``(out, 1, *kernel)``; ours has one per output channel, ``(out, 1, 1[, 1])``
-  . The helper expands such masks to the full weight shape, which a layer
-  built with ``mask_unit="weight"`` loads, giving the same masks.
+  ``mask_key``/``noise_step`` buffers and requires ``_base_layer.*`` keys on convolutions;
+  our convolution ``mask_unit="neuron"`` masks (one entry per output channel) are repeated
+  over the kernel positions to 0.1.0's shape ``(out, 1, *kernel)``, which gives the same masks.
+- :func:`from_v0_state_dict`: 0.1.0 -> ours. It drops the tensors 0.1.0 registers while it
+  evaluates a random ablation (with a warning naming them) and expands 0.1.0's convolution
+  ``mask_unit="neuron"`` masks, one entry per (output channel, kernel position), to the
+  weight's shape: weight-unit masks giving the same mask. ``CircuitModel.load_state_dict``
+  switches such layers to ``mask_unit="weight"`` by itself; a layer of your own must be built
+  with ``mask_unit="weight"``.
 
 Example:
     >>> import torch, neurosurgeon
@@ -26,12 +30,21 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 
+import warnings
+
 import torch
 
-__all__ = ["to_v0_state_dict", "from_v0_state_dict", "V1_ONLY_BUFFERS"]
+__all__ = ["to_v0_state_dict", "from_v0_state_dict", "V1_ONLY_BUFFERS", "V0_ABLATION_TENSORS"]
 
 #: Buffers our mask layers keep that NeuroSurgeon 0.1.0 does not know.
 V1_ONLY_BUFFERS = ("mask_key", "noise_step")
+#: Tensors a 0.1.0 mask layer registers (as Parameters, so they are saved) once it has evaluated
+#: ``randomly_sampled``/``complement_sampled`` (the sampled masks, also kept as ``weight_mask``/
+#: ``bias_mask``) or ``random_ablate`` (the replacement values). Ours draws these from its key.
+V0_ABLATION_TENSORS = ("sampled_weight_mask_params", "sampled_bias_mask_params", "weight_mask", "bias_mask",
+                       "random_weight", "random_bias")
+# Names no layer of ours or 0.1.0 uses for anything else: they mark a 0.1.0 mask layer.
+_V0_MARKERS = ("weight_mask_params", "sampled_weight_mask_params", "sampled_bias_mask_params", "random_weight")
 
 
 def _check_state_dict(state_dict) -> None:
@@ -51,7 +64,11 @@ def to_v0_state_dict(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[str
     For every mask layer (recognised by its ``mask_key`` buffer) it drops ``mask_key`` and
     ``noise_step`` and, for convolutions (3-D or 4-D weight), adds ``_base_layer.weight`` and
     ``_base_layer.bias`` (0.1.0's convolution layers register the wrapped layer, which shares
-    those Parameters). Tensors are shared, not copied. Entries of other modules are kept as is.
+    those Parameters). A convolution ``mask_unit="neuron"`` theta, ``(out, 1, 1[, 1])``, is
+    repeated over the kernel positions to 0.1.0's ``(out, 1, *kernel)``: every entry of an
+    output channel holds the same value, so 0.1.0's masks (soft and hard) are ours, and a 0.1.0
+    model built with ``mask_unit="neuron"`` loads it. Other tensors are shared, not copied, and
+    entries of other modules are kept as is.
 
     Note that 0.1.0 has no ``mask_bias`` on magnitude pruning in its state dict and no key:
     random ablations and hard-concrete noise in 0.1.0 come from torch's global RNG.
@@ -69,6 +86,10 @@ def to_v0_state_dict(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[str
     for p in sorted(prefixes):
         w = state_dict.get(p + "weight")
         if w is not None and w.dim() in (3, 4):
+            theta = state_dict.get(p + "weight_mask_params")
+            per_channel, per_slot = (w.shape[0],) + (1,) * (w.dim() - 1), (w.shape[0], 1, *w.shape[2:])
+            if theta is not None and tuple(theta.shape) == per_channel != per_slot:
+                out[p + "weight_mask_params"] = theta.expand(per_slot).clone()
             out[p + "_base_layer.weight"] = w
             if p + "bias" in state_dict:
                 out[p + "_base_layer.bias"] = state_dict[p + "bias"]
@@ -80,10 +101,16 @@ def from_v0_state_dict(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[s
 
     - drops the duplicate ``_base_layer.weight``/``_base_layer.bias`` keys of convolutions
       (ours also accepts them directly);
+    - drops the tensors a 0.1.0 layer registers while evaluating a random ablation
+      (:data:`V0_ABLATION_TENSORS`) and warns, naming them: ours draws sampled masks and
+      replacement values from its key instead, so those draws are not carried over;
     - expands 0.1.0 convolution "neuron" masks, shape ``(out, 1, *kernel)``, to the weight's
       full shape ``(out, in/groups, *kernel)``. Load the result into a layer built with
-      ``mask_unit="weight"``: each hard mask entry equals the 0.1.0 one, so eval outputs
-      match. (During further training, the in-channel copies no longer share one parameter.)
+      ``mask_unit="weight"`` (``CircuitModel.load_state_dict`` switches those layers itself):
+      each mask entry equals the 0.1.0 one, so outputs match. (During further training the
+      in-channel copies no longer share one parameter; a layer built with
+      ``mask_unit="o i h w -> o 1 h w"`` (``"o i k -> o 1 k"`` for 1-d) keeps 0.1.0's unit
+      and loads the unconverted theta.)
 
     Linear and GPT-2 Conv1D masks, and every weight-level mask, are passed through unchanged.
 
@@ -94,8 +121,17 @@ def from_v0_state_dict(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[s
         a new ``OrderedDict``.
     """
     _check_state_dict(state_dict)
+    layers = {k[: len(k) - len(m)] for k in state_dict for m in _V0_MARKERS if k == m or k.endswith("." + m)}
+    dropped = [p + name for p in sorted(layers) if p + "weight" in state_dict
+               for name in V0_ABLATION_TENSORS if p + name in state_dict]
+    if dropped:
+        warnings.warn(f"from_v0_state_dict dropped 0.1.0's registered ablation tensors {dropped}: sampled masks and "
+                      "random_ablate values are drawn from each layer's mask_key here", UserWarning, stacklevel=2)
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    skip = set(dropped)
     for k, v in state_dict.items():
+        if k in skip:
+            continue
         if k.startswith("_base_layer.") or "._base_layer." in k:
             base = k.replace("_base_layer.", "", 1) if k.startswith("_base_layer.") else k.replace("._base_layer.", ".", 1)
             if base in state_dict:

@@ -1,7 +1,14 @@
 """Magnitude pruning (Han et al. 2015; Frankle & Carbin 2019, arXiv 1803.03635).
 
-Zeroes exactly round(p * n) entries of smallest |w|; ties at the threshold are broken by flat
-index (lower index pruned first), so the count is exact for any input.
+Two rules, chosen by ``rule``:
+
+- ``"abs"`` (default): zeroes exactly round(p * n) entries of smallest |w|; ties at the
+  threshold are broken by flat index (lower index pruned first), so the count is exact for any
+  input.
+- ``"v0"``: NeuroSurgeon 0.1.0's rule, kept to reproduce its masks. It ranks *signed* values:
+  with q the linearly interpolated p-quantile of w (``torch.quantile``'s default), it keeps
+  w >= q (for p = 1, w > q: nothing). So it prunes the most negative weights, ceil(p (n - 1))
+  of them when the values are distinct, and keeps every entry tied with q.
 
 A mask is cheap to *verify* but costly to *find*: given any tau, if exactly n - k entries have
 |w| > tau, then {|w| > tau} is the kept set (every kept entry exceeds every pruned one, so no tie
@@ -17,12 +24,15 @@ import math
 
 import torch
 
-from ._checks import check_fraction, transformed
+from ._checks import check_choice, check_fraction, transformed
 
 __all__ = ["magnitude_mask"]
 
 #: The fraction pruned by default.
 PRUNE_PERCENTAGE = 0.2
+#: The rule by default: the round(p * n) smallest |w|.
+RULE = "abs"
+RULES = ("abs", "v0")
 
 
 def num_pruned(numel: int, prune_percentage: float) -> int:
@@ -66,26 +76,72 @@ def _kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.kthvalue(band, k - below).values
 
 
-def magnitude_mask(weight: torch.Tensor, *, prune_percentage: float = PRUNE_PERCENTAGE) -> torch.Tensor:
+def magnitude_mask(weight: torch.Tensor, *, prune_percentage: float = PRUNE_PERCENTAGE, rule: str = RULE) -> torch.Tensor:
     """Binary mask (weight's shape and dtype) keeping all but the round(p * n) smallest |w|.
 
     Finds the k-th |w| by selection (:func:`_kth_smallest`: a sampled bracket, then ``torch.kthvalue``
     on the band inside it; O(n), any size, where ``torch.quantile`` refuses > 16M entries) and
-    splits ties at it by flat index, so exactly round(p * n) entries are pruned.
+    splits ties at it by flat index, so exactly round(p * n) entries are pruned. With
+    ``rule="v0"``, NeuroSurgeon 0.1.0's mask instead: keep w >= the p-quantile of the signed
+    values (:func:`v0_magnitude_mask`).
+
+    Args:
+        weight: any shape, floating.
+        prune_percentage: p in [0, 1].
+        rule: ``"abs"`` (the smallest |w|, exactly round(p * n)) or ``"v0"`` (0.1.0's rule).
+
+    Returns:
+        the mask, 1 for kept entries and 0 for pruned ones.
+
+    Example:
+        >>> magnitude_mask(torch.tensor([0.3, -0.4, 0.2, 0.1]), prune_percentage=0.5)
+        tensor([1., 1., 0., 0.])
+        >>> magnitude_mask(torch.tensor([0.3, -0.4, 0.2, 0.1]), prune_percentage=0.5, rule="v0")
+        tensor([1., 0., 1., 0.])
+    """
+    return magnitude_mask_and_threshold(weight, prune_percentage=prune_percentage, rule=rule)[0]
+
+
+def v0_magnitude_mask(weight: torch.Tensor, *, prune_percentage: float = PRUNE_PERCENTAGE) -> torch.Tensor:
+    """NeuroSurgeon 0.1.0's magnitude-pruning mask: keep w >= q, q the p-quantile of the signed values.
+
+    q is ``torch.quantile(w.flatten(), p)`` (linear interpolation between the order statistics
+    at ranks floor(p (n - 1)) and ceil(p (n - 1)), the rank computed in w's dtype), found here by
+    selection so any size works; at p = 1 the mask keeps w > q, i.e. nothing. Every entry equal
+    to q is kept, so with distinct values ceil(p (n - 1)) entries are pruned: the most negative
+    ones, not the smallest |w|. Half-precision weights are ranked in float32 (exact), where 0.1.0
+    raises.
 
     Args:
         weight: any shape, floating.
         prune_percentage: p in [0, 1].
 
+    Returns:
+        the mask, weight's shape and dtype.
+
     Example:
-        >>> magnitude_mask(torch.tensor([0.3, -0.1, 0.2, 0.1]), prune_percentage=0.5)
-        tensor([1., 0., 1., 0.])
+        >>> v0_magnitude_mask(torch.tensor([-0.3, 0.1, 0.2, -0.1]), prune_percentage=0.5)
+        tensor([0., 1., 1., 0.])
     """
-    return magnitude_mask_and_threshold(weight, prune_percentage=prune_percentage)[0]
+    p = check_fraction("prune_percentage", prune_percentage)
+    flat = weight.detach().reshape(-1)
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
+    n = flat.numel()
+    # torch.quantile forms the rank as a tensor of the input's dtype: p * (n - 1), rounded there.
+    rank = torch.tensor(p, dtype=flat.dtype) * (n - 1)
+    below, above = int(rank), int(torch.ceil(rank))
+    kth = (lambda x, k: torch.kthvalue(x, k).values) if transformed(flat) else _kth_smallest
+    low = kth(flat, below + 1)
+    high = low if above == below else kth(flat, above + 1)
+    q = torch.lerp(low, high, (rank - below).to(flat.device))
+    kept = flat > q if p == 1.0 else flat >= q
+    return kept.to(weight.dtype).reshape(weight.shape)
 
 
 def magnitude_mask_and_threshold(
-    weight: torch.Tensor, *, prune_percentage: float = PRUNE_PERCENTAGE, threshold_hint: torch.Tensor | None = None
+    weight: torch.Tensor, *, prune_percentage: float = PRUNE_PERCENTAGE, threshold_hint: torch.Tensor | None = None,
+    rule: str = RULE,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(:func:`magnitude_mask`, a threshold tau certifying it), reusing ``threshold_hint`` when it still certifies.
 
@@ -94,7 +150,8 @@ def magnitude_mask_and_threshold(
     under ``torch.compile``/functorch transforms (which never read values to choose a path).
     Passing the previous call's tau as ``threshold_hint`` costs ~4 streaming passes when it
     certifies the current weight and one wasted pass when it does not; the mask is the same
-    either way (see the module docstring for why).
+    either way (see the module docstring for why). With ``rule="v0"`` there is no certificate:
+    the mask is :func:`v0_magnitude_mask` and tau is None.
 
     Example:
         >>> w = torch.tensor([0.3, -0.1, 0.2, 0.1])
@@ -102,6 +159,8 @@ def magnitude_mask_and_threshold(
         >>> magnitude_mask_and_threshold(w * 2, prune_percentage=0.5, threshold_hint=tau)[0]
         tensor([1., 0., 1., 0.])
     """
+    if check_choice("rule", rule, RULES) == "v0":
+        return v0_magnitude_mask(weight, prune_percentage=prune_percentage), None
     n = weight.numel()
     k = num_pruned(n, prune_percentage)
     if k == 0:

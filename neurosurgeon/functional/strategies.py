@@ -15,7 +15,7 @@ import torch
 from . import continuous_sparsification as cs
 from . import hard_concrete as hc
 from . import magnitude as mp
-from ._checks import check_fraction, check_stretch, check_temperature
+from ._checks import check_choice, check_fraction, check_stretch, check_temperature
 
 __all__ = ["Strategy", "STRATEGIES", "resolve_hparams"]
 
@@ -62,13 +62,14 @@ STRATEGIES: dict[str, Strategy] = {
         soft=None,
         hard=mp.magnitude_mask,
         l0=None,
-        mask_hparams={"prune_percentage": mp.PRUNE_PERCENTAGE},
+        mask_hparams={"prune_percentage": mp.PRUNE_PERCENTAGE, "rule": mp.RULE},
         init_hparams={},
         has_params=False,
     ),
 }
 
-_CHECKS = {"temperature": check_temperature, "prune_percentage": lambda v: check_fraction("prune_percentage", v)}
+_CHECKS = {"temperature": check_temperature, "prune_percentage": lambda v: check_fraction("prune_percentage", v),
+           "rule": lambda v: check_choice("rule", v, mp.RULES)}
 
 
 def resolve_hparams(strategy: str, hparams: Mapping[str, Any]) -> dict[str, Any]:

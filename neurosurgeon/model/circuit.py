@@ -32,8 +32,9 @@ class CircuitConfig(PretrainedConfig):
         mask_method: ``continuous_sparsification``, ``hard_concrete`` or ``magnitude_pruning``.
         mask_hparams: the mask layers' options: ``ablation``, ``mask_unit``, ``mask_bias`` and
             the strategy's hyper-parameters (``mask_init_value``, ``mask_init_percentage``,
-            ``temperature``, ``prune_percentage``, ...); keys the strategy does not use are
-            ignored with a warning when the model is built, as 0.1.0 ignores them.
+            ``temperature``, ``prune_percentage``, ``rule`` (``"v0"``: 0.1.0's magnitude masks),
+            ...); keys the strategy does not use are ignored with a warning when the model is
+            built, as 0.1.0 ignores them.
         target_layers: module names or glob patterns to mask (layer types work too, but do
             not serialize).
         freeze_base: freeze the base model while masks train (see :func:`set_freeze_base`).
@@ -175,6 +176,41 @@ class CircuitModel(nn.Module):
         """Training mode for the masks (0.1.0's ``train(train_bool)``; ``mode=`` works too); with
         a frozen base the wrapped model's own modules stay in eval. Returns self."""
         return super().train(kwargs.pop("mode", train_bool), **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, taking 0.1.0 convolution neuron masks as weight masks.
+
+        A 0.1.0 convolution trained with ``mask_unit="neuron"`` has one mask entry per (output
+        channel, kernel position); :func:`neurosurgeon.compat.from_v0_state_dict` expands it to
+        the weight's shape. A convolution mask layer whose ``weight_mask_params`` arrives at its
+        weight's full shape while it has another unit is switched to ``mask_unit="weight"``
+        first, with a warning naming it; if the load then fails, its unit and theta are restored.
+
+        Args:
+            state_dict: keys ``wrapped_model.*``, as :meth:`state_dict` and 0.1.0 write them.
+            strict, assign: as for ``nn.Module.load_state_dict``.
+
+        Returns:
+            the missing and unexpected keys, as ``nn.Module.load_state_dict``.
+        """
+        switched = []
+        for name, layer in mask_layers(self.wrapped_model).items():
+            theta = state_dict.get(f"{_PREFIX}{name}.weight_mask_params")
+            if (isinstance(theta, torch.Tensor) and layer.layer_kind in ("conv1d", "conv2d")
+                    and layer.mask_unit != "weight" and tuple(theta.shape) == tuple(layer.weight.shape)):
+                switched.append((name, layer, layer.mask_unit, layer.weight_mask_params))
+                layer.mask_unit = "weight"
+        if switched:
+            warnings.warn(f"weight_mask_params of {[s[0] for s in switched]} have the weight's shape (0.1.0 "
+                          "per-kernel-position neuron masks, converted): these layers now use mask_unit='weight'",
+                          stacklevel=2)
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except Exception:
+            for _, layer, unit, theta in switched:
+                layer.mask_unit = unit
+                layer.weight_mask_params = theta
+            raise
 
     # -- extensions ----------------------------------------------------------------------------
     def mask_layers(self) -> dict[str, MaskLayer]:

@@ -1,15 +1,17 @@
 """Magnitude-pruning layers (Frankle & Carbin 2019, arXiv 1803.03635): the non-differentiable
 baseline. Reference: ``NeuroSurgeon.Masking.magprune_layer``.
 
-The mask zeroes exactly round(p * n) entries of smallest |w| , the same in
-train and eval; ``mask_unit`` is always ``weight``. There are no mask parameters.
+The mask zeroes exactly round(p * n) entries of smallest |w|, the same in train and eval;
+``rule="v0"`` gives NeuroSurgeon 0.1.0's masks instead (the most negative weights, a quantile
+count: :func:`neurosurgeon.functional.magnitude.v0_magnitude_mask`). ``mask_unit`` is always
+``weight``. There are no mask parameters.
 """
 
 from __future__ import annotations
 
 import torch.nn as nn
 
-from ..functional.magnitude import PRUNE_PERCENTAGE, magnitude_mask_and_threshold
+from ..functional.magnitude import PRUNE_PERCENTAGE, RULE, RULES, magnitude_mask_and_threshold
 from ..functional._checks import check_choice, check_fraction, in_transform
 from ._layer_types import CONV1D, CONV2D, GPT_CONV1D, LINEAR
 from .mask_layer import MaskLayer
@@ -22,12 +24,15 @@ class MagPruneLayer(MaskLayer):
 
     Args (beyond :class:`MaskLayer`):
         prune_percentage: p in [0, 1], the fraction of entries pruned (default 0.2).
+        rule: ``"abs"`` (default: exactly round(p * n) entries of smallest |w|) or ``"v0"``
+            (NeuroSurgeon 0.1.0's masks: keep w >= the p-quantile of the signed values).
     """
 
     _strategy = "magnitude_pruning"
 
-    def __init__(self, *, prune_percentage: float = PRUNE_PERCENTAGE, **kwargs):
+    def __init__(self, *, prune_percentage: float = PRUNE_PERCENTAGE, rule: str = RULE, **kwargs):
         self._prune_percentage = check_fraction("prune_percentage", prune_percentage)
+        self._rule = check_choice("rule", rule, RULES)
         super().__init__(mask_unit="weight", **kwargs)
 
     def _make_weight_mask_params(self) -> None:
@@ -43,7 +48,7 @@ class MagPruneLayer(MaskLayer):
         return True
 
     def _hparams(self):
-        return {"prune_percentage": self._prune_percentage}
+        return {"prune_percentage": self._prune_percentage, "rule": self._rule}
 
     def _subnetworks(self, wp, bp):
         # Finding the k-th |w| is a selection; checking that the last call's threshold still
@@ -73,11 +78,21 @@ class MagPruneLayer(MaskLayer):
     def prune_percentage(self, value: float) -> None:
         self._prune_percentage = check_fraction("prune_percentage", value)
 
+    @property
+    def rule(self) -> str:
+        """``"abs"`` (the round(p * n) smallest |w|) or ``"v0"`` (NeuroSurgeon 0.1.0's signed quantile rule)."""
+        return self._rule
+
+    @rule.setter
+    def rule(self, value: str) -> None:
+        self._rule = check_choice("rule", value, RULES)
+
     @classmethod
     def from_layer(cls, layer: nn.Module, ablation: str = "none", mask_bias: bool = False,
-                   prune_percentage: float = PRUNE_PERCENTAGE, *, key=None):
+                   prune_percentage: float = PRUNE_PERCENTAGE, *, rule: str = RULE, key=None):
         """Wrap an existing layer; the mask layer shares its ``weight`` and ``bias`` Parameters."""
-        return cls._wrap(layer, key=key, ablation=ablation, mask_bias=mask_bias, prune_percentage=prune_percentage)
+        return cls._wrap(layer, key=key, ablation=ablation, mask_bias=mask_bias, prune_percentage=prune_percentage,
+                         rule=rule)
 
 
 class MagPruneLinear(MagPruneLayer):
@@ -86,9 +101,9 @@ class MagPruneLinear(MagPruneLayer):
     _layer = LINEAR
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, ablation: str = "none",
-                 mask_bias: bool = False, prune_percentage: float = PRUNE_PERCENTAGE, *, key=None, device=None, dtype=None,
-                 _base=None):
-        super().__init__(prune_percentage=prune_percentage, ablation=ablation, mask_bias=mask_bias, key=key,
+                 mask_bias: bool = False, prune_percentage: float = PRUNE_PERCENTAGE, *, rule: str = RULE, key=None,
+                 device=None, dtype=None, _base=None):
+        super().__init__(prune_percentage=prune_percentage, rule=rule, ablation=ablation, mask_bias=mask_bias, key=key,
                          device=device, dtype=dtype, base=_base,
                          layer_args=dict(in_features=in_features, out_features=out_features, bias=bias))
 
@@ -99,16 +114,17 @@ class MagPruneGPTConv1D(MagPruneLayer):
     _layer = GPT_CONV1D
 
     def __init__(self, nf: int, nx: int, ablation: str = "none", mask_bias: bool = False,
-                 prune_percentage: float = PRUNE_PERCENTAGE, *, key=None, device=None, dtype=None, _base=None):
-        super().__init__(prune_percentage=prune_percentage, ablation=ablation, mask_bias=mask_bias, key=key,
+                 prune_percentage: float = PRUNE_PERCENTAGE, *, rule: str = RULE, key=None, device=None, dtype=None,
+                 _base=None):
+        super().__init__(prune_percentage=prune_percentage, rule=rule, ablation=ablation, mask_bias=mask_bias, key=key,
                          device=device, dtype=dtype, base=_base, layer_args=dict(nf=nf, nx=nx))
 
 
 class _MagPruneConv(MagPruneLayer):
     def __init__(self, in_channels, out_channels, kernel_size, padding=0, stride=1, dilation=1, groups=1, bias=True,
-                 padding_mode="zeros", ablation="none", mask_bias=False, prune_percentage=PRUNE_PERCENTAGE, *, key=None,
-                 device=None, dtype=None, _base=None):
-        super().__init__(prune_percentage=prune_percentage, ablation=ablation, mask_bias=mask_bias, key=key,
+                 padding_mode="zeros", ablation="none", mask_bias=False, prune_percentage=PRUNE_PERCENTAGE, *, rule=RULE,
+                 key=None, device=None, dtype=None, _base=None):
+        super().__init__(prune_percentage=prune_percentage, rule=rule, ablation=ablation, mask_bias=mask_bias, key=key,
                          device=device, dtype=dtype, base=_base,
                          layer_args=dict(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
                                          padding=padding, stride=stride, dilation=dilation, groups=groups, bias=bias,
