@@ -4,7 +4,8 @@
 two-sub-task problem, finds a subnetwork for one sub-task with differentiable masks, tests
 it against K random ablation baselines (vmapped) and writes a PNG, ``masks.safetensors`` and
 ``results.json``. ``neurosurgeon analyze --model DIR --data FILE`` does the same on a local
-Hugging Face model and a CSV/JSONL of labelled examples. See ``docs/cli.md``.
+Hugging Face model and a CSV/JSONL of labelled examples. ``neurosurgeon compare A B`` reports
+how two saved subnetworks overlap against chance. See ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Without a subcommand, runs 'demo'.",
     )
     parser.add_argument("--version", action="version", version=f"neurosurgeon {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,analyze}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,analyze,compare}")
     demo = sub.add_parser(
         "demo", help="train a small GPT-2 on a two-sub-task problem, then find and test a subnetwork (< 1 min on CPU)",
         description="Train a 2-layer GPT-2 on an embedded two-sub-task problem ('add' and 'copy'), discover a "
@@ -123,6 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--max-length", type=_positive_int, default=128, help="truncate inputs to this many tokens (default 128)")
     _common(an, epochs=10, steps=20,
             targets_help="layers to mask: module names or globs (default: every Linear/Conv1D except the output head)")
+
+    cmp = sub.add_parser(
+        "compare", help="the overlap of two saved subnetworks against chance, as a figure and comparison.json",
+        description="Compare two mask files (save_masks output, or demo/analyze output directories): per tensor, "
+                    "layer and attention head, the kept counts, intersection, IoU and the overlap expected of two "
+                    "random subnetworks of the same sizes with its hypergeometric p-value. Writes comparison.png "
+                    "and comparison.json into --out.")
+    cmp.add_argument("a", metavar="A", help="first mask file (.safetensors) or output directory holding masks.safetensors")
+    cmp.add_argument("b", metavar="B", help="second mask file or output directory")
+    cmp.add_argument("--model", metavar="DIR", default=None,
+                     help="the model directory the masks belong to (save_pretrained output): counts per weight and "
+                          "per attention head; needed for magnitude-pruning masks (default: count mask units)")
+    cmp.add_argument("--granularity", choices=("tensor", "layer", "block"), default="tensor",
+                     help="bars per tensor, per layer, or per attention head and MLP (block; needs --model)")
+    cmp.add_argument("--label-a", default=None, help="legend label of A (default: its directory name)")
+    cmp.add_argument("--label-b", default=None, help="legend label of B (default: its directory name)")
+    cmp.add_argument("--out", default="neurosurgeon-out", help="output directory (default ./neurosurgeon-out)")
+    cmp.add_argument("-q", "--quiet", action="store_true", help="no log lines; still prints the table")
     return parser
 
 
@@ -133,11 +152,15 @@ def main(argv: list[str] | None = None) -> int:
         argv.insert(0, "demo")
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name, value in _DEFAULTS[args.method].items():
+    for name, value in _DEFAULTS.get(getattr(args, "method", None), {}).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     try:
-        if args.command == "analyze":
+        if args.command == "compare":
+            from .compare import run_compare
+
+            run_compare(args)
+        elif args.command == "analyze":
             from .analyze import run_analyze
 
             run_analyze(args)

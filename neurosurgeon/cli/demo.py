@@ -55,6 +55,9 @@ def _run_demo(args) -> dict:
     n_masks = args.epochs * args.steps_per_epoch * args.batch_size
     mask_train = task.sample(2 * n_masks, split="mask").of_subtask(0).to(device)
     monitor = task.sample(400, split="val").of_subtask(0).to(device)
+    # The other sub-task's subnetwork, found the same way, shows how much of the model the two share.
+    other = (task.sample(2 * n_masks, split="mask").of_subtask(1).to(device),
+             task.sample(400, split="val").of_subtask(1).to(device))
     results = {
         "command": "demo",
         "neurosurgeon_version": __version__,
@@ -65,4 +68,5 @@ def _run_demo(args) -> dict:
         "timing": {"train_model_s": t_train},
     }
     return run_analysis(model=model, names=names, mask_train=mask_train, monitor=monitor, test=test,
-                        logits_fn=T.classify, args=args, console=console, results=results, t_start=t_start)
+                        logits_fn=T.classify, args=args, console=console, results=results, t_start=t_start,
+                        other=other)
