@@ -23,11 +23,18 @@ import torch
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
+from ..modules.mask_layer import MaskLayer
 from .select import match_names
 
 __all__ = ["Architecture", "ARCHITECTURES", "architecture_of", "resolve_architecture", "attention_heads"]
 
 _HEAD_LAYERS = (nn.Linear, Conv1D)
+# A mask layer counts as the layer it wraps, so heads are found before and after inject_masks.
+_HEAD_KINDS = ("linear", "gpt_conv1d")
+
+
+def _is_head_layer(m: nn.Module) -> bool:
+    return type(m) in _HEAD_LAYERS or (isinstance(m, MaskLayer) and m.layer_kind in _HEAD_KINDS)
 
 # Configs without grouped-query attention may leave the key/value head count unset.
 _FALLBACK = {"num_key_value_heads": "num_attention_heads"}
@@ -222,7 +229,7 @@ def attention_heads(model: nn.Module, *, architecture=None, templates=None) -> d
 
     Args:
         model: the model; only its ``nn.Linear`` and ``transformers.pytorch_utils.Conv1D``
-            modules (by exact type) are candidates.
+            modules (by exact type) are candidates, and mask layers wrapping one of those.
         architecture: a name in :data:`ARCHITECTURES` or an :class:`Architecture`, forcing that
             row; default: found from ``model.config.model_type``.
         templates: ``{glob: (einops pattern, sizes)}`` for a model in no row, sizes naming enough
@@ -252,7 +259,7 @@ def attention_heads(model: nn.Module, *, architecture=None, templates=None) -> d
     else:
         chosen = _row_templates(resolve_architecture(model, architecture), model.config)
 
-    layers = {n: m for n, m in model.named_modules() if type(m) in _HEAD_LAYERS}
+    layers = {n: m for n, m in model.named_modules() if _is_head_layer(m)}
     found: dict[str, tuple[str, dict[str, int]]] = {}
     for glob, spec in chosen.items():
         try:

@@ -21,7 +21,6 @@ import torch.nn as nn
 from .. import functional as F
 from ..functional.overlap import expected_overlap, hypergeometric_sf
 from ..functional.strategies import STRATEGIES
-from ..modules import MaskLayer
 from .analysis import subnetwork
 from .architectures import architecture_of, attention_heads
 from .circuit import CircuitModel
@@ -119,36 +118,13 @@ def base_model(model: nn.Module) -> nn.Module:
 
 
 def head_templates(model: nn.Module, *, architecture=None) -> dict[str, tuple[str, dict[str, int]]]:
-    """:func:`attention_heads` of ``model`` with its mask layers read as the layers they wrap;
-    ``{}`` for a model in no architecture row."""
-
-    class _Shapes:
-        # attention_heads reads only config, module types and weight shapes; a meta stand-in of
-        # the wrapped type gives it those for a mask layer without copying any weight.
-        config = getattr(model, "config", None)
-
-        def named_modules(self):
-            for name, m in model.named_modules():
-                if isinstance(m, MaskLayer):
-                    cls = _base_type(m)
-                    stand_in = cls.__new__(cls)
-                    nn.Module.__init__(stand_in)
-                    stand_in.weight = nn.Parameter(torch.empty(m.weight.shape, device="meta"), requires_grad=False)
-                    m = stand_in
-                yield name, m
-
+    """:func:`attention_heads` of ``model`` (masked or not); ``{}`` for a model in no architecture row."""
     if architecture is None:
         try:
             architecture_of(model)
         except ValueError:
             return {}
-    return attention_heads(_Shapes(), architecture=architecture)
-
-
-def _base_type(layer: MaskLayer) -> type:
-    from transformers.pytorch_utils import Conv1D
-
-    return {"linear": nn.Linear, "gpt_conv1d": Conv1D}.get(layer.layer_kind, nn.Module)
+    return attention_heads(model, architecture=architecture)
 
 
 def layer_names(names, model: nn.Module | None = None) -> dict[str, str]:

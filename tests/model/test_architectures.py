@@ -104,6 +104,16 @@ def test_finds_every_attention_projection_and_reduces_it_to_heads(case):
         assert torch.all(counts == modules[name].weight.numel() / reduced.numel())
 
 
+@pytest.mark.parametrize("case", ["gpt2", "bert"])
+def test_heads_are_found_the_same_after_masks_are_injected(case):
+    import neurosurgeon as ns
+
+    m = model(case)
+    before = attention_heads(m)
+    ns.inject_masks(m, list(before), strategy="continuous_sparsification", key=0)
+    assert attention_heads(m) == before
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_architecture_row_locates_blocks_attention_and_mlp(case):
     m, c = model(case), CASES[case]
