@@ -17,7 +17,7 @@ import torch
 from . import random as nr
 from ._checks import check_fraction, check_stretch, check_temperature
 
-__all__ = ["hard_concrete_init", "hard_concrete_mask", "hard_concrete_hard_mask", "hard_concrete_l0"]
+__all__ = ["hard_concrete_init", "hard_concrete_mask", "hard_concrete_hard_mask", "hard_concrete_l0", "hard_concrete_noise"]
 
 #: The paper's defaults (section 4): temperature 2/3, stretch (-0.1, 1.1), half the gates open.
 TEMPERATURE = 2.0 / 3.0
@@ -78,14 +78,59 @@ def hard_concrete_mask(
 
 
 def _gate_noise(key: torch.Tensor, log_alpha: torch.Tensor) -> torch.Tensor:
-    """u ~ U(eps, 1 - eps), theta's shape: gate j (flat index) reads word 2j of the key's stream
-    for j < h = ceil(n / 2) and word 2(j - h) + 1 after, so gates j and j + h share one Threefry
-    block. A compiled caller then computes each block once instead of once per word."""
-    n = log_alpha.numel()
+    """u ~ U(eps, 1 - eps), theta's shape (:func:`hard_concrete_noise`). A sharded theta (a
+    ``DTensor``) draws only the gates of its local shard, so the noise does not depend on the
+    sharding."""
+    shard = nr.local_entries(log_alpha)
+    if shard is None:
+        return hard_concrete_noise(key, log_alpha.numel(), device=log_alpha.device).reshape(log_alpha.shape)
+    from torch.distributed.tensor import DTensor
+
+    index, start, stop = shard
+    local = log_alpha.to_local()
+    u = hard_concrete_noise(key, log_alpha.numel(), entries=(start, stop), device=local.device)
+    return DTensor.from_local(u[(index - start).to(local.device)], log_alpha.device_mesh, log_alpha.placements,
+                              shape=log_alpha.shape, stride=log_alpha.stride())
+
+
+def hard_concrete_noise(key: torch.Tensor, n: int, *, entries: tuple[int, int] | None = None,
+                        device: torch.device | str | None = None) -> torch.Tensor:
+    """The uniform noise u ~ U(eps, 1 - eps) of ``n`` gates (flat), or of gates ``start .. stop - 1``.
+
+    Gate j reads word 2j of the key's stream for j < h = ceil(n / 2) and word 2(j - h) + 1
+    after, so gates j and j + h share one Threefry block (a compiled caller computes each block
+    once instead of once per word). A range draws only the blocks its gates read, and equals
+    the same slice of the full draw bit for bit: shards of any size draw their own gates.
+
+    Args:
+        key: PRNG key ``(2,)``.
+        n: number of gates of the whole tensor.
+        entries: ``(start, stop)``, a flat range of gates; default all ``n``.
+        device: output device (default: the key's).
+
+    Returns:
+        float32 tensor of ``stop - start`` entries.
+
+    Example:
+        >>> from neurosurgeon.functional import random as nr
+        >>> full = hard_concrete_noise(nr.key(0), 7)
+        >>> torch.equal(torch.cat([hard_concrete_noise(nr.key(0), 7, entries=r) for r in ((0, 3), (3, 7))]), full)
+        True
+    """
     h = (n + 1) // 2
-    words = nr.uniform(key, (2 * h,), dtype=torch.float32, device=log_alpha.device,
-                       minval=NOISE_EPS, maxval=1.0 - NOISE_EPS)
-    return torch.cat((words[0::2], words[1::2]))[:n].reshape(log_alpha.shape)
+    draw = dict(dtype=torch.float32, device=device, minval=NOISE_EPS, maxval=1.0 - NOISE_EPS)
+    start, stop = nr._check_entries(entries, n)
+    if (start, stop) == (0, n):
+        words = nr.uniform(key, (2 * h,), **draw)
+        return torch.cat((words[0::2], words[1::2]))[:n]
+    first = (start, min(stop, h))  # gates reading even words 2j
+    second = (max(start, h), stop)  # gates reading odd words 2(j - h) + 1
+    parts = []
+    if first[1] > first[0]:
+        parts.append(nr.uniform(key, (2 * h,), entries=(2 * first[0], 2 * first[1] - 1), **draw)[0::2])
+    if second[1] > second[0]:
+        parts.append(nr.uniform(key, (2 * h,), entries=(2 * (second[0] - h) + 1, 2 * (second[1] - h)), **draw)[0::2])
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float32, device=device or key.device)
 
 
 def hard_concrete_threshold(left: float = LEFT, right: float = RIGHT) -> float:

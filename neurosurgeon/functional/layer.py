@@ -118,7 +118,22 @@ def mask_l0(strategy: str, params: torch.Tensor, param_numel: int, *, hard: bool
         m = applied_mask if applied_mask is not None else row.hard(params, **hp)
         # Counted in int64 (a half-precision sum is inexact above 256), reported as a float.
         return ((m != 0).sum() * scale).to(torch.promote_types(params.dtype, torch.float32))
+    if hasattr(params, "to_local"):  # a sharded theta (DTensor): each rank sums its own shard's terms
+        return _sum_over_shards(row.l0(params.to_local(), **hp) * scale, params)
     return row.l0(params, **hp) * scale
+
+
+def _sum_over_shards(local: torch.Tensor, sharded: torch.Tensor) -> torch.Tensor:
+    """The sum of ``local`` over the mesh dimensions ``sharded`` is split along, as a plain
+    tensor whose gradient is ``local``'s own: each rank's loss adds the whole L0 term, so each
+    shard of theta gets exactly the gradient it has in the unsharded model."""
+    import torch.distributed as dist
+
+    total = local.detach().clone()
+    for dim, placement in enumerate(sharded.placements):
+        if placement.is_shard():
+            dist.all_reduce(total, group=sharded.device_mesh.get_group(dim))
+    return local + (total - local.detach())
 
 
 def unit_masks(weight, bias, weight_mask_params, bias_mask_params, key, *, strategy: str, kind: str, hard: bool,

@@ -9,6 +9,11 @@ The block cipher is Threefry-2x32 with 20 rounds from Salmon, Moraes, Dror & Sha
 "Parallel random numbers: as easy as 1, 2, 3" (SC 2011), the generator JAX uses; it is
 checked against the Random123 known-answer vectors in the tests.
 
+Sharded draws: ``bits``, ``uniform`` and ``normal`` take ``entries=(start, stop)`` and return
+only the flat entries ``start .. stop - 1`` of the full draw, bit for bit, at a cost proportional
+to ``stop - start``; :func:`local_entries` gives the range a ``DTensor`` shard holds. The union
+of the shards' draws is therefore the unsharded draw, for any number of shards.
+
 Example:
     >>> from neurosurgeon.functional import random as nr
     >>> k = nr.key(0)
@@ -27,7 +32,7 @@ import torch
 
 from ._checks import check_key, transformed
 
-__all__ = ["key", "split", "fold_in", "bits", "uniform", "normal", "threefry2x32"]
+__all__ = ["key", "split", "fold_in", "bits", "uniform", "normal", "threefry2x32", "local_entries"]
 
 _MASK32 = 0xFFFFFFFF
 _SPLIT_DOMAIN = -(2**31)  # high counter word 0x80000000 as int32
@@ -226,39 +231,62 @@ def _numel(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
-def bits(key_: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Uniform random 32-bit words as int64 values in [0, 2**32), shaped ``shape``."""
+def _check_entries(entries, n: int) -> tuple[int, int]:
+    """``entries`` as (start, stop) with 0 <= start <= stop <= n (None: every entry)."""
+    if entries is None:
+        return 0, n
+    ok = isinstance(entries, (tuple, list)) and len(entries) == 2
+    if not ok or any(isinstance(e, bool) or not isinstance(e, int) for e in entries) or not 0 <= entries[0] <= entries[1] <= n:
+        raise ValueError(f"entries must be a pair of ints (start, stop) with 0 <= start <= stop <= {n}, got {entries!r}")
+    return int(entries[0]), int(entries[1])
+
+
+def _out_shape(shape, entries, start: int, stop: int) -> tuple[int, ...]:
+    if entries is not None:
+        return (stop - start,)
+    return (shape,) if isinstance(shape, int) else tuple(shape)
+
+
+def bits(key_: torch.Tensor, shape: Sequence[int], *, entries: tuple[int, int] | None = None) -> torch.Tensor:
+    """Uniform random 32-bit words as int64 values in [0, 2**32), shaped ``shape``.
+
+    With ``entries=(start, stop)``: only flat entries ``start .. stop - 1`` of that draw, 1-D.
+    """
     check_key(key_)
-    n = _numel(shape)
-    return _to_u32(_words_i32(key_, n)).reshape(tuple(shape) if not isinstance(shape, int) else (shape,))
+    start, stop = _check_entries(entries, _numel(shape))
+    return _to_u32(_words_i32(key_, stop - start, start)).reshape(_out_shape(shape, entries, start, stop))
 
 
-def _unit_interval(key_: torch.Tensor, n: int, dtype: torch.dtype, *, open_low: bool) -> torch.Tensor:
-    """``n`` floats on the grid {j / 2**p}, p = the dtype's precision, so the cast is exact."""
+def _unit_interval(key_: torch.Tensor, n: int, dtype: torch.dtype, *, open_low: bool,
+                   start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Entries ``start .. stop - 1`` of ``n`` floats on the grid {j / 2**p}, p = the dtype's
+    precision, so the cast is exact. Entry i reads word i (float64: words i and n + i)."""
+    stop = n if stop is None else stop
     if dtype == torch.float64:
-        w = _words_i32(key_, 2 * n)
-        a = (w[:n] >> 5) & ((1 << 27) - 1)
-        b = (w[n:] >> 6) & ((1 << 26) - 1)
+        a = (_words_i32(key_, stop - start, start) >> 5) & ((1 << 27) - 1)
+        b = (_words_i32(key_, stop - start, n + start) >> 6) & ((1 << 26) - 1)
         ints = a.to(torch.float64) * float(2**26) + b.to(torch.float64)
         p = 53
         work = torch.float64
     else:
         p = 1 - int(math.log2(torch.finfo(dtype).eps))  # significand bits
-        ints = ((_words_i32(key_, n) >> (32 - p)) & ((1 << p) - 1)).to(torch.float32)
+        ints = ((_words_i32(key_, stop - start, start) >> (32 - p)) & ((1 << p) - 1)).to(torch.float32)
         work = torch.float32
     if open_low:
         ints = ints + 0.5  # midpoints: strictly inside (0, 1), as inverse-CDF sampling needs
     return (ints * (2.0**-p)).to(work)
 
 
-def _float_draw(key_: torch.Tensor, shape, dtype, device) -> tuple[torch.Tensor, int, tuple[int, ...]]:
-    """Checked (key on its output device, entry count, output shape) of a floating draw."""
+def _float_draw(key_: torch.Tensor, shape, dtype, device, entries):
+    """Checked (key on its output device, entry count, (start, stop), output shape) of a floating draw."""
     check_key(key_)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     if device is not None:
         key_ = key_.to(device)
-    return key_, _numel(shape), (shape,) if isinstance(shape, int) else tuple(shape)
+    n = _numel(shape)
+    start, stop = _check_entries(entries, n)
+    return key_, n, (start, stop), _out_shape(shape, entries, start, stop)
 
 
 def uniform(
@@ -269,6 +297,7 @@ def uniform(
     device: torch.device | str | None = None,
     minval: float = 0.0,
     maxval: float = 1.0,
+    entries: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Uniform floats in [minval, maxval) drawn from ``key_`` (as ``jax.random.uniform``).
 
@@ -278,12 +307,13 @@ def uniform(
         dtype: a floating dtype; the numbers carry that dtype's full precision.
         device: output device (default: the key's device).
         minval, maxval: the interval.
+        entries: ``(start, stop)``: draw only these flat entries of the full draw (a shard's).
 
     Returns:
-        tensor of ``shape`` and ``dtype``.
+        tensor of ``shape`` and ``dtype`` (with ``entries``: 1-D, ``stop - start`` entries).
     """
-    key_, n, out_shape = _float_draw(key_, shape, dtype, device)
-    u = _unit_interval(key_, n, dtype, open_low=False)
+    key_, n, (start, stop), out_shape = _float_draw(key_, shape, dtype, device, entries)
+    u = _unit_interval(key_, n, dtype, open_low=False, start=start, stop=stop)
     out = u * (maxval - minval) + minval if (minval, maxval) != (0.0, 1.0) else u
     return out.to(dtype).reshape(out_shape)
 
@@ -296,10 +326,38 @@ def normal(
     device: torch.device | str | None = None,
     mean: float = 0.0,
     std: float = 1.0,
+    entries: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Normal floats by inverse-CDF sampling: z = sqrt(2) * erfinv(2u - 1), u in (0, 1)."""
-    key_, n, out_shape = _float_draw(key_, shape, dtype, device)
+    """Normal floats by inverse-CDF sampling: z = sqrt(2) * erfinv(2u - 1), u in (0, 1).
+
+    ``entries=(start, stop)`` draws only those flat entries, as for :func:`uniform`.
+    """
+    key_, n, (start, stop), out_shape = _float_draw(key_, shape, dtype, device, entries)
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    u = _unit_interval(key_, n, work, open_low=True)
+    u = _unit_interval(key_, n, work, open_low=True, start=start, stop=stop)
     z = torch.erfinv(u * 2.0 - 1.0) * math.sqrt(2.0)
     return (z * std + mean).to(dtype).reshape(out_shape)
+
+
+def local_entries(t: torch.Tensor) -> tuple[torch.Tensor, int, int] | None:
+    """Where a ``DTensor``'s local shard sits in the flat full tensor; None for a plain tensor.
+
+    Returns:
+        (flat indices of the local entries in the full tensor, shaped like the local shard;
+        start; stop): ``[start, stop)`` is the smallest flat range covering them, which is
+        exactly the shard for a ``Shard(0)`` placement (FSDP's). Draw that range with
+        ``entries=(start, stop)`` and index it with ``indices - start``.
+    """
+    if not (hasattr(t, "device_mesh") and hasattr(t, "placements") and hasattr(t, "to_local")):
+        return None
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    flat = torch.zeros((), dtype=torch.int64)
+    for d, (size, off) in enumerate(zip(shape, offset)):
+        stride = math.prod(t.shape[d + 1:])
+        axis = (torch.arange(size, dtype=torch.int64) + off) * stride
+        flat = flat.unsqueeze(-1) + axis  # row-major: the shard's box of the full tensor
+    if flat.numel() == 0:
+        return flat.reshape(shape), 0, 0
+    return flat.reshape(shape), int(flat.min()), int(flat.max()) + 1

@@ -9,6 +9,7 @@ from .. import functional as F
 from ..functional.units import expand_mask
 from ..functional._checks import ABLATIONS, check_bool, check_choice
 from ._layers import layer_spec, require_mask_layers
+from .distributed import gathered
 from .select import match_names
 
 __all__ = ["set_ablation", "set_use_masks", "subnetwork"]
@@ -75,10 +76,11 @@ def subnetwork(model: nn.Module, *, broadcast: bool = True) -> dict[str, torch.T
         for suffix, params, base in zip(("weight", "bias"), layer.mask_tensors(), (layer.weight, layer.bias)):
             if params is None or (suffix == "bias" and not spec.mask_bias):
                 continue
-            h = F.hard_mask(spec.strategy, params, **spec.hparams).bool()
+            # A sharded (DTensor) theta is gathered: h is the whole subnetwork on every rank.
+            h = F.hard_mask(spec.strategy, gathered(params), **spec.hparams).bool()
             if broadcast:
                 if suffix == "weight":
                     h = expand_mask(h, base.shape, spec.mask_unit, spec.unit_sizes, kind=spec.kind)
-                h = h.expand_as(base)
+                h = h.expand(base.shape)
             out[prefix + suffix] = h.clone()
     return out

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from ..modules import MaskLayer
 from ._layers import require_mask_layers, set_module
+from .distributed import require_unsharded
 from .freeze import set_freeze_base
 
 __all__ = ["bake"]
@@ -34,6 +35,7 @@ def bake(model: nn.Module, *, hard: bool = True) -> nn.Module:
     Returns:
         the baked copy, in ``model``'s train/eval mode.
     """
+    require_unsharded(model, "bake")
     for name, layer in require_mask_layers(model).items():
         if hard or layer._is_hard():
             layer.check_mask_params(name)

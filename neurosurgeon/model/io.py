@@ -20,6 +20,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from ._layers import layer_spec, require_mask_layers
+from .distributed import gathered, shard_like, sharded_mask_layers, writes_files
 
 __all__ = ["save_masks", "load_masks", "mask_state"]
 
@@ -46,11 +47,12 @@ def _describe(name: str, layer) -> dict:
 
 def mask_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every mask tensor of ``model`` (mask parameters, keys, noise counters), detached copies,
-    by ``"<layer>.<tensor>"``: what :func:`save_masks` writes."""
+    by ``"<layer>.<tensor>"``: what :func:`save_masks` writes. Sharded (``DTensor``) tensors are
+    gathered whole, so every rank of a sharded model must call it."""
     out = {}
     for name, layer in require_mask_layers(model).items():
         for k, t in _tensors(name, layer).items():
-            out[k] = t.detach().cpu().clone().contiguous()
+            out[k] = gathered(t.detach()).cpu().clone().contiguous()
     return out
 
 
@@ -93,6 +95,9 @@ def _read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
 def save_masks(model: nn.Module, path: str | os.PathLike) -> None:
     """Write ``model``'s masks (parameters and keys) to a safetensors file.
 
+    A sharded model (FSDP2's ``fully_shard``: ``DTensor`` mask parameters) writes the file an
+    unsharded one would: call it on every rank; the full tensors are gathered and rank 0 writes.
+
     Args:
         model: a model with mask layers.
         path: file to write.
@@ -100,12 +105,18 @@ def save_masks(model: nn.Module, path: str | os.PathLike) -> None:
     layers = require_mask_layers(model)
     state = mask_state(model)
     meta = {"format": FORMAT, "layers": {n: _describe(n, m) for n, m in layers.items()}, "sha256": _digest(state)}
-    save_file(state, os.fspath(path), metadata={"neurosurgeon": json.dumps(meta)})
+    if not sharded_mask_layers(model) or writes_files():
+        save_file(state, os.fspath(path), metadata={"neurosurgeon": json.dumps(meta)})
+    if sharded_mask_layers(model):
+        import torch.distributed as dist
+
+        dist.barrier()  # the file is complete on every rank's return
 
 
 def load_masks(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> None:
     """Load masks written by :func:`save_masks` into ``model``'s mask layers.
 
+    A sharded model (``DTensor`` mask parameters) loads on every rank, each keeping its shard.
     Every problem is found and reported before anything is changed: layers missing from the
     file or from the model (errors when ``strict``), and, always, layers whose strategy,
     mask unit, bias flag or tensor shapes differ.
@@ -154,6 +165,6 @@ def load_masks(model: nn.Module, path: str | os.PathLike, *, strict: bool = True
     with torch.no_grad():
         for target, value in plan:
             if isinstance(target, torch.Tensor):
-                target.copy_(value.to(device=target.device, dtype=target.dtype))
+                target.copy_(shard_like(value, target).to(device=target.device, dtype=target.dtype))
             else:
                 target.temperature = value

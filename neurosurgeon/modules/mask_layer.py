@@ -39,6 +39,10 @@ def _setting(attr: str, check, doc: str) -> property:
     return property(lambda self: getattr(self, attr), lambda self, v: setattr(self, attr, check(v)), doc=doc)
 
 
+def _applied(field: str, doc: str) -> property:
+    return property(lambda self: None if self._last is None else getattr(self._last, field), doc=doc)
+
+
 class MaskLayer(V0Methods, nn.Module):
     """Abstract masked layer (reference: ``NeuroSurgeon.Masking.mask_layer.MaskLayer``).
 
@@ -60,7 +64,7 @@ class MaskLayer(V0Methods, nn.Module):
     Randomness: ablation draws come from ``mask_key`` (setting ``force_resample = True``
     moves it to ``fold_in(mask_key, 1)`` at the next eager forward, so new masks are drawn).
     Hard-concrete training noise of step s comes from ``fold_in(fold_in(mask_key, NOISE), s)``
-    with s = ``noise_step``; each eager training forward advances the step by one after drawing.
+    with s = ``noise_step``; each eager training forward (a checkpointed recompute redraws) advances s by one.
     Under ``torch.func`` transforms (``functional_call`` inside ``grad``/``vmap``/``jacrev``) and
     ``torch.compile`` a forward mutates nothing: the step stays where it is, so advance it
     yourself between compiled steps (``layer.noise_step += 1``, or pass ``noise_step`` to
@@ -94,8 +98,7 @@ class MaskLayer(V0Methods, nn.Module):
                 mask_bias = False
         if mask_bias and self.bias is None:
             raise ValueError("mask_bias=True needs a bias, but the layer was built with bias=False")
-        self._mask_unit, self._unit_sizes = self._checked_unit(mask_unit, unit_sizes)
-        self._mask_bias = mask_bias
+        (self._mask_unit, self._unit_sizes), self._mask_bias = self._checked_unit(mask_unit, unit_sizes), mask_bias
         self.register_buffer("mask_key", _initial_key(key, self.weight.device))
         self.register_buffer("noise_step", torch.zeros((), dtype=torch.int64, device=self.weight.device))
         self.reset_mask_parameters()
@@ -105,6 +108,8 @@ class MaskLayer(V0Methods, nn.Module):
     def _wrap(cls, layer: nn.Module, key=None, **mask_args):
         if not isinstance(layer, cls._layer.base):
             raise UnsupportedLayerError(f"{cls.__name__}.from_layer needs a {cls._layer.base.__name__}, got {type(layer).__name__}")
+        if hasattr(layer.weight, "device_mesh"):  # theta would be a plain tensor beside a sharded weight
+            raise ValueError(f"{type(layer).__name__} is already sharded (DTensor weight): inject masks first, then fully_shard")
         return cls(**cls._layer.config_from(layer), **mask_args, key=key, _base=layer)
 
     def _checked_unit(self, mask_unit, unit_sizes) -> tuple[str, dict[str, int] | None]:
@@ -176,15 +181,8 @@ class MaskLayer(V0Methods, nn.Module):
             self._mask_bias = value
             self._make_bias_mask_params()
 
-    @property
-    def weight_mask(self) -> torch.Tensor | None:
-        """The weight mask applied by the last forward, broadcast to the weight's shape."""
-        return None if self._last is None else self._last.weight_mask
-
-    @property
-    def bias_mask(self) -> torch.Tensor | None:
-        """The bias mask applied by the last forward (None when the bias is not masked)."""
-        return None if self._last is None else self._last.bias_mask
+    weight_mask = _applied("weight_mask", "The weight mask applied by the last forward, broadcast to the weight's shape.")
+    bias_mask = _applied("bias_mask", "The bias mask applied by the last forward (None when the bias is not masked).")
 
     @property
     def strategy(self) -> str:
@@ -229,13 +227,13 @@ class MaskLayer(V0Methods, nn.Module):
         """A strategy's faster eager training path to the same parameters, or None."""
         return None
 
-    def _unit_masks(self, hard: bool):
+    def _unit_masks(self, hard: bool, tensors=None):
         if hard:
             key = self.mask_key if self._ablation in RANDOM_ABLATIONS else None
         else:
             key = noise_key(self.mask_key, self.noise_step) if self._row.needs_key else None
-        wp, bp = self.mask_tensors()
-        return unit_masks(self.weight, self.bias, wp, bp, key, strategy=self._strategy, kind=self._layer.kind,
+        weight, bias, wp, bp = tensors or (self.weight, self.bias, *self.mask_tensors())
+        return unit_masks(weight, bias, wp, bp, key, strategy=self._strategy, kind=self._layer.kind,
                           hard=hard, ablation=self._ablation, hparams=self._hparams(),
                           subnetworks=self._subnetworks(wp, bp) if hard else (None, None))
 
@@ -254,12 +252,15 @@ class MaskLayer(V0Methods, nn.Module):
             cached = cache_lookup(self, settings)
             if cached is not None:
                 return cached
+        advances = not (tracing or hard) and self._row.needs_key
+        if advances and torch._C._current_graph_task_id() != -1:  # recomputed in backward (activation
+            self.noise_step.sub_(1)  # checkpointing): draw the first run's noise again, advance by 0 in all
         p = None if hard or tracing else self._trained_parameters()
         if p is None:
             p = apply_unit_masks(self.weight, self.bias, self._unit_masks(hard), kind=self._layer.kind,
                                  mask_unit=self._mask_unit, unit_sizes=self._unit_sizes)
         if not tracing:
-            if not hard and self._row.needs_key:
+            if advances:
                 with torch.no_grad():
                     self.noise_step.add_(1)  # the next step draws fresh noise
             if hard and all(t is None or t.grad_fn is None for t in p):
@@ -277,13 +278,15 @@ class MaskLayer(V0Methods, nn.Module):
         """L0 of the current mask at the weight's size (+ bias): the strategy's soft L0 term
         while training (differentiable), the count of ones of the applied mask when hard."""
         hard = self._is_hard()
-        masks = self._unit_masks(True) if hard else (None,) * 4
+        tensors = (self.weight, self.bias, *self.mask_tensors())
+        if hard:  # sharded (DTensor) masks are counted whole: sampled ablations draw over every unit
+            tensors = tuple(t.full_tensor() if hasattr(t, "full_tensor") else t for t in tensors)
+        masks = self._unit_masks(True, tensors) if hard else (None,) * 4
         total = None
-        for params, base, applied in zip(self.mask_tensors(), (self.weight, self.bias), masks[::2]):
-            if params is None or (params is self.bias and not self._mask_bias):
-                continue
-            term = F.mask_l0(self._strategy, params, base.numel(), hard=hard, applied_mask=applied, **self._hparams())
-            total = term if total is None else total + term
+        for params, base, applied in zip(tensors[2:], tensors[:2], masks[::2]):
+            if params is not None:  # a sharded soft term is summed over ranks by the core
+                term = F.mask_l0(self._strategy, params, base.numel(), hard=hard, applied_mask=applied, **self._hparams())
+                total = term if total is None else total + term
         return total
 
     def calculate_max_l0(self) -> int:
