@@ -6,7 +6,6 @@ single-process training on the same global batch.
 
 import os
 import tempfile
-import time
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 import neurosurgeon as ns
+from _distributed import leave_without_teardown
 
 WORLD, STEPS, LAMBDA, LR = 2, 3, 1e-3, 0.5
 STRATEGIES = ("continuous_sparsification", "hard_concrete")
@@ -71,14 +71,7 @@ def _worker(rank, init_file, out_dir):
     except BaseException:
         dist.destroy_process_group()
         raise
-    # gloo's teardown aborts ranks now and then ("terminate called without an active
-    # exception", SIGABRT), in destroy_process_group or in the destructors that run at exit,
-    # even after a barrier. The results are saved; once every rank has said so through a file
-    # (not through gloo), each leaves without running any teardown.
-    open(os.path.join(out_dir, f"done{rank}"), "w").close()
-    while not all(os.path.exists(os.path.join(out_dir, f"done{r}")) for r in range(WORLD)):
-        time.sleep(0.01)
-    os._exit(0)
+    leave_without_teardown(out_dir, rank, WORLD)
 
 
 @pytest.mark.distributed

@@ -8,7 +8,6 @@ load back into either; analysis reads the gathered masks or names the step to ta
 
 import os
 import tempfile
-import time
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from torch.distributed.fsdp import fully_shard
 from transformers.pytorch_utils import Conv1D
 
 import neurosurgeon as ns
+from _distributed import leave_without_teardown
 from neurosurgeon.functional import random as nr
 from neurosurgeon.functional.hard_concrete import _gate_noise
 from neurosurgeon.functional.sampling import complement_sampled_mask, randomly_sampled_mask
@@ -170,13 +170,7 @@ def _worker(rank, init_file, out_dir):
     except BaseException:
         dist.destroy_process_group()
         raise
-    # gloo's teardown aborts ranks now and then (SIGABRT in destroy_process_group or at exit),
-    # even after a barrier: once every rank has said through a file that it is done, each
-    # leaves without running any teardown.
-    open(os.path.join(out_dir, f"done{rank}"), "w").close()
-    while not all(os.path.exists(os.path.join(out_dir, f"done{r}")) for r in range(WORLD)):
-        time.sleep(0.01)
-    os._exit(0)
+    leave_without_teardown(out_dir, rank, WORLD)
 
 
 @pytest.mark.distributed
