@@ -1,5 +1,12 @@
-"""Small instances of every mask layer class, shared by the module tests (not a test file)."""
+"""The one mask-layer factory of the tests, seeded inputs, and the pure-function reference every
+layer's forward must equal (not a test file; ``conftest.py`` exposes the factory as the
+``make_layer`` fixture, hypothesis tests and parametrisations import it from here)."""
 
+from __future__ import annotations
+
+import math
+
+import pytest
 import torch
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
@@ -7,83 +14,141 @@ from transformers.pytorch_utils import Conv1D
 import neurosurgeon as ns
 import neurosurgeon.functional as F
 from neurosurgeon.functional._checks import RANDOM_ABLATIONS
-from neurosurgeon.functional import layer as FL
+from neurosurgeon.functional.layer import noise_key
 
-STRATEGIES = ["ContSparse", "HardConcrete", "MagPrune"]
-#: class-name prefix -> strategy name of the functional core
-STRATEGY_OF_PREFIX = {"ContSparse": "continuous_sparsification", "HardConcrete": "hard_concrete",
-                      "MagPrune": "magnitude_pruning"}
-LEARNED = ["ContSparse", "HardConcrete"]
-SUFFIXES = ["Linear", "GPTConv1D", "Conv1d", "Conv2d"]
-ABLATIONS = ["none", "zero_ablate", "random_ablate", "randomly_sampled", "complement_sampled"]
-ALL_CLASSES = [s + x for s in STRATEGIES for x in SUFFIXES]
-#: suffix -> (constructor arguments, an input shape, the functional core's layer kind), for
-#: tests that build layers with the constructors rather than ``from_layer``
-CONSTRUCTOR_CASES = {
-    "Linear": ((6, 4), (3, 6), "linear"),
-    "GPTConv1D": ((4, 6), (3, 6), "gpt_conv1d"),
-    "Conv1d": ((2, 4, 3), (2, 2, 7), "conv1d"),
-    "Conv2d": ((2, 4, 2), (2, 2, 5, 5), "conv2d"),
+STRATEGIES = ("continuous_sparsification", "hard_concrete", "magnitude_pruning")
+LEARNED = STRATEGIES[:2]  # the strategies with mask parameters
+KINDS = ("linear", "gpt_conv1d", "conv1d", "conv2d")
+ABLATIONS = tuple(F.ABLATIONS)
+_PREFIX = {"continuous_sparsification": "ContSparse", "hard_concrete": "HardConcrete", "magnitude_pruning": "MagPrune"}
+_SUFFIX = {"linear": "Linear", "gpt_conv1d": "GPTConv1D", "conv1d": "Conv1d", "conv2d": "Conv2d"}
+#: kind -> (constructor arguments, input shape without the batch): 5 inputs or 2 channels in, 4 out
+_SHAPES = {
+    "linear": ((5, 4), (5,)),
+    "gpt_conv1d": ((4, 5), (2, 5)),
+    "conv1d": ((2, 4, 3), (2, 6)),
+    "conv2d": ((2, 4, (3, 2)), (2, 5, 4)),
 }
+_BASES = {"linear": nn.Linear, "gpt_conv1d": Conv1D, "conv1d": nn.Conv1d, "conv2d": nn.Conv2d}
 
 
-def split_name(name: str) -> tuple[str, str]:
-    """A mask layer class name -> (the core's strategy name, the layer suffix)."""
-    prefix = next(p for p in STRATEGIES if name.startswith(p))
-    return STRATEGY_OF_PREFIX[prefix], name[len(prefix):]
+def layer_class(strategy: str, kind: str) -> type[ns.MaskLayer]:
+    """The mask layer class of a strategy and a layer kind, e.g. ``HardConcreteConv2d``."""
+    return getattr(ns, _PREFIX[strategy] + _SUFFIX[kind])
 
 
-def base_layer(suffix: str, dtype=torch.float32, bias: bool = True) -> nn.Module:
-    """A plain layer (5 inputs / 2 channels in, 4 out) with seeded weights."""
-    torch.manual_seed(0)
-    layer = {
-        "Linear": lambda: nn.Linear(5, 4, bias=bias),
-        "GPTConv1D": lambda: Conv1D(4, 5),
-        "Conv1d": lambda: nn.Conv1d(2, 4, 3, bias=bias),
-        "Conv2d": lambda: nn.Conv2d(2, 4, (3, 2), bias=bias),
-    }[suffix]()
-    if suffix == "GPTConv1D":
-        nn.init.normal_(layer.bias, std=0.1)  # a zero bias would hide bias bugs
-    return layer.to(dtype)
+def cases(strategies=STRATEGIES, kinds=KINDS) -> list:
+    """``(strategy, kind)`` parameters for ``pytest.mark.parametrize("strategy,kind", ...)``,
+    with the class name as the test id."""
+    return [pytest.param(s, k, id=layer_class(s, k).__name__) for s in strategies for k in kinds]
 
 
-def example_input(suffix: str, dtype=torch.float32, batch: int = 3) -> torch.Tensor:
-    g = torch.Generator().manual_seed(1)
-    shape = {"Linear": (batch, 5), "GPTConv1D": (batch, 2, 5), "Conv1d": (batch, 2, 6), "Conv2d": (batch, 2, 5, 4)}[suffix]
-    return torch.randn(shape, generator=g).to(dtype)
+def strategy_and_kind(layer: nn.Module) -> tuple[str, str]:
+    """``(strategy, kind)`` of a mask layer, read from its class name (not from its accessors)."""
+    name = type(layer).__name__
+    strategy = next(s for s, p in _PREFIX.items() if name.startswith(p))
+    return strategy, next(k for k, s in _SUFFIX.items() if name == _PREFIX[strategy] + s)
 
 
-def mask_layer(name: str, key: int = 0, dtype=torch.float32, **kwargs) -> ns.MaskLayer:
-    """``<Strategy><Suffix>.from_layer(base_layer(suffix))`` with mixed-sign mask parameters
-    (magnitude pruning: 60% pruned), so the subnetwork is non-trivial and at most half the layer."""
-    strategy = next(s for s in STRATEGIES if name.startswith(s))
-    suffix = name[len(strategy):]
-    if strategy == "MagPrune":
-        kwargs.setdefault("prune_percentage", 0.6)  # h small enough for complement sampling
-    layer = getattr(ns, name).from_layer(base_layer(suffix, dtype), key=key, **kwargs)
-    mixed_sign_(layer)
+def _seed_(tensor: torch.Tensor | None, g: torch.Generator, scale: float = 0.5) -> None:
+    if tensor is not None and tensor.device.type != "meta":
+        with torch.no_grad():
+            tensor.copy_(torch.randn(tensor.shape, generator=g) * scale)
+
+
+def _small_subnetwork(shape, g: torch.Generator) -> torch.Tensor:
+    """theta with a third of its entries (at least one) positive, all at least 0.25 from zero."""
+    n = math.prod(shape)
+    sign = -torch.ones(n)
+    sign[torch.randperm(n, generator=g)[: max(1, n // 3)]] = 1.0
+    return (sign * (0.25 + 1.5 * torch.rand(n, generator=g))).reshape(shape)
+
+
+def make_layer(strategy: str, kind: str, *, mask_unit: str | None = None, mask_bias: bool = False,
+               dtype: torch.dtype = torch.float32, device="cpu", key=0, seed: int = 0, subnetwork: bool = True,
+               **kwargs) -> ns.MaskLayer:
+    """A small ``strategy`` mask layer of ``kind`` built with its constructor (5 inputs or 2
+    channels in, 4 out), with weights and bias drawn from ``seed``.
+
+    Args:
+        mask_unit: passed only when given (magnitude pruning takes none).
+        subnetwork: True sets theta so a third of its units (at least one) are in the subnetwork
+            and, for magnitude pruning, prunes 60% by default: h is non-trivial and complement
+            sampling is legal. False keeps the mask parameters' initial values.
+        kwargs: any other constructor argument (``ablation``, ``bias``, hyper-parameters), passed
+            as is so that bad values reach the constructor.
+    """
+    if mask_unit is not None:
+        kwargs["mask_unit"] = mask_unit
+    if subnetwork and strategy == "magnitude_pruning":
+        kwargs.setdefault("prune_percentage", 0.6)
+    args = _SHAPES[kind][0]
+    layer = layer_class(strategy, kind)(*args, mask_bias=mask_bias, key=key, dtype=dtype, device=device, **kwargs)
+    g = torch.Generator().manual_seed(seed)
+    _seed_(layer.weight, g)
+    _seed_(layer.bias, g)
+    if subnetwork and strategy != "magnitude_pruning" and layer.weight.device.type != "meta":
+        with torch.no_grad():
+            for p in layer.mask_tensors():
+                if p is not None:
+                    p.copy_(_small_subnetwork(p.shape, g))
     return layer
 
 
-def mixed_sign_(layer: ns.MaskLayer, seed: int = 2) -> None:
-    """Mask parameters with about a third positive, so h is non-trivial and complement sampling works."""
+def base_layer(kind: str, dtype: torch.dtype = torch.float32, *, bias: bool = True, seed: int = 0) -> nn.Module:
+    """The plain layer ``make_layer`` wraps (same shapes), seeded, for ``from_layer``."""
+    args = _SHAPES[kind][0]
+    layer = _BASES[kind](*args) if kind == "gpt_conv1d" else _BASES[kind](*args, bias=bias)
     g = torch.Generator().manual_seed(seed)
+    _seed_(layer.weight, g)
+    _seed_(layer.bias, g)
+    return layer.to(dtype)
+
+
+def example_input(layer: nn.Module, *, batch: int = 3, seed: int = 1) -> torch.Tensor:
+    """A seeded input for a mask layer or a ``base_layer``, in its weight's dtype and device."""
+    if isinstance(layer, ns.MaskLayer):
+        kind = layer.layer_kind
+    else:
+        kind = next(k for k, base in _BASES.items() if type(layer) is base)
+    x = torch.randn((batch, *_SHAPES[kind][1]), generator=torch.Generator().manual_seed(seed))
+    return x.to(device=layer.weight.device, dtype=layer.weight.dtype)
+
+
+def conv_args(layer: nn.Module) -> dict:
+    """The convolution settings ``layer_forward`` needs (none for linear layers)."""
+    names = ("stride", "padding", "dilation", "groups", "padding_mode")
+    return {n: getattr(layer, n) for n in names if hasattr(layer, n)}
+
+
+def reference(layer: ns.MaskLayer, x: torch.Tensor, *, noise_step: int | None = None):
+    """``(output, MaskedParameters)`` of ``layer`` on ``x`` from the pure functions, with the
+    layer's tensors, settings and key read through its public attributes: what its forward must
+    return. ``noise_step``: the hard-concrete training step the forward drew (default: the
+    layer's current step)."""
+    strategy, kind = strategy_and_kind(layer)
     with torch.no_grad():
-        for name in ("weight_mask_params", "bias_mask_params"):
-            p = getattr(layer, name, None)
-            if isinstance(p, nn.Parameter):
-                p.copy_((torch.rand(p.shape, generator=g) - 0.67).to(p.dtype) * 4)
-
-
-def suffix_of(name: str) -> str:
-    return next(x for x in SUFFIXES if name.endswith(x))
-
-
-def reference_key(layer: ns.MaskLayer, strategy: str, hard: bool, noise_step=None):
-    """The key a layer's forward hands the functional core: its mask key for a random ablation,
-    the per-step noise key while training hard concrete, else none."""
-    if hard:
-        return layer.mask_key if layer.ablation in RANDOM_ABLATIONS else None
-    if strategy == "hard_concrete":
-        return FL.noise_key(layer.mask_key, noise_step)
-    return None
+        if not layer.use_masks:
+            p = F.MaskedParameters(layer.weight, layer.bias)
+        else:
+            if strategy == "magnitude_pruning":
+                hard, wp, bp = True, layer.weight, (layer.bias if layer.mask_bias else None)
+                hparams = {"prune_percentage": layer.prune_percentage}
+                if hasattr(layer, "rule"):
+                    hparams["rule"] = layer.rule
+            else:
+                wp, bp = layer.weight_mask_params, getattr(layer, "bias_mask_params", None)
+                hard = not layer.training or not wp.requires_grad
+                hparams = {"temperature": layer.temperature}
+                if strategy == "hard_concrete":
+                    hparams.update(left=layer.left_stretch, right=layer.right_stretch)
+            if hard:
+                key = layer.mask_key if layer.ablation in RANDOM_ABLATIONS else None
+            elif strategy == "hard_concrete":
+                key = noise_key(layer.mask_key, int(layer.noise_step) if noise_step is None else noise_step)
+            else:
+                key = None
+            p = F.mask_parameters(layer.weight, layer.bias, wp, bp, key, strategy=strategy, kind=kind, hard=hard,
+                                  ablation=layer.ablation, mask_unit=layer.mask_unit, unit_sizes=layer.unit_sizes,
+                                  **hparams)
+        return F.layer_forward(kind, x, p.weight, p.bias, **conv_args(layer)), p

@@ -1,4 +1,5 @@
-"""Shared test configuration: a bounded hypothesis profile, CUDA skips, a clean dynamo cache."""
+"""Shared test configuration: a bounded hypothesis profile, CUDA skips, a clean dynamo cache, and
+the mask-layer factory fixture."""
 
 import pytest
 import torch
@@ -24,3 +25,13 @@ def _fresh_dynamo():
     """Each test compiles from scratch, so one test's recompilations never exhaust another's limit."""
     torch._dynamo.reset()
     yield
+
+
+@pytest.fixture(scope="session")
+def make_layer():
+    """The mask-layer factory: ``make_layer(strategy, kind, *, mask_unit=None, mask_bias=False,
+    dtype=torch.float32, key=0, seed=0, subnetwork=True, **constructor_kwargs)``
+    (see ``_modules_zoo.make_layer``)."""
+    from _modules_zoo import make_layer as factory  # imported here: only the layer tests need it
+
+    return factory

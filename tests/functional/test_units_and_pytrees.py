@@ -11,11 +11,19 @@ from neurosurgeon.functional import random as nr
 HEADS = "(h d) i -> h"
 
 
-def test_unit_shapes_of_named_units_and_patterns():
-    assert F.unit_shape((6, 4), "weight") == (6, 4)
-    assert F.unit_shape((6, 4), "neuron") == (6, 1)
-    assert F.unit_shape((4, 6), "neuron", kind="gpt_conv1d") == (1, 6)
-    assert F.unit_shape((5, 3, 2, 2), "neuron", kind="conv2d") == (5, 1, 1, 1)
+@pytest.mark.parametrize("kind, w_shape, neuron", [
+    ("linear", (5, 7), (5, 1)),
+    ("gpt_conv1d", (7, 5), (1, 5)),  # GPT-2's Conv1D weight is (in, out)
+    ("conv1d", (5, 2, 3), (5, 1, 1)),
+    ("conv2d", (5, 2, 3, 4), (5, 1, 1, 1)),
+])
+def test_weight_units_are_the_weight_and_neuron_units_one_per_output(kind, w_shape, neuron):
+    assert F.unit_shape(w_shape, "weight", kind=kind) == w_shape
+    assert F.unit_shape(w_shape, "neuron", kind=kind) == neuron
+    assert F.unit_shape(w_shape[:2], "neuron") == (w_shape[0], 1)  # the kind defaults to linear
+
+
+def test_unit_shapes_of_patterns():
     assert F.unit_shape((12, 8), HEADS, {"h": 3}) == (3,)
     assert F.unit_shape((8, 24), "i (qkv h d) -> qkv h", {"qkv": 3, "h": 2}, kind="gpt_conv1d") == (3, 2)
 

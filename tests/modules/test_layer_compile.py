@@ -8,15 +8,21 @@ Inductor backend.
 
 import pytest
 import torch
-from _modules_zoo import ABLATIONS, ALL_CLASSES, example_input, mask_layer, suffix_of
+from _modules_zoo import ABLATIONS, cases, example_input, make_layer
 
-EVAL_ABLATION = {"ContSparse": "complement_sampled", "HardConcrete": "random_ablate", "MagPrune": "randomly_sampled"}
-ONE_PER_STRATEGY = ["ContSparseLinear", "HardConcreteGPTConv1D", "MagPruneConv2d"]
+EVAL_ABLATION = {"continuous_sparsification": "complement_sampled", "hard_concrete": "random_ablate",
+                 "magnitude_pruning": "randomly_sampled"}
+ONE_PER_STRATEGY = [pytest.param("continuous_sparsification", "linear", id="ContSparseLinear"),
+                    pytest.param("hard_concrete", "gpt_conv1d", id="HardConcreteGPTConv1D"),
+                    pytest.param("magnitude_pruning", "conv2d", id="MagPruneConv2d")]
+# the full matrix: every class, both units for learned masks (magnitude pruning has weight units only)
+MATRIX = [pytest.param(*c.values, unit, id=f"{c.id}-{unit}") for c in cases() for unit in ("weight", "neuron")
+          if c.values[0] != "magnitude_pruning" or unit == "weight"]
 
 
-def _check_compiled_equals_eager(name, train, ablation, backend, **kwargs):
-    layer = mask_layer(name, ablation=ablation, key=3, **kwargs).train(train)
-    x = example_input(suffix_of(name))
+def _check_compiled_equals_eager(strategy, kind, train, ablation, backend, **kwargs):
+    layer = make_layer(strategy, kind, ablation=ablation, key=3, **kwargs).train(train)
+    x = example_input(layer)
     compiled = torch.compile(layer, fullgraph=True, backend=backend)
     step = layer.noise_step.clone()
     y_compiled = compiled(x)
@@ -26,28 +32,26 @@ def _check_compiled_equals_eager(name, train, ablation, backend, **kwargs):
     return layer, compiled, x
 
 
-def _ablations(name, train):
-    if train and not name.startswith("MagPrune"):
+def _ablations(strategy, train):
+    if train and strategy != "magnitude_pruning":
         return ["none"]  # other ablations are an error while training
     return ABLATIONS
 
 
-def _one_ablation(name, train):
+def _one_ablation(strategy, train):
     """The ablation a one-per-strategy case uses: none while training a learned mask."""
-    strategy = next(s for s in EVAL_ABLATION if name.startswith(s))
-    return "none" if train and strategy != "MagPrune" else EVAL_ABLATION[strategy]
+    return "none" if train and strategy != "magnitude_pruning" else EVAL_ABLATION[strategy]
 
 
-@pytest.mark.parametrize("name", ONE_PER_STRATEGY)
+@pytest.mark.parametrize("strategy,kind", ONE_PER_STRATEGY)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_compiled_fullgraph_equals_eager_one_layer_per_strategy(name, train):
-    ablation = _one_ablation(name, train)
-    _check_compiled_equals_eager(name, train, ablation, "aot_eager", mask_bias=True)
+def test_compiled_fullgraph_equals_eager_one_layer_per_strategy(strategy, kind, train):
+    _check_compiled_equals_eager(strategy, kind, train, _one_ablation(strategy, train), "aot_eager", mask_bias=True)
 
 
-def test_compiled_training_step_gradients_equal_eager():
-    layer = mask_layer("HardConcreteLinear", key=4, mask_bias=True).train()
-    x = example_input("Linear")
+def test_compiled_training_step_gradients_equal_eager(make_layer):
+    layer = make_layer("hard_concrete", "linear", key=4, mask_bias=True).train()
+    x = example_input(layer)
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     compiled(x).square().sum().backward()
     g_compiled = layer.weight_mask_params.grad.clone()
@@ -57,9 +61,9 @@ def test_compiled_training_step_gradients_equal_eager():
     assert layer.weight.grad is not None  # the base weight is trainable here (not frozen)
 
 
-def test_compiled_layer_resamples_when_key_changes():
-    layer = mask_layer("ContSparseLinear", ablation="randomly_sampled", key=5).eval()
-    x = example_input("Linear")
+def test_compiled_layer_resamples_when_key_changes(make_layer):
+    layer = make_layer("continuous_sparsification", "linear", ablation="randomly_sampled", key=5).eval()
+    x = example_input(layer)
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     y1 = compiled(x)
     torch.testing.assert_close(compiled(x), y1)
@@ -72,33 +76,28 @@ def test_compiled_layer_resamples_when_key_changes():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ALL_CLASSES)
+@pytest.mark.parametrize("strategy,kind,unit", MATRIX)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("unit", ["weight", "neuron"])
-def test_compiled_fullgraph_equals_eager_full_matrix(name, train, unit):
-    if name.startswith("MagPrune") and unit == "neuron":
-        pytest.skip("magnitude pruning has weight units only")
-    kwargs = {} if name.startswith("MagPrune") else dict(mask_unit=unit)
-    for ablation in _ablations(name, train):
+def test_compiled_fullgraph_equals_eager_full_matrix(strategy, kind, unit, train):
+    kwargs = {} if strategy == "magnitude_pruning" else dict(mask_unit=unit)
+    for ablation in _ablations(strategy, train):
         torch._dynamo.reset()
-        _check_compiled_equals_eager(name, train, ablation, "aot_eager", mask_bias=True, **kwargs)
+        _check_compiled_equals_eager(strategy, kind, train, ablation, "aot_eager", mask_bias=True, **kwargs)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ONE_PER_STRATEGY)
+@pytest.mark.parametrize("strategy,kind", ONE_PER_STRATEGY)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_inductor_compiled_fullgraph_equals_eager(name, train):
-    ablation = _one_ablation(name, train)
-    _check_compiled_equals_eager(name, train, ablation, "inductor", mask_bias=True)
+def test_inductor_compiled_fullgraph_equals_eager(strategy, kind, train):
+    _check_compiled_equals_eager(strategy, kind, train, _one_ablation(strategy, train), "inductor", mask_bias=True)
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("name", ONE_PER_STRATEGY)
+@pytest.mark.parametrize("strategy,kind", ONE_PER_STRATEGY)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_cuda_inductor_compiled_equals_eager(name, train):
-    ablation = _one_ablation(name, train)
-    layer = mask_layer(name, ablation=ablation, key=3).train(train).cuda()
-    x = example_input(suffix_of(name)).cuda()
+def test_cuda_inductor_compiled_equals_eager(make_layer, strategy, kind, train):
+    layer = make_layer(strategy, kind, ablation=_one_ablation(strategy, train), key=3).train(train).cuda()
+    x = example_input(layer)
     compiled = torch.compile(layer, fullgraph=True)
     step = layer.noise_step.clone()
     y_compiled = compiled(x)
@@ -107,13 +106,13 @@ def test_cuda_inductor_compiled_equals_eager(name, train):
     torch.testing.assert_close(y_compiled, layer(x), rtol=1e-5, atol=1e-5)
 
 
-def test_compiled_vmap_over_keys_through_functional_call_equals_eager_loop():
+def test_compiled_vmap_over_keys_through_functional_call_equals_eager_loop(make_layer):
     from torch.func import functional_call, vmap
 
     from neurosurgeon.functional import random as nr
 
-    layer = mask_layer("HardConcreteLinear", ablation="randomly_sampled", key=1).eval()
-    x = example_input("Linear")
+    layer = make_layer("hard_concrete", "linear", ablation="randomly_sampled", key=1).eval()
+    x = example_input(layer)
     state = {**dict(layer.named_parameters()), **dict(layer.named_buffers())}
 
     def run(k):

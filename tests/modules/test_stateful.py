@@ -10,71 +10,31 @@ base layer, L0 bounds, round trips reproduce every mode's output bitwise).
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
+from _modules_zoo import ABLATIONS, KINDS, STRATEGIES, conv_args, example_input, make_layer, reference
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from _modules_zoo import CONSTRUCTOR_CASES, STRATEGY_OF_PREFIX, reference_key, split_name
-
 import neurosurgeon as ns
 import neurosurgeon.functional as F
-from neurosurgeon.functional import ABLATIONS
 from neurosurgeon.functional._checks import RANDOM_ABLATIONS
 
-LAYERS = CONSTRUCTOR_CASES
-STRATEGIES = STRATEGY_OF_PREFIX
+
+def is_hard(layer):
+    return isinstance(layer, ns.MagPruneLayer) or not layer.training or not layer.weight_mask_params.requires_grad
 
 
-def layer_info(layer):
-    strategy, suffix = split_name(type(layer).__name__)
-    return strategy, LAYERS[suffix][2]
-
-
-def conv_args(layer, kind):
-    if kind not in ("conv1d", "conv2d"):
-        return {}
-    return dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
-                padding_mode=layer.padding_mode)
-
-
-def mask_tensors(layer, strategy):
-    if strategy == "magnitude_pruning":
-        return layer.weight, (layer.bias if layer.mask_bias else None)
-    return layer.weight_mask_params, getattr(layer, "bias_mask_params", None)
-
-
-def is_hard(layer, strategy):
-    if strategy == "magnitude_pruning":
-        return True
-    return (not layer.training) or (not layer.weight_mask_params.requires_grad)
-
-
-def hparams(layer, strategy):
+def hard_mask_hparams(layer, strategy):
+    """The hyper-parameters the subnetwork h depends on."""
     if strategy == "magnitude_pruning":
         return {"prune_percentage": layer.prune_percentage}
     if strategy == "hard_concrete":
-        return {"temperature": layer.temperature, "left": layer.left_stretch, "right": layer.right_stretch}
-    return {"temperature": layer.temperature}
-
-
-def reference(layer, x, *, noise_step):
-    """(output, MaskedParameters) from the pure functions with the layer's tensors and key.
-
-    ``noise_step``: the hard-concrete training step the layer's forward used.
-    """
-    strategy, kind = layer_info(layer)
-    with torch.no_grad():
-        if not layer.use_masks:
-            p = F.MaskedParameters(layer.weight, layer.bias, None, None)
-        else:
-            hard = is_hard(layer, strategy)
-            wp, bp = mask_tensors(layer, strategy)
-            key = reference_key(layer, strategy, hard, noise_step)
-            p = F.mask_parameters(layer.weight, layer.bias, wp, bp, key, strategy=strategy, kind=kind, hard=hard, mask_unit=layer.mask_unit,
-                                  ablation=layer.ablation, **hparams(layer, strategy))
-        return F.layer_forward(kind, x, p.weight, p.bias, **conv_args(layer, kind)), p
+        return {"left": layer.left_stretch, "right": layer.right_stretch}
+    return {}
 
 
 def run(layer, x):
@@ -89,24 +49,17 @@ def run(layer, x):
 
 class MaskLayerMachine(RuleBasedStateMachine):
     @initialize(
-        prefix=st.sampled_from(sorted(STRATEGIES)),
-        suffix=st.sampled_from(sorted(LAYERS)),
+        strategy=st.sampled_from(STRATEGIES),
+        kind=st.sampled_from(KINDS),
         mask_unit=st.sampled_from(["weight", "neuron"]),
         mask_bias=st.booleans(),
         seed=st.integers(0, 2**31 - 1),
     )
-    def build(self, prefix, suffix, mask_unit, mask_bias, seed):
-        args, in_shape, _ = LAYERS[suffix]
-        self.cls = getattr(ns, prefix + suffix)
-        self.args = args
-        self.kwargs = dict(mask_bias=mask_bias)
-        if prefix != "MagPrune":
-            self.kwargs["mask_unit"] = mask_unit
-        torch.manual_seed(seed)
-        self.layer = self.cls(*args, **self.kwargs, key=seed)
-        self.strategy, self.kind = layer_info(self.layer)
-        self.x = torch.randn(in_shape, generator=torch.Generator().manual_seed(seed))
-        self.last_random = None  # (settings, output) of the last random-ablation forward
+    def build(self, strategy, kind, mask_unit, mask_bias, seed):
+        self.strategy, self.kind = strategy, kind
+        self.config = dict(mask_bias=mask_bias, mask_unit=None if strategy == "magnitude_pruning" else mask_unit)
+        self.layer = make_layer(strategy, kind, **self.config, key=seed, seed=seed)
+        self.x = example_input(self.layer, seed=seed)
 
     # -- rules ---------------------------------------------------------------------------------------
     @rule(mode=st.booleans())
@@ -122,7 +75,6 @@ class MaskLayerMachine(RuleBasedStateMachine):
     @rule()
     def force_resample(self):
         self.layer.force_resample = True
-        self.last_random = None
 
     @rule(value=st.booleans())
     def set_use_masks(self, value):
@@ -134,7 +86,7 @@ class MaskLayerMachine(RuleBasedStateMachine):
         g = torch.Generator().manual_seed(seed)
         targets = [self.layer.weight] + ([self.layer.bias] if self.layer.bias is not None else [])
         if self.strategy != "magnitude_pruning":
-            targets = [t for t in mask_tensors(self.layer, self.strategy) if t is not None]
+            targets = [t for t in self.layer.mask_tensors() if t is not None]
         with torch.no_grad():
             for t in targets:
                 v = torch.randn(t.shape, generator=g, dtype=t.dtype)
@@ -149,12 +101,11 @@ class MaskLayerMachine(RuleBasedStateMachine):
                 if self.strategy == "magnitude_pruning":
                     v = torch.round(v * 2) / 2  # ties in |w|
                 t.copy_(v.to(t.dtype))
-        self.last_random = None
 
     @precondition(lambda self: self.strategy != "magnitude_pruning")
     @rule(frozen=st.booleans())
     def freeze_mask_parameters(self, frozen):
-        for t in mask_tensors(self.layer, self.strategy):
+        for t in self.layer.mask_tensors():
             if t is not None:
                 t.requires_grad_(not frozen)
 
@@ -167,24 +118,21 @@ class MaskLayerMachine(RuleBasedStateMachine):
     @rule(p=st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 1.0]))
     def set_prune_percentage(self, p):
         self.layer.prune_percentage = p
-        self.last_random = None
 
     @precondition(lambda self: self.strategy != "magnitude_pruning")
     @rule(unit=st.sampled_from(["weight", "neuron"]))
     def set_mask_unit(self, unit):
         self.layer.mask_unit = unit
-        self.kwargs["mask_unit"] = unit
+        self.config["mask_unit"] = unit
         wp = self.layer.weight_mask_params
         assert tuple(wp.shape) == F.unit_shape(tuple(self.layer.weight.shape), unit, kind=self.kind)
-        self.last_random = None
 
     @rule(value=st.booleans())
     def set_mask_bias(self, value):
         self.layer.mask_bias = value
-        self.kwargs["mask_bias"] = value
+        self.config["mask_bias"] = value
         if self.strategy != "magnitude_pruning":
             assert hasattr(self.layer, "bias_mask_params") == value
-        self.last_random = None
 
     @rule(data=st.data())
     def state_dict_round_trip(self, data):
@@ -192,11 +140,10 @@ class MaskLayerMachine(RuleBasedStateMachine):
         every output (random baselines and hard-concrete noise included) is reproduced."""
         old = self.layer
         sd = {k: v.clone() for k, v in old.state_dict().items()}
-        fresh = self.cls(*self.args, **self.kwargs, key=data.draw(st.integers(0, 2**31 - 1)))
+        other = data.draw(st.integers(0, 2**31 - 1))
+        fresh = make_layer(self.strategy, self.kind, **self.config, key=other, seed=other)
         if data.draw(st.booleans()):
             # Through bytes, as a checkpoint file would go.
-            import io
-
             buf = io.BytesIO()
             torch.save(sd, buf)
             buf.seek(0)
@@ -209,7 +156,7 @@ class MaskLayerMachine(RuleBasedStateMachine):
             fresh.prune_percentage = old.prune_percentage
         else:
             fresh.temperature = old.temperature
-            for a, b in zip(mask_tensors(old, self.strategy), mask_tensors(fresh, self.strategy)):
+            for a, b in zip(old.mask_tensors(), fresh.mask_tensors()):
                 if a is not None:
                     b.requires_grad_(a.requires_grad)
         assert torch.equal(fresh.mask_key, old.mask_key) and torch.equal(fresh.noise_step, old.noise_step)
@@ -220,7 +167,6 @@ class MaskLayerMachine(RuleBasedStateMachine):
         else:
             assert torch.equal(y_old, y_new)
         self.layer = fresh
-        self.last_random = None
 
     @rule()
     def bake(self):
@@ -258,12 +204,12 @@ class MaskLayerMachine(RuleBasedStateMachine):
         assert not isinstance(y, Exception), f"the layer refused a setting the functional core accepts: {y}"
         assert torch.equal(y, expected)
         if not layer.use_masks:
-            base = F.layer_forward(self.kind, self.x, layer.weight, layer.bias, **conv_args(layer, self.kind))
+            base = F.layer_forward(self.kind, self.x, layer.weight, layer.bias, **conv_args(layer))
             assert torch.equal(y, base)
             return
         self._check_masks(layer, p)
         # Random draws are reused on every forward until force_resample.
-        if is_hard(layer, self.strategy) and layer.ablation in RANDOM_ABLATIONS:
+        if is_hard(layer) and layer.ablation in RANDOM_ABLATIONS:
             y2, _ = run(layer, self.x)
             assert torch.equal(y, y2)
 
@@ -274,13 +220,12 @@ class MaskLayerMachine(RuleBasedStateMachine):
         assert torch.equal(wm, p.weight_mask)
         if layer.mask_bias:
             assert torch.equal(layer.bias_mask, p.bias_mask)
-        hard = is_hard(layer, strategy)
-        if not hard:
+        if not is_hard(layer):
             assert bool(((wm >= 0) & (wm <= 1)).all())
             return
         assert bool(((wm == 0) | (wm == 1)).all())
-        params, _ = mask_tensors(layer, strategy)
-        h = F.hard_mask(strategy, params, **{k: v for k, v in hparams(layer, strategy).items() if k != "temperature"})
+        params, _ = layer.mask_tensors()
+        h = F.hard_mask(strategy, params, **hard_mask_hparams(layer, strategy))
         unit_mask = wm if h.shape == wm.shape else self._to_units(wm, h.shape)
         k = int(h.sum())
         ablation = layer.ablation
@@ -311,19 +256,16 @@ MaskLayerMachine.TestCase.settings = settings(
 TestMaskLayerStateMachine = MaskLayerMachine.TestCase
 
 
-@pytest.mark.parametrize("prefix", sorted(STRATEGIES))
-def test_reference_helper_agrees_with_a_hand_computed_case(prefix):
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_reference_helper_agrees_with_a_hand_computed_case(strategy):
     """Guard the guard: for a Linear layer in eval mode with ablation none, the reference is W * h."""
-    layer = getattr(ns, prefix + "Linear")(5, 4, key=0)
-    layer.eval()
-    strategy, _ = layer_info(layer)
-    x = torch.randn(2, 5)
-    expected, p = reference(layer, x, noise_step=0)
-    params, _ = mask_tensors(layer, strategy)
+    layer = make_layer(strategy, "linear").eval()
+    x = example_input(layer)
+    expected, p = reference(layer, x)
     if strategy == "magnitude_pruning":
-        h = F.magnitude_mask(layer.weight, prune_percentage=layer.prune_percentage)
+        h = (layer.weight.abs() > layer.weight.abs().flatten().kthvalue(12).values).float()  # 60% of 20 pruned
     else:
-        h = (params > 0).to(layer.weight.dtype)
+        h = (layer.weight_mask_params > 0).float()
     assert torch.equal(p.weight, layer.weight * h)
     with torch.no_grad():
         assert torch.equal(layer(x), expected)
