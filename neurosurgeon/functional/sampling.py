@@ -12,7 +12,9 @@ proposals: by symmetry a uniformly random k-subset of the eligible units, exactl
 n * ln(m / (m - k)) words are needed (m eligible units), instead of a 63-bit score and an O(n)
 selection for every unit; when k > m / 2 the m - k units to *keep* are drawn instead. The
 draw count is only an estimate: if it falls short, more of the same stream is read, so the
-result never depends on it.
+result never depends on it. Distinctness and eligibility are one lookup per draw: an int32 stamp
+per unit records the first draw that proposed it (a scatter-max of decreasing stamps), or a value
+above every stamp for a unit that is not eligible.
 
 The kernel is a ``torch.library`` custom op: it runs eagerly on concrete values (so it may read
 k and the draw counts on the host), is opaque to ``torch.compile`` (a fake implementation gives
@@ -42,65 +44,83 @@ def _draw_estimate(n: int, m: int, k: int) -> int:
     return int(mean * 1.03) + 64
 
 
-def _stream(key: torch.Tensor, count: int) -> torch.Tensor:
-    """Words 0..count-1 of the key's stream (:func:`~neurosurgeon.functional.random` layout) as
-    int64 in [0, 2**32); every prefix is independent of ``count``."""
-    return nr._words_i32(key, count).to(torch.int64) & (_U32 - 1)
+def proposals(key: torch.Tensor, count: int, n: int) -> torch.Tensor:
+    """Unit proposed by each of words 0..count-1 of the key's stream (int64), or ``n`` where the
+    word falls in the biased tail of Lemire's multiply-shift (Lemire 2019, "Fast random integer
+    generation in an interval"), so every unit is proposed with probability exactly 1 / n; every
+    prefix is independent of ``count``."""
+    w = nr._words_i32(key, count).to(torch.int64) & (_U32 - 1)
+    prod = w * n
+    ok = (prod & (_U32 - 1)) >= _U32 % n
+    return torch.where(ok, prod >> 32, torch.full((), n, dtype=torch.int64, device=w.device))
 
 
-_UNSEEN = 2**31 - 1  # first_seen's empty entry: above every draw position
+_BARRED = 2**31 - 1  # stamp of a unit that is not eligible: above every draw's stamp, so never replaced
 
 
-def _first_seen_buffer(n: int, device) -> torch.Tensor:
-    """Scratch for :func:`_first_distinct`: n + 1 int32 entries (slot n takes the rejected draws), all unseen."""
-    return torch.full((n + 1,), _UNSEEN, dtype=torch.int32, device=device)
+class _Stamps:
+    """Scratch for :func:`_first_distinct`: one int32 stamp per unit, barred where the unit is not
+    eligible, so one lookup per draw answers both "eligible?" and "first?". Draw j of an attempt
+    stamps ``base + (draws - 1 - j)``: an earlier draw has a larger stamp (scatter-max keeps the
+    first), and every attempt starts above all earlier stamps, so stamps left by earlier keys
+    read as unseen and several keys share one table without resetting it."""
+
+    def __init__(self, flat: torch.Tensor, m: int, out: torch.Tensor | None = None):
+        self.flat, self.m = flat, m
+        self.table = torch.empty(flat.shape, dtype=torch.int32, device=flat.device) if out is None else out
+        self._fill()
+
+    def _fill(self) -> None:
+        self.base = 1  # 0 is below every stamp: unseen
+        if self.m == self.flat.numel():
+            self.table.zero_()
+        else:  # one pass: 0 where eligible, barred elsewhere
+            scalar = dict(dtype=torch.int32, device=self.table.device)
+            torch.where(self.flat, torch.zeros((), **scalar), torch.full((), _BARRED, **scalar), out=self.table)
+
+    def claim(self, draws: int) -> int:
+        """The base of an attempt of ``draws`` draws; refills the table before stamps would reach barred."""
+        if self.base + draws >= _BARRED:
+            self._fill()
+        base, self.base = self.base, self.base + draws
+        return base
 
 
-def _first_distinct(key: torch.Tensor, eligible: torch.Tensor | None, n: int, m: int, k: int,
-                    first_seen: torch.Tensor | None = None) -> torch.Tensor:
-    """Indices (int64, in draw order) of the first k distinct eligible units the key's stream proposes.
-
-    ``first_seen`` (from :func:`_first_seen_buffer`) may be shared by consecutive calls: only the
-    entries a call touches are written, and they are reset to unseen before it returns, so K
-    draws cost K scatters instead of K fills of n + 1 entries.
-    """
+def _first_distinct(key: torch.Tensor, n: int, m: int, k: int, stamps: _Stamps) -> torch.Tensor:
+    """Indices (int64, in draw order) of the first k distinct eligible units the key's stream proposes."""
     device = key.device
-    reject_below = _U32 % n
     draws = _draw_estimate(n, m, k)
-    shared = first_seen is not None
-    if not shared:
-        first_seen = _first_seen_buffer(n, device)
     while True:
-        w = _stream(key, draws)
-        prod = w * n
-        unit = prod >> 32
-        ok = (prod & (_U32 - 1)) >= reject_below
-        if eligible is not None:
-            ok &= eligible.index_select(0, unit)
-        slot = torch.where(ok, unit, n)  # rejected draws land in a spare slot n
-        pos = torch.arange(draws, dtype=torch.int32, device=device)
-        first_seen.scatter_reduce_(0, slot, pos, "amin")
-        is_first = ok & (first_seen.index_select(0, slot) == pos)
-        if shared:
-            first_seen.index_fill_(0, slot, _UNSEEN)  # back to all unseen for the next call
+        slot = proposals(key, draws, n)  # n: the word fell in the rejected tail
+        ok = slot < n
+        unit = slot.clamp_(max=n - 1)
+        base = stamps.claim(draws)
+        stamp = torch.arange(base + draws - 1, base - 1, -1, dtype=torch.int32, device=device)
+        # Rejected draws stamp 0, which changes no entry under max; barred entries stay barred.
+        stamps.table.scatter_reduce_(0, unit, torch.where(ok, stamp, 0), "amax")
+        is_first = ok & (stamps.table.index_select(0, unit) == stamp)
         chosen = unit[is_first]  # boolean indexing keeps draw order
         if chosen.numel() >= k:
             return chosen[:k]
         draws *= 2  # rare: the estimate fell short; the stream's prefix is unchanged
 
 
-def _choose(key: torch.Tensor, flat: torch.Tensor, k: int, shared=None):
+def _choose(key: torch.Tensor, flat: torch.Tensor, k: int, shared=None, scratch=None):
     """(chosen units, keep_side) for k zeros among the eligible units of ``flat``; None if trivial.
 
-    ``shared``: ``(m, first_seen)`` computed once for several keys over the same ``flat``."""
+    ``shared``: ``(m, stamps)`` made once for several keys over the same ``flat``.
+    ``scratch``: n int32 entries the caller overwrites afterwards, used as the stamp table when
+    nothing is shared: no fresh n-sized buffer per call."""
     n = flat.numel()
-    m, first_seen = shared if shared is not None else (int(torch.count_nonzero(flat)), None)
+    m, stamps = shared if shared is not None else (int(torch.count_nonzero(flat)), None)
     if k > m:
         raise ValueError(f"cannot choose {k} mask units from only {m} eligible ones")
     if k == 0 or k == m:
         return None, k == m
+    if stamps is None:
+        stamps = _Stamps(flat, m, scratch)
     keep_side = k > m - k  # draw the smaller side: the m - k survivors
-    return _first_distinct(key, None if m == n else flat, n, m, m - k if keep_side else k, first_seen), keep_side
+    return _first_distinct(key, n, m, m - k if keep_side else k, stamps), keep_side
 
 
 def _zeros_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, out: torch.Tensor, shared=None) -> torch.Tensor:
@@ -120,7 +140,9 @@ def _mask_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, out: torch.T
     """Write the sampled *mask* (1 = kept, 0 = zeroed) into ``out`` (floating, eligible's shape)
     directly: one pass over n plus k scattered writes, instead of bool set, not, cast."""
     flat, dst = eligible.reshape(-1), out.view(-1)
-    chosen, keep_side = _choose(key, flat, k, shared)
+    # A mask of 4 or 8 bytes an entry holds n int32 entries: the draw's scratch before it is written.
+    scratch = dst.view(torch.int32)[: dst.numel()] if dst.element_size() >= 4 else None
+    chosen, keep_side = _choose(key, flat, k, shared, scratch)
     if chosen is None:
         torch.logical_not(flat, out=dst) if keep_side else dst.fill_(1)
     elif keep_side:  # zero every eligible unit, then restore the chosen survivors
@@ -144,7 +166,8 @@ def _batched(kernel, op, info, in_dims, key, eligible, num_zeros, dtype):
     shared = None
     if in_dims[1] is None:  # one eligible set for every key: count it and allocate scratch once
         flat = eligible.reshape(-1)
-        shared = (int(torch.count_nonzero(flat)), _first_seen_buffer(flat.numel(), eligible.device))
+        m = int(torch.count_nonzero(flat))
+        shared = (m, _Stamps(flat, m))
     for i, (k_i, e_i, n_i) in enumerate(slices):
         kernel(k_i, e_i, int(n_i), out[i], shared)
     return out, 0
@@ -243,8 +266,9 @@ def _checked_count(hard_mask: torch.Tensor, num_zeros, available: int | torch.Te
     k = num_zeros if isinstance(num_zeros, int) else None
     if k is not None and avail is not None and k > avail:
         raise ValueError(
-            f"{what}: the subnetwork has {k} mask units but only {avail} lie outside it; "
-            f"cannot sample {k} units from the complement (the subnetwork must be at most half the layer)"
+            f"{what}: the subnetwork keeps {k} mask units but only {avail} lie outside it; cannot draw {k} units "
+            "from the complement. It must keep at most half of the units (a sparser subnetwork), or use "
+            "randomly_sampled, which draws from all units"
         )
     return num_zeros
 
@@ -260,6 +284,8 @@ def randomly_sampled_mask(key: torch.Tensor, hard_mask: torch.Tensor, *, num_zer
     Returns:
         binary mask of h's shape and dtype.
     """
+    if hasattr(hard_mask, "full_tensor"):
+        return _drawn_whole(randomly_sampled_mask, key, hard_mask, num_zeros)
     eligible = torch.ones_like(hard_mask, dtype=torch.bool)
     k = _checked_count(hard_mask, num_zeros, hard_mask.numel(), "randomly_sampled")
     return _sampled_mask(key, eligible, k, hard_mask.dtype)
@@ -271,9 +297,23 @@ def complement_sampled_mask(key: torch.Tensor, hard_mask: torch.Tensor, *, num_z
     Raises:
         ValueError: if k exceeds the number of units outside the subnetwork (both counts named).
     """
+    if hasattr(hard_mask, "full_tensor"):
+        return _drawn_whole(complement_sampled_mask, key, hard_mask, num_zeros)
     outside = hard_mask == 0
     available = torch.count_nonzero(outside)
     if num_zeros is None:  # k = sum(h) = #(h != 0), counted once
         num_zeros = _concrete_or_tensor(hard_mask.numel() - available)
-    k = _checked_count(hard_mask, num_zeros, available, "complement_sampled")
+    what = f"complement_sampled over a mask of shape {tuple(hard_mask.shape)}"
+    k = _checked_count(hard_mask, num_zeros, available, what)
     return _sampled_mask(key, outside, k, hard_mask.dtype)
+
+
+def _drawn_whole(sampler, key: torch.Tensor, hard_mask: torch.Tensor, num_zeros) -> torch.Tensor:
+    """A sampled ablation of a sharded h (a ``DTensor``): gathered, drawn as unsharded, and this
+    rank's shard kept. Exactly k units are drawn over the *whole* tensor, so which units one
+    shard zeroes depends on every other shard's h: no shard can draw its part alone. The result
+    is the unsharded draw for any sharding."""
+    from torch.distributed.tensor import distribute_tensor
+
+    whole = sampler(key, hard_mask.full_tensor(), num_zeros=num_zeros)
+    return distribute_tensor(whole, hard_mask.device_mesh, hard_mask.placements, src_data_rank=None)

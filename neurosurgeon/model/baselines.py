@@ -19,10 +19,55 @@ from torch.func import functional_call, vmap
 
 from .. import functional as F
 from ..functional import random as nr
-from ..functional._checks import ABLATIONS, RANDOM_ABLATIONS, check_choice
+from ..functional._checks import ABLATIONS, RANDOM_ABLATIONS, check_choice, concrete_int
 from ._layers import layer_spec, require_mask_layers
+from .distributed import require_unsharded
 
-__all__ = ["masked_state", "run_masked", "evaluate_baselines", "masks_disabled"]
+__all__ = ["masked_state", "run_masked", "evaluate_baselines", "masks_disabled", "complement_shortfalls",
+           "auto_chunk_size"]
+
+
+def complement_shortfalls(model: nn.Module,
+                          params: Mapping[str, torch.Tensor] | None = None) -> dict[str, tuple[int, int]]:
+    """The masked tensors where ``complement_sampled`` is impossible: their subnetwork keeps more
+    units than lie outside it (a sampled ablation removes as many units as the subnetwork keeps,
+    drawn from the units outside it, so it needs kept <= outside, i.e. at most half the units).
+
+    Args:
+        model: a model with mask layers.
+        params: replacement mask tensors by full name, as :func:`masked_state` takes them.
+
+    Returns:
+        dict ``"<layer>.weight"`` / ``"<layer>.bias"`` -> (kept, outside) unit counts; empty when
+        every tensor can be complement-sampled. A tensor whose count cannot be read without
+        breaking a transform (batched by ``vmap``, traced) is left to the sampler's own error.
+    """
+    params = params or {}
+    out = {}
+    for name, layer in require_mask_layers(model).items():
+        spec, prefix = layer_spec(layer), f"{name}." if name else ""
+        for attr, theta in zip(("weight", "bias"), layer.mask_tensors()):
+            if theta is None or (attr == "bias" and not spec.mask_bias):
+                continue
+            theta = params.get(prefix + (f"{attr}_mask_params" if spec.has_params else attr), theta)
+            kept = concrete_int(torch.count_nonzero(F.hard_mask(spec.strategy, theta.detach(), **spec.hparams)))
+            if kept is not None and kept > theta.numel() - kept:  # None: batched or traced, left to the sampler
+                out[prefix + attr] = (kept, theta.numel() - kept)
+    return out
+
+
+def _check_complement_possible(model: nn.Module, params=None) -> None:
+    """Raise ValueError naming every tensor where ``complement_sampled`` is impossible, its counts
+    and what would make it possible; a concrete error before any draw or transform."""
+    short = complement_shortfalls(model, params)
+    if short:
+        listed = "; ".join(f"{name} keeps {kept} of {kept + outside} units, {outside} outside, may keep at most "
+                           f"{(kept + outside) // 2}" for name, (kept, outside) in short.items())
+        raise ValueError(
+            f"ablation='complement_sampled' is impossible in {len(short)} masked tensor(s): {listed}. It removes as "
+            "many units as the subnetwork keeps, drawn from the units outside it; a tensor's subnetwork must keep at "
+            "most half of its units (a sparser subnetwork, e.g. a larger L0 penalty), or use "
+            "ablation='randomly_sampled' or mask only the layers listed nowhere here")
 
 
 def masked_state(
@@ -67,6 +112,8 @@ def masked_state(
     if unknown:
         raise ValueError(f"params has name(s) {unknown} that are no mask layer's tensor; known: {sorted(known)[:8]}"
                          f"{'...' if len(known) > 8 else ''}")
+    if hard and ablation == "complement_sampled":
+        _check_complement_possible(model, params)
     out = {}
     for i, (name, layer) in enumerate(layers.items()):
         spec = layer_spec(layer)
@@ -130,6 +177,32 @@ def run_masked(model: nn.Module, state: Mapping[str, torch.Tensor], *args, **kwa
         return functional_call(model, dict(state), args, kwargs, tie_weights=False, strict=False)
 
 
+#: Bytes a chunk's per-key tensors may take: about a last-level cache. A layer's draws for a chunk
+#: are written before its batched GEMM reads them; beyond the cache that round trip goes to memory.
+CHUNK_BYTES = 48 * 2**20
+
+
+def auto_chunk_size(model: nn.Module, num_keys: int, inputs: Any = None) -> int:
+    """The chunk size :func:`evaluate_baselines` uses when given none.
+
+    Rule: the most keys whose per-key working set fits in ``CHUNK_BYTES`` (48 MiB), at least 1 and
+    at most ``num_keys``. A key's working set is what it adds while its largest mask layer runs:
+    that layer's mask and effective weight (2 x its weight's bytes) plus, when ``inputs`` are
+    given, that layer's output for the batch (tokens x its widest dimension x the element size;
+    tokens: the entries of an integer input such as ``input_ids``, else the rows of a float one).
+    Larger chunks share the per-chunk work (the layer calls, the subnetworks' hard masks); past
+    the cache, each key's draws make a round trip to memory before its GEMM reads them.
+    """
+    largest = max(require_mask_layers(model).values(), key=lambda m: m.weight.numel()).weight
+    per_key = 2 * largest.numel() * largest.element_size()
+    tensors = [t for t in (inputs.values() if isinstance(inputs, Mapping) else inputs if isinstance(inputs, tuple)
+                           else (inputs,)) if isinstance(t, torch.Tensor) and t.dim() > 0]
+    if tensors:
+        tokens = max(t.numel() if not t.is_floating_point() else t.numel() // t.shape[-1] for t in tensors)
+        per_key += tokens * max(largest.shape) * largest.element_size()
+    return max(1, min(num_keys, CHUNK_BYTES // max(per_key, 1)))
+
+
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module):
     modes = [(m, m.training) for m in model.modules()]
@@ -140,6 +213,14 @@ def _eval_mode(model: nn.Module):
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+def check_keys(keys) -> torch.Tensor:
+    """``keys`` if it is an int64 tensor of shape (K, 2), else a ValueError saying what it is."""
+    if not isinstance(keys, torch.Tensor) or keys.dim() != 2 or keys.shape[-1] != 2 or keys.dtype != torch.int64:
+        raise ValueError(f"keys must be an int64 tensor of shape (K, 2), got {getattr(keys, 'dtype', type(keys))} "
+                         f"{tuple(getattr(keys, 'shape', ()))}")
+    return keys
 
 
 def evaluate_baselines(
@@ -171,10 +252,11 @@ def evaluate_baselines(
         keys: int64 ``(K, 2)``, e.g. ``neurosurgeon.functional.random.split(key(0), K)``.
         ablation: usually ``randomly_sampled``, ``complement_sampled`` or ``random_ablate``;
             any ablation is accepted.
-        chunk_size: evaluate at most this many keys at once (bounds memory); default all. Each
-            layer draws its masks inside its own forward, so one layer's effective weights per
-            key are alive at a time; a chunk holds that and the chunk's activations
-            (benchmarks/NOTES.md, workload 6, says what bounds the time per key).
+        chunk_size: evaluate at most this many keys at once (bounds memory). Default: chosen
+            from the model and the batch by :func:`auto_chunk_size`: as many keys as fit their
+            largest mask layer's mask, effective weight and (with ``inputs``) output into 48 MiB.
+            Each layer draws its masks inside its own forward, so one layer's effective weights
+            per key are alive at a time; a chunk holds that and the chunk's activations.
 
     Returns:
         ``fn``'s result with a leading dimension K on every tensor.
@@ -191,13 +273,15 @@ def evaluate_baselines(
         torch.Size([3])
     """
     check_choice("ablation", ablation, ABLATIONS)
-    if not isinstance(keys, torch.Tensor) or keys.dim() != 2 or keys.shape[-1] != 2 or keys.dtype != torch.int64:
-        raise ValueError(f"keys must be an int64 tensor of shape (K, 2), got {getattr(keys, 'dtype', type(keys))} "
-                         f"{tuple(getattr(keys, 'shape', ()))}")
+    check_keys(keys)
 
+    require_unsharded(model, "evaluate_baselines", "; neurosurgeon.model.distributed.evaluate_baselines_split "
+                      "then evaluates K keys over R ranks at K / R each")
     layers = require_mask_layers(model)
     for name, layer in layers.items():  # as masked_state does: NaN/inf theta raises, never binarises
         layer.check_mask_params(name)
+    if ablation == "complement_sampled":
+        _check_complement_possible(model)
 
     def one(k):
         # Each layer draws inside its own forward from mask_key = fold_in(k, i): the masks of
@@ -218,4 +302,6 @@ def evaluate_baselines(
     # Masks on with ``ablation`` in every layer, and no pending resample (it would write into
     # the substituted key); the layers' own settings come back afterwards.
     with _eval_mode(model), _layer_settings(layers.values(), use_masks=True, ablation=ablation, force_resample=False):
+        if chunk_size is None:
+            chunk_size = auto_chunk_size(model, keys.shape[0], inputs)
         return vmap(one, chunk_size=chunk_size, randomness="error")(keys)

@@ -214,3 +214,25 @@ def test_evaluate_baselines_rejects_non_finite_mask_parameters_by_name():
         layer.weight_mask_params[0, 0] = float("nan")
     with pytest.raises(ValueError, match=rf"{name}\.weight_mask_params"):
         ns.evaluate_baselines(model, lambda f: f(torch.zeros(1, 6)), nr.split(nr.key(0), 2), ablation="randomly_sampled")
+
+
+def test_the_default_chunk_size_fits_the_largest_layer_and_the_batch_in_the_budget(monkeypatch):
+    from neurosurgeon.model import baselines
+
+    model, _ = mlp_masked()  # largest weight 16 x 6 float32: mask + effective weight = 768 bytes a key
+    monkeypatch.setattr(baselines, "CHUNK_BYTES", 4000)
+    assert baselines.auto_chunk_size(model, 10) == 5
+    assert baselines.auto_chunk_size(model, 3) == 3  # never more than the keys
+    # + the largest layer's output: tokens x 16 x 4 bytes (rows of a float input, entries of ids)
+    assert baselines.auto_chunk_size(model, 10, torch.randn(4, 6)) == 3
+    assert baselines.auto_chunk_size(model, 10, {"input_ids": torch.zeros(2, 5, dtype=torch.long)}) == 2
+    monkeypatch.setattr(baselines, "CHUNK_BYTES", 10)
+    assert baselines.auto_chunk_size(model, 10) == 1
+
+    seen = []
+    monkeypatch.setattr(baselines, "auto_chunk_size", lambda *a: seen.append(a) or 1)
+    x, keys = torch.randn(4, 6), nr.split(nr.key(0), 3)
+    out = ns.evaluate_baselines(model, lambda o: o.sum(-1), keys, ablation="randomly_sampled", inputs=x)
+    assert len(seen) == 1 and seen[0][1] == 3 and seen[0][2] is x
+    full = ns.evaluate_baselines(model, lambda o: o.sum(-1), keys, ablation="randomly_sampled", inputs=x, chunk_size=3)
+    torch.testing.assert_close(out, full)

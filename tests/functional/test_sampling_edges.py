@@ -1,0 +1,69 @@
+"""Sampler edge cases: impossible complement sampling names the layer, its counts and what would
+make it possible; a short draw estimate or a refilled stamp table changes no mask."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import neurosurgeon as ns
+from neurosurgeon.functional import complement_sampled_mask, randomly_sampled_mask
+from neurosurgeon.functional import random as nr
+from neurosurgeon.model.baselines import complement_shortfalls
+
+
+def subnetwork(shape, density, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g) < density).to(torch.float32)
+
+
+def masks(sampler, h, keys):
+    return torch.func.vmap(lambda k: sampler(k, h))(keys), torch.stack([sampler(k, h) for k in keys])
+
+
+def dense_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3))
+    layers = ns.inject_masks(model, nn.Linear, key=3)
+    with torch.no_grad():  # layer 0: 45 of 60 units kept (impossible); layer 2: 6 of 30 (possible)
+        theta0 = torch.full((10, 6), -1.0)
+        theta0.view(-1)[:45] = 1.0
+        layers["0"].weight_mask_params.copy_(theta0)
+        theta2 = torch.full((3, 10), -1.0)
+        theta2.view(-1)[:6] = 1.0
+        layers["2"].weight_mask_params.copy_(theta2)
+    return model.eval()
+
+
+def test_impossible_complement_sampling_names_the_layer_counts_and_the_remedy():
+    model = dense_model()
+    assert complement_shortfalls(model) == {"0.weight": (45, 15)}
+    x, keys = torch.randn(4, 6), nr.split(nr.key(0), 2)
+    calls = [lambda: ns.masked_state(model, nr.key(0), ablation="complement_sampled"),
+             lambda: ns.evaluate_baselines(model, lambda f: f(x).sum(), keys, ablation="complement_sampled"),
+             lambda: torch.func.vmap(lambda k: ns.masked_state(model, k, ablation="complement_sampled"))(keys)]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"0\.weight keeps 45 of 60 units, 15 outside, may keep at most 30") as e:
+            call()
+        assert "2.weight" not in str(e.value) and "randomly_sampled" in str(e.value)
+    # randomly_sampled is possible everywhere
+    assert ns.evaluate_baselines(model, lambda f: f(x).sum(), keys, ablation="randomly_sampled").shape == (2,)
+
+
+def test_the_samplers_own_error_names_the_mask_shape_and_counts():
+    h = torch.zeros(4, 5)
+    h.view(-1)[:12] = 1
+    with pytest.raises(ValueError, match=r"shape \(4, 5\).*keeps 12 mask units but only 8 lie outside"):
+        complement_sampled_mask(nr.key(0), h)
+
+
+@pytest.mark.parametrize("sampler", [complement_sampled_mask, randomly_sampled_mask])
+def test_a_short_draw_estimate_and_a_refilled_stamp_table_change_no_mask(monkeypatch, sampler):
+    from neurosurgeon.functional import sampling
+
+    h, keys = subnetwork((30, 20), 0.3), nr.split(nr.key(8), 4)
+    expected = masks(sampler, h, keys)
+    monkeypatch.setattr(sampling, "_draw_estimate", lambda n, m, k: 3)  # every draw reads on, doubling
+    assert all(torch.equal(a, b) for a, b in zip(masks(sampler, h, keys), expected))
+    monkeypatch.undo()
+    monkeypatch.setattr(sampling, "_BARRED", 1000)  # stamps run out: the shared table refills between keys
+    assert all(torch.equal(a, b) for a, b in zip(masks(sampler, h, keys), expected))
