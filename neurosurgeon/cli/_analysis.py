@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from .. import model as ns
 from ..functional import random as nr
+from ..model.baselines import auto_chunk_size
 from . import _warnings
 from .task import Examples
 
@@ -155,6 +156,8 @@ def evaluate(model: nn.Module, test: Examples, logits_fn: LogitsFn, *, seeds: in
     units = ns.subnetwork(model, broadcast=False)
     overflow = _warnings.complement_overflow(units)
     keys = nr.split(nr.key(seed), seeds)
+    if chunk_size is None:  # fn closes over the test batch, so size the chunks for it here
+        chunk_size = auto_chunk_size(model, seeds, inputs=test.input_ids)
     timings = {}
     for b in BASELINES:
         t = time.perf_counter()

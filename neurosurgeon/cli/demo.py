@@ -19,8 +19,8 @@ N_TEST = 1000
 
 
 def run_demo(args) -> dict:
-    # A model this small is bound by per-op overhead: extra intra-op threads only add
-    # synchronisation (4x slower on a busy 2-core machine), so the demo runs on one.
+    # A model this small is bound by per-op overhead: past two, intra-op threads only add
+    # synchronisation, so the demo sets its own count rather than torch's default.
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
