@@ -3,8 +3,31 @@
 import os
 import time
 
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
-def leave_without_teardown(out_dir: str, rank: int, world: int) -> None:
+
+def run_ranks(body, out_dir: str, world: int) -> None:
+    """Run ``body(rank, out_dir)`` on ``world`` spawned gloo ranks (one intra-op thread each)
+    and wait for all of them; ``body`` saves its results under ``out_dir``."""
+    mp.spawn(_rank_main, args=(body, out_dir, world), nprocs=world, join=True)
+
+
+def _rank_main(rank: int, body, out_dir: str, world: int) -> None:
+    init = os.path.join(out_dir, "init")
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        body(rank, out_dir)
+        dist.barrier()
+    except BaseException:
+        dist.destroy_process_group()
+        raise
+    _leave_without_teardown(out_dir, rank, world)
+
+
+def _leave_without_teardown(out_dir: str, rank: int, world: int) -> None:
     """End a spawned rank once every rank has finished, skipping gloo's teardown.
 
     gloo's teardown aborts ranks now and then ("terminate called without an active exception",

@@ -10,11 +10,10 @@ import tempfile
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn as nn
 
 import neurosurgeon as ns
-from _distributed import leave_without_teardown
+from _distributed import run_ranks
 
 WORLD, STEPS, LAMBDA, LR = 2, 3, 1e-3, 0.5
 STRATEGIES = ("continuous_sparsification", "hard_concrete")
@@ -49,35 +48,27 @@ def _train(model, forward, x, y):
     return history
 
 
-def _worker(rank, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    torch.set_num_threads(1)
-    try:
-        x, y = _batch()
-        shard = slice(rank * len(x) // WORLD, (rank + 1) * len(x) // WORLD)
-        results = {}
-        for strategy in STRATEGIES:
-            model = _model(strategy)
-            ddp = nn.parallel.DistributedDataParallel(model)
-            history = _train(model, ddp, x[shard], y[shard])
-            same = []
-            for h in history:
-                gathered = [torch.empty_like(h) for _ in range(WORLD)]
-                dist.all_gather(gathered, h)
-                same.append(all(torch.equal(gathered[0], g) for g in gathered))
-            results[strategy] = {"history": history, "same": same}
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    leave_without_teardown(out_dir, rank, WORLD)
+def _worker(rank, out_dir):
+    x, y = _batch()
+    shard = slice(rank * len(x) // WORLD, (rank + 1) * len(x) // WORLD)
+    results = {}
+    for strategy in STRATEGIES:
+        model = _model(strategy)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        history = _train(model, ddp, x[shard], y[shard])
+        same = []
+        for h in history:
+            gathered = [torch.empty_like(h) for _ in range(WORLD)]
+            dist.all_gather(gathered, h)
+            same.append(all(torch.equal(gathered[0], g) for g in gathered))
+        results[strategy] = {"history": history, "same": same}
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 @pytest.mark.distributed
 def test_ddp_ranks_agree_and_match_single_process_training():
     with tempfile.TemporaryDirectory() as out:
-        mp.spawn(_worker, args=(os.path.join(out, "init"), out), nprocs=WORLD, join=True)
+        run_ranks(_worker, out, WORLD)
         ranks = [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(WORLD)]
     x, y = _batch()
     for strategy in STRATEGIES:

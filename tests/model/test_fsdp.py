@@ -12,13 +12,12 @@ import tempfile
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import transformers
 from torch.distributed.fsdp import fully_shard
 from transformers.pytorch_utils import Conv1D
 
 import neurosurgeon as ns
-from _distributed import leave_without_teardown
+from _distributed import run_ranks
 from neurosurgeon.functional import random as nr
 from neurosurgeon.functional.hard_concrete import _gate_noise
 from neurosurgeon.functional.sampling import complement_sampled_mask, randomly_sampled_mask
@@ -119,58 +118,50 @@ def _sharded_draws():
     return out
 
 
-def _worker(rank, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    torch.set_num_threads(1)
-    try:
-        ids = _batch()
-        ids = ids[rank * len(ids) // WORLD: (rank + 1) * len(ids) // WORLD]
-        results = {}
-        ns.save_masks(_shard(_model(*HEADS_HC)), os.path.join(out_dir, "sharded-untrained.safetensors"))
-        for case in CASES:
-            model = _shard(_model(*case))
-            history, local = _train(model, ids)
-            results[case] = {"history": history, "local_numel": local, **_analysis(model)}
-            ns.save_masks(model, os.path.join(out_dir, f"sharded-{'-'.join(map(str, case))}.safetensors"))
-        # The reverse: masks trained in one process load into a sharded model.
-        case = HEADS_HC
+def _worker(rank, out_dir):
+    ids = _batch()
+    ids = ids[rank * len(ids) // WORLD: (rank + 1) * len(ids) // WORLD]
+    results = {}
+    ns.save_masks(_shard(_model(*HEADS_HC)), os.path.join(out_dir, "sharded-untrained.safetensors"))
+    for case in CASES:
         model = _shard(_model(*case))
-        ns.load_masks(model, os.path.join(out_dir, "single.safetensors"))
-        results["loaded"] = _full(model)
-        try:
-            ns.bake(model)
-        except ValueError as e:
-            results["bake_error"] = str(e)
-        try:
-            ns.evaluate_baselines(model, lambda f: f(ids).logits.sum(), nr.split(nr.key(1), K), ablation="randomly_sampled")
-        except ValueError as e:
-            results["baselines_error"] = str(e)
-        # The documented recipe: gather into an unsharded copy, split the keys over the ranks.
-        copy = _model(*case)
-        ns.load_masks(copy, os.path.join(out_dir, "single.safetensors"))
-        x = _batch()
-        results["baselines"] = evaluate_baselines_split(copy, lambda f: f(x).logits.mean(), nr.split(nr.key(1), K),
-                                                        ablation="randomly_sampled")
-        # Masks injected into an already sharded model would sit beside DTensor weights.
-        try:
-            ns.inject_masks(_shard(_gpt2()), Conv1D, key=0)
-        except ValueError as e:
-            results["inject_error"] = str(e)
-        # Blocks sharded but not the root: its masks would not be sharded with the rest.
-        half = _model(*CASES[0])
-        fully_shard(half.transformer.h[0])
-        try:
-            ns.save_masks(half, os.path.join(out_dir, "never.safetensors"))
-        except ValueError as e:
-            results["mixed_error"] = str(e)
-        results["draws"] = _sharded_draws()
-        if rank == 0:
-            torch.save(results, os.path.join(out_dir, "rank0.pt"))
-        dist.barrier()
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    leave_without_teardown(out_dir, rank, WORLD)
+        history, local = _train(model, ids)
+        results[case] = {"history": history, "local_numel": local, **_analysis(model)}
+        ns.save_masks(model, os.path.join(out_dir, f"sharded-{'-'.join(map(str, case))}.safetensors"))
+    # The reverse: masks trained in one process load into a sharded model.
+    case = HEADS_HC
+    model = _shard(_model(*case))
+    ns.load_masks(model, os.path.join(out_dir, "single.safetensors"))
+    results["loaded"] = _full(model)
+    try:
+        ns.bake(model)
+    except ValueError as e:
+        results["bake_error"] = str(e)
+    try:
+        ns.evaluate_baselines(model, lambda f: f(ids).logits.sum(), nr.split(nr.key(1), K), ablation="randomly_sampled")
+    except ValueError as e:
+        results["baselines_error"] = str(e)
+    # The documented recipe: gather into an unsharded copy, split the keys over the ranks.
+    copy = _model(*case)
+    ns.load_masks(copy, os.path.join(out_dir, "single.safetensors"))
+    x = _batch()
+    results["baselines"] = evaluate_baselines_split(copy, lambda f: f(x).logits.mean(), nr.split(nr.key(1), K),
+                                                    ablation="randomly_sampled")
+    # Masks injected into an already sharded model would sit beside DTensor weights.
+    try:
+        ns.inject_masks(_shard(_gpt2()), Conv1D, key=0)
+    except ValueError as e:
+        results["inject_error"] = str(e)
+    # Blocks sharded but not the root: its masks would not be sharded with the rest.
+    half = _model(*CASES[0])
+    fully_shard(half.transformer.h[0])
+    try:
+        ns.save_masks(half, os.path.join(out_dir, "never.safetensors"))
+    except ValueError as e:
+        results["mixed_error"] = str(e)
+    results["draws"] = _sharded_draws()
+    if rank == 0:
+        torch.save(results, os.path.join(out_dir, "rank0.pt"))
 
 
 @pytest.mark.distributed
@@ -184,7 +175,7 @@ def test_fsdp_mask_training_io_and_analysis_match_one_process():
             single[case] = {"history": history, "local_numel": local, **_analysis(model), "model": model}
             ns.save_masks(model, os.path.join(out, f"single-{'-'.join(map(str, case))}.safetensors"))
         ns.save_masks(single[HEADS_HC]["model"], os.path.join(out, "single.safetensors"))
-        mp.spawn(_worker, args=(os.path.join(out, "init"), out), nprocs=WORLD, join=True)
+        run_ranks(_worker, out, WORLD)
         got = torch.load(os.path.join(out, "rank0.pt"))
         for case in CASES:
             name = "-".join(map(str, case))
