@@ -9,35 +9,21 @@ seeds, for ours on 9). Each test therefore runs under ``torch.manual_seed(0)``.
 
 from __future__ import annotations
 
-import inspect
-import pathlib
-
 import pytest
 import torch
 
+from _wheel import wheel_test_names, wheel_tests
+
 v0_masking = pytest.importorskip("NeuroSurgeon.Masking")
 
-_DIR = pathlib.Path(inspect.getfile(v0_masking)).parent / "test"
 _FILES = {"test_contsparse.py": "contsparse_layer", "test_hardconcrete.py": "hardconcrete_layer",
           "test_magprune.py": "magprune_layer"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def _namespace(filename: str, target: str) -> dict:
-    """The test file's functions, with its relative import pointed at ``target``."""
-    source = (_DIR / filename).read_text()
-    relative = f"from ..{_FILES[filename]} import ("
-    assert relative in source
-    source = source.replace(relative, f"from {target} import (")
-    namespace: dict = {}
-    exec(compile(source, str(_DIR / filename), "exec"), namespace)
-    return namespace
-
-
-_OURS = {f: _namespace(f, "neurosurgeon") for f in _FILES}
-_V0 = {f: _namespace(f, f"NeuroSurgeon.Masking.{module}") for f, module in _FILES.items()}
-_TESTS = [(f, name) for f, ns in _OURS.items() for name in ns if name.startswith("test_")]
+_OURS = {f: wheel_tests(v0_masking, f) for f in _FILES}
+_V0 = {f: wheel_tests(v0_masking, f, target=f"NeuroSurgeon.Masking.{module}") for f, module in _FILES.items()}
+_TESTS = wheel_test_names(_OURS)
 
 
 def test_the_wheel_has_136_masking_tests_and_we_run_them_all():

@@ -12,19 +12,17 @@ they are checked to fail on exactly that.
 
 from __future__ import annotations
 
-import inspect
-import pathlib
-import re
 
 import pytest
 import torch
 import transformers
 from torch.utils.data import DataLoader
 
+from _wheel import wheel_test_names, wheel_tests
+
 v0_models = pytest.importorskip("NeuroSurgeon.Models")
 transformers.logging.set_verbosity_error()
 
-_DIR = pathlib.Path(inspect.getfile(v0_models)).parent / "test"
 _FILES = ("test_circuit_model_bert.py", "test_other_models.py")
 _VIT = ("test_replace_layers_vit", "test_forward_pass_vit", "test_training_vit")
 
@@ -112,18 +110,11 @@ def _image_dataset(processor_name):
 
 def _namespace(filename: str) -> dict:
     """The test file's functions, imports rewritten to neurosurgeon and to the stand-ins."""
-    source = (_DIR / filename).read_text()
-    source = re.sub(r"^from transformers import \((.|\n)*?\)\n|^from transformers import .*\n", "", source, flags=re.M)
-    source = source.replace("from datasets import load_dataset\n", "")
-    source = source.replace("from ...Masking.mask_layer import MaskLayer", "from neurosurgeon import MaskLayer")
-    source = source.replace("from ..circuit_model import CircuitModel", "from neurosurgeon import CircuitModel")
-    source = source.replace("from ..model_configs import CircuitConfig", "from neurosurgeon import CircuitConfig")
-    assert "NeuroSurgeon" not in source and "from ." not in source
-    namespace = {name: _model_standin(*spec) for name, spec in _configs().items()}
-    namespace.update(BertTokenizer=_Tokenizer.standin(True), GPT2Tokenizer=_Tokenizer.standin(False),
+    stand_ins = {name: _model_standin(*spec) for name, spec in _configs().items()}
+    stand_ins.update(BertTokenizer=_Tokenizer.standin(True), GPT2Tokenizer=_Tokenizer.standin(False),
                      AutoImageProcessor=type("AutoImageProcessor", (), {"from_pretrained": staticmethod(_image_processor)}),
                      load_dataset=lambda *a, **k: {"test": {"image": [None]}})
-    exec(compile(source, str(_DIR / filename), "exec"), namespace)
+    namespace = wheel_tests(v0_models, filename, stand_ins=stand_ins)
     # The datasets come from the hub: the same keys, random examples.
     namespace.update(setup_dataset=lambda: _text_dataset(True), setup_gpt_dataset=lambda tok: _text_dataset(False),
                      setup_image_dataset=_image_dataset)
@@ -131,7 +122,7 @@ def _namespace(filename: str) -> dict:
 
 
 _NAMESPACES = {f: _namespace(f) for f in _FILES}
-_TESTS = [(f, name) for f, ns in _NAMESPACES.items() for name in ns if name.startswith("test_")]
+_TESTS = wheel_test_names(_NAMESPACES)
 
 
 def test_the_wheel_has_the_23_model_tests_and_we_run_them_all():

@@ -8,14 +8,12 @@ builds a random-weight model of the same family and width from a config (``prajj
 vocabulary, and the ``beans`` image is random pixels.
 """
 
-import inspect
-import pathlib
-import re
-
 import pytest
 import torch
 import transformers as T
 from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from _wheel import wheel_test_names, wheel_tests
 
 v0_probing = pytest.importorskip("NeuroSurgeon.Probing")
 
@@ -55,27 +53,17 @@ def _pretrained(load):
     return type("StandIn", (), {"from_pretrained": staticmethod(lambda name, **kwargs: load())})
 
 
-def _namespace(filename: str) -> dict:
-    """The wheel's test file, run with its imports pointed at neurosurgeon and the stand-ins."""
-    path = pathlib.Path(inspect.getfile(v0_probing)).parent / "test" / filename
-    source = path.read_text()
-    source = re.sub(r"^from transformers import \((.|\n)*?\)\n|^from transformers import .*\n", "", source, flags=re.M)
-    source = source.replace("from datasets import load_dataset\n", "")
-    source = re.sub(r"^from \.+[\w.]* import", "from neurosurgeon import", source, flags=re.M)
-    assert "NeuroSurgeon" not in source and "from ." not in source
-    models = ("BertModel", "BertForMaskedLM", "GPT2Model", "GPT2LMHeadModel", "ViTModel", "ViTForMaskedImageModeling")
-    namespace = {name: _pretrained(lambda cls=getattr(T, name): _tiny(cls)) for name in models}
-    namespace.update(BertTokenizer=_pretrained(_bert_tokenizer), BertTokenizerFast=_pretrained(_bert_tokenizer),
-                     GPT2Tokenizer=_pretrained(_gpt2_tokenizer),
-                     AutoImageProcessor=_pretrained(lambda: lambda image, return_tensors="pt": _image()),
-                     load_dataset=lambda name: {"test": {"image": [None]}})
-    exec(compile(source, str(path), "exec"), namespace)
-    return namespace
-
-
 _FILES = ("test_residual_update_model.py", "test_subnetwork_probe.py")
-_NAMESPACES = {f: _namespace(f) for f in _FILES}
-_TESTS = [(f, name) for f, ns in _NAMESPACES.items() for name in ns if name.startswith("test_")]
+_MODELS = ("BertModel", "BertForMaskedLM", "GPT2Model", "GPT2LMHeadModel", "ViTModel", "ViTForMaskedImageModeling")
+_STAND_INS = {
+    **{name: _pretrained(lambda cls=getattr(T, name): _tiny(cls)) for name in _MODELS},
+    "BertTokenizer": _pretrained(_bert_tokenizer), "BertTokenizerFast": _pretrained(_bert_tokenizer),
+    "GPT2Tokenizer": _pretrained(_gpt2_tokenizer),
+    "AutoImageProcessor": _pretrained(lambda: lambda image, return_tensors="pt": _image()),
+    "load_dataset": lambda name: {"test": {"image": [None]}},
+}
+_NAMESPACES = {f: wheel_tests(v0_probing, f, stand_ins=_STAND_INS) for f in _FILES}
+_TESTS = wheel_test_names(_NAMESPACES)
 
 
 def test_the_wheel_has_the_13_probing_tests_and_we_run_them_all():
