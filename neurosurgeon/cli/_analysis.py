@@ -26,6 +26,7 @@ import torch.nn as nn
 from .. import model as ns
 from ..functional import random as nr
 from ..model.baselines import auto_chunk_size
+from ..modules.cache import soft_masks_for_l0
 from . import _warnings
 from .task import Examples
 
@@ -110,8 +111,9 @@ def discover(model: nn.Module, names: list[str], train: Examples, monitor: Examp
                 if batch is None:
                     batches = train.batches(cfg.batch_size, g)
                     batch = next(batches)
-                l0 = ns.l0_penalty(model)
-                ce = nn.functional.cross_entropy(logits_fn(model, batch), batch.labels)
+                with soft_masks_for_l0():  # forward first: the L0 term sums the soft masks it made
+                    ce = nn.functional.cross_entropy(logits_fn(model, batch), batch.labels)
+                    l0 = ns.l0_penalty(model)
                 loss = ce + cfg.l0_lambda * l0 / max_l0
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

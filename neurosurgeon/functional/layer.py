@@ -106,7 +106,9 @@ def mask_l0(strategy: str, params: torch.Tensor, param_numel: int, *, hard: bool
     """L0 of one masked tensor, counted at the parameter's size (a unit counts once per weight it gates).
 
     Soft: the strategy's L0 term (continuous sparsification's sum of sigma(beta theta), hard
-    concrete's expected L0 of eq. 12). Hard: the ones of ``applied_mask`` (default: h).
+    concrete's expected L0 of eq. 12); where that term is the soft mask's sum, ``applied_mask``
+    (the soft mask a forward made from ``params``, at their shape) is summed instead of computed
+    again. Hard: the ones of ``applied_mask`` (default: h).
 
     Example:
         >>> mask_l0("continuous_sparsification", torch.zeros(3, 1), 12, hard=False).item()
@@ -120,6 +122,10 @@ def mask_l0(strategy: str, params: torch.Tensor, param_numel: int, *, hard: bool
         return ((m != 0).sum() * scale).to(torch.promote_types(params.dtype, torch.float32))
     if hasattr(params, "to_local"):  # a sharded theta (DTensor): each rank sums its own shard's terms
         return _sum_over_shards(row.l0(params.to_local(), **hp) * scale, params)
+    if applied_mask is not None and row.l0_is_mask_sum:
+        if tuple(applied_mask.shape) != tuple(params.shape):
+            raise ValueError(f"applied_mask of shape {tuple(applied_mask.shape)} must have params' shape {tuple(params.shape)}")
+        return applied_mask.sum() * scale
     return row.l0(params, **hp) * scale
 
 

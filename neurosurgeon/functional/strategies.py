@@ -37,6 +37,7 @@ class Strategy(NamedTuple):
     init_hparams: dict[str, Any]  # what theta's initial value reads, with defaults
     needs_key: bool = False  # the soft mask draws noise
     has_params: bool = True  # theta exists (magnitude pruning masks the weight by its values)
+    l0_is_mask_sum: bool = False  # the soft L0 is the soft mask's sum: a forward's mask can serve it
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -47,6 +48,7 @@ STRATEGIES: dict[str, Strategy] = {
         l0=cs.continuous_sparsification_l0,
         mask_hparams={"temperature": cs.TEMPERATURE},
         init_hparams={"mask_init_value": cs.MASK_INIT_VALUE},
+        l0_is_mask_sum=True,
     ),
     "hard_concrete": Strategy(
         init=hc.hard_concrete_init,

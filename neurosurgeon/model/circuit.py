@@ -13,6 +13,7 @@ from transformers import PretrainedConfig
 from ..functional._checks import check_bool, check_choice, check_finite
 from ..functional.strategies import STRATEGIES
 from ..modules import MaskLayer
+from ..modules.cache import soft_masks_for_l0
 from . import analysis, bake as _bake, io, l0, schedule
 from ._layers import mask_layers
 from .freeze import freeze_root
@@ -114,10 +115,11 @@ class CircuitModel(nn.Module):
 
     def forward(self, *args, **kwargs):
         """Run the masked model; while training with ``add_l0``, add the L0 term to its loss."""
-        output = self.wrapped_model(*args, **kwargs)
-        if self.training and self.config.add_l0:
-            output = l0.add_l0_to_output(output, l0.l0_penalty(self.wrapped_model), self.config.l0_lambda)
-        return output
+        if not (self.training and self.config.add_l0):
+            return self.wrapped_model(*args, **kwargs)
+        with soft_masks_for_l0():  # the L0 term sums the soft masks this forward made (one sigmoid pass)
+            output = self.wrapped_model(*args, **kwargs)
+            return l0.add_l0_to_output(output, l0.l0_penalty(self.wrapped_model), self.config.l0_lambda)
 
     # -- NeuroSurgeon 0.1.0 methods ---------------------------------------------------------
     def _compute_l0_loss(self):

@@ -17,6 +17,7 @@ from transformers import PretrainedConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..functional._checks import check_choice
+from ..modules.cache import soft_masks_for_l0
 from . import baselines
 from .circuit import CircuitConfig, CircuitModel
 from .residual import ResidualUpdateModel, ResidualUpdateModelConfig, plan_hooks, vector_keys
@@ -189,15 +190,16 @@ class SubnetworkProbe(nn.Module):
             ``l0_lambda * L0`` of the masks while training with ``circuit_config.add_l0``.
             The dict form also holds the probed vectors (``hidden_states``) and ``labels``.
         """
-        vectors = self._vectors(self.wrapped_model, input_ids, kwargs)
-        selected, labels = self._select(vectors, token_mask, labels)
-        logits = self.probe(selected)
-        loss = None
-        if labels is not None:
-            loss = self.loss(logits, labels)
-            circuit = self.circuit_model.config
-            if self.training and circuit.add_l0:
-                loss = loss + circuit.l0_lambda * self.circuit_model.l0_penalty().to(loss.device)
+        with soft_masks_for_l0():  # the L0 term sums the soft masks this forward made
+            vectors = self._vectors(self.wrapped_model, input_ids, kwargs)
+            selected, labels = self._select(vectors, token_mask, labels)
+            logits = self.probe(selected)
+            loss = None
+            if labels is not None:
+                loss = self.loss(logits, labels)
+                circuit = self.circuit_model.config
+                if self.training and circuit.add_l0:
+                    loss = loss + circuit.l0_lambda * self.circuit_model.l0_penalty().to(loss.device)
         if not return_dict:
             return (loss, logits) if loss is not None else (logits,)
         output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=selected)

@@ -7,6 +7,10 @@ them until the outermost block exits, which forgets everything. Editing paramete
 block is the caller's contract, as with ``parametrize.cached()``. Only results without an
 autograd graph are kept (evaluation under ``no_grad``, or a frozen base): reusing a graph would
 fail at the second backward.
+
+``soft_masks_for_l0()`` is the training-side scope, one per step: where a strategy's soft L0 is
+the sum of its soft mask (continuous sparsification: sum sigma(beta * theta)), the L0 term of the
+step reuses the mask its forward computed, so theta goes through one sigmoid per step, not two.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 __all__ = ["cached_masks"]
 
 _state: dict[str, Any] = {"depth": 0, "entries": {}}
+_soft_scopes: list[dict[int, tuple]] = []  # open soft_masks_for_l0() blocks, innermost last
 
 
 def cache_lookup(layer, settings) -> Any:
@@ -54,3 +59,33 @@ class cached_masks:
         if _state["depth"] == 0:
             _state["entries"].clear()
         return False
+
+
+class soft_masks_for_l0:
+    """Context manager around one training step's forward and its L0 term: inside it, each mask
+    layer's soft L0 reuses the soft mask of its last forward in the block (same theta, same
+    hyper-parameters), else computes it. Closed at the end of the step, so a mask never outlives
+    the theta it came from. :class:`~neurosurgeon.CircuitModel` opens one in its training forward.
+    """
+
+    def __enter__(self):
+        _soft_scopes.append({})
+        return self
+
+    def __exit__(self, *exc):
+        _soft_scopes.pop()
+        return False
+
+
+def soft_store(layer, thetas, settings, masks) -> None:
+    """Keep the unit masks a training forward of ``layer`` made from ``thetas`` in the open block."""
+    if _soft_scopes:
+        _soft_scopes[-1][id(layer)] = (layer, thetas, settings, masks)
+
+
+def soft_lookup(layer, thetas, settings):
+    """The unit masks ``layer`` made from these very ``thetas`` in the open block, or None."""
+    entry = _soft_scopes[-1].get(id(layer)) if _soft_scopes else None
+    if entry is None or entry[0] is not layer or entry[2] != settings:
+        return None
+    return entry[3] if all(a is b for a, b in zip(entry[1], thetas)) else None

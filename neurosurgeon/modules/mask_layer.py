@@ -19,7 +19,7 @@ from ..functional.strategies import STRATEGIES
 from ..functional.units import unit_shape
 from ._layer_types import LayerType, UnsupportedLayerError
 from ._v0 import V0Methods
-from .cache import cache_lookup, cache_store
+from .cache import cache_lookup, cache_store, soft_lookup, soft_store
 
 __all__ = ["MaskLayer"]
 
@@ -117,6 +117,7 @@ class MaskLayer(V0Methods, nn.Module):
         return mask_unit, None if unit_sizes is None else dict(unit_sizes)
 
     _row = property(lambda self: STRATEGIES[self._strategy])
+    _settings = property(lambda s: (s._ablation, s._mask_unit, s._mask_bias, s._draws, tuple(sorted(s._hparams().items()))))
 
     def reset_mask_parameters(self) -> None:
         """(Re)create the mask parameters at their initial value."""
@@ -212,9 +213,7 @@ class MaskLayer(V0Methods, nn.Module):
     def check_mask_params(self, label: str | None = None) -> None:
         """Raise ValueError if a mask parameter holds NaN or inf (a hard mask would silently
         binarise it), naming it ``<label>.weight_mask_params`` (default label: the class name)."""
-        if not self._row.has_params:
-            return
-        for name, p in zip(("weight_mask_params", "bias_mask_params"), self.mask_tensors()):
+        for name, p in zip(("weight_mask_params", "bias_mask_params"), self.mask_tensors() if self._row.has_params else ()):
             if p is not None:
                 check_finite_tensor(p, f"{label or type(self).__name__}.{name}")
 
@@ -228,10 +227,8 @@ class MaskLayer(V0Methods, nn.Module):
         return None
 
     def _unit_masks(self, hard: bool, tensors=None):
-        if hard:
-            key = self.mask_key if self._ablation in RANDOM_ABLATIONS else None
-        else:
-            key = noise_key(self.mask_key, self.noise_step) if self._row.needs_key else None
+        key = ((self.mask_key if self._ablation in RANDOM_ABLATIONS else None) if hard  # ablation draws
+               else noise_key(self.mask_key, self.noise_step) if self._row.needs_key else None)  # training noise
         weight, bias, wp, bp = tensors or (self.weight, self.bias, *self.mask_tensors())
         return unit_masks(weight, bias, wp, bp, key, strategy=self._strategy, kind=self._layer.kind,
                           hard=hard, ablation=self._ablation, hparams=self._hparams(),
@@ -247,7 +244,7 @@ class MaskLayer(V0Methods, nn.Module):
         if not self._use_masks:
             return F.MaskedParameters(self.weight, self.bias)
         hard = self._is_hard()
-        settings = (self._ablation, self._mask_unit, self._mask_bias, self._draws, tuple(sorted(self._hparams().items())))
+        settings = self._settings
         if hard and not tracing:
             cached = cache_lookup(self, settings)
             if cached is not None:
@@ -257,12 +254,14 @@ class MaskLayer(V0Methods, nn.Module):
             self.noise_step.sub_(1)  # checkpointing): draw the first run's noise again, advance by 0 in all
         p = None if hard or tracing else self._trained_parameters()
         if p is None:
-            p = apply_unit_masks(self.weight, self.bias, self._unit_masks(hard), kind=self._layer.kind,
-                                 mask_unit=self._mask_unit, unit_sizes=self._unit_sizes)
+            masks = self._unit_masks(hard)
+            p = apply_unit_masks(self.weight, self.bias, masks, kind=self._layer.kind, mask_unit=self._mask_unit,
+                                 unit_sizes=self._unit_sizes)
+            if not (hard or tracing) and torch.is_grad_enabled():  # this step's L0 may sum these masks
+                soft_store(self, self.mask_tensors(), settings, masks)
         if not tracing:
-            if advances:
-                with torch.no_grad():
-                    self.noise_step.add_(1)  # the next step draws fresh noise
+            if advances:  # an integer buffer: no autograd to keep out
+                self.noise_step.add_(1)  # the next step draws fresh noise
             if hard and all(t is None or t.grad_fn is None for t in p):
                 cache_store(self, settings, p)
         return p
@@ -281,7 +280,7 @@ class MaskLayer(V0Methods, nn.Module):
         tensors = (self.weight, self.bias, *self.mask_tensors())
         if hard:  # sharded (DTensor) masks are counted whole: sampled ablations draw over every unit
             tensors = tuple(t.full_tensor() if hasattr(t, "full_tensor") else t for t in tensors)
-        masks = self._unit_masks(True, tensors) if hard else (None,) * 4
+        masks = self._unit_masks(True, tensors) if hard else soft_lookup(self, tensors[2:], self._settings) or (None,) * 4
         total = None
         for params, base, applied in zip(tensors[2:], tensors[:2], masks[::2]):
             if params is not None:  # a sharded soft term is summed over ranks by the core

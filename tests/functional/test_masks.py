@@ -239,6 +239,20 @@ def test_mask_l0_counts_neuron_entries_once_per_weight_in_the_row():
     assert torch.allclose(hc, F.hard_concrete_l0(theta) * 5)
 
 
+def test_soft_l0_sums_a_given_soft_mask_only_where_the_term_is_the_mask_sum():
+    theta = torch.tensor([[1.0], [-1.0], [2.0]], requires_grad=True)
+    soft = F.continuous_sparsification_mask(theta, temperature=2.0)
+    given_mask = F.mask_l0("continuous_sparsification", theta, 15, hard=False, applied_mask=soft, temperature=2.0)
+    assert torch.equal(given_mask, F.mask_l0("continuous_sparsification", theta, 15, hard=False, temperature=2.0))
+    assert given_mask.grad_fn is not None  # the L0 gradient reaches theta through the given mask
+    # hard concrete's L0 is eq. 12, not the sum of a noisy gate: a given mask is not summed
+    gate = F.hard_concrete_mask(theta, nr.key(0))
+    assert torch.equal(F.mask_l0("hard_concrete", theta, 15, hard=False, applied_mask=gate),
+                       F.mask_l0("hard_concrete", theta, 15, hard=False))
+    with pytest.raises(ValueError, match=r"applied_mask of shape \(3, 5\) must have params' shape \(3, 1\)"):
+        F.mask_l0("continuous_sparsification", theta, 15, hard=False, applied_mask=soft.expand(3, 5))
+
+
 # -- properties -----------------------------------------------------------------------------------------------------
 shapes = st.tuples(st.sampled_from(KINDS), st.integers(1, 6), st.integers(1, 5))
 dtypes = st.sampled_from(DTYPES)
