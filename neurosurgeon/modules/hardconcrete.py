@@ -50,7 +50,7 @@ class HardConcreteLayer(TemperedMixin, MaskLayer):
     def _hparams(self):
         return {"temperature": self._temperature, "left": self._left, "right": self._right}
 
-    def _trained_parameters(self):
+    def _trained_parameters(self, step):
         # A large weight-unit theta trained eagerly takes the compiled gate once it is built (the
         # same function and key: see _compiled.py); anything else goes through the core, eagerly.
         theta, b_theta = self.mask_tensors()
@@ -59,7 +59,7 @@ class HardConcreteLayer(TemperedMixin, MaskLayer):
         gate = compiled_gate(self.weight, theta, self._hparams())
         if gate is None:
             return None
-        k_weight, k_bias = nr.split(noise_key(self.mask_key, self.noise_step), 4)[:2]  # as the core splits it
+        k_weight, k_bias = nr.split(noise_key(self.mask_key, step), 4)[:2]  # as the core splits it
         w, z = gate(self.weight, theta, k_weight, **self._hparams())
         masks = LayerMasks(None, None, None if b_theta is None else hard_concrete_mask(b_theta, k_bias, **self._hparams()), None)
         p = apply_unit_masks(self.weight, self.bias, masks, kind=self._layer.kind, mask_unit="weight", unit_sizes=None)
