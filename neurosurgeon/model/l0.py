@@ -23,6 +23,8 @@ def l0_penalty(model: nn.Module) -> torch.Tensor:
 
     Differentiable in the mask parameters while the layers train (soft masks); the count of
     kept entries when they are hard. Layers registered twice or tied count once per layer.
+    Called after the forward inside :class:`~neurosurgeon.soft_masks_for_l0`, continuous
+    sparsification's term sums the masks that forward made instead of computing them again.
 
     Args:
         model: a model with mask layers.

@@ -1,7 +1,7 @@
 """Stateful ``nn.Module`` shells with the reference's class names; all maths is in
 :mod:`neurosurgeon.functional`."""
 
-from .cache import cached_masks
+from .cache import cached_masks, soft_masks_for_l0
 from .contsparse import ContSparseConv1d, ContSparseConv2d, ContSparseGPTConv1D, ContSparseLayer, ContSparseLinear
 from .hardconcrete import (
     HardConcreteConv1d,
@@ -15,7 +15,7 @@ from ._layer_types import UnsupportedLayerError
 from .mask_layer import MaskLayer
 
 __all__ = [
-    "MaskLayer", "cached_masks", "UnsupportedLayerError",
+    "MaskLayer", "cached_masks", "soft_masks_for_l0", "UnsupportedLayerError",
     "ContSparseLayer", "ContSparseLinear", "ContSparseGPTConv1D", "ContSparseConv1d", "ContSparseConv2d",
     "HardConcreteLayer", "HardConcreteLinear", "HardConcreteGPTConv1D", "HardConcreteConv1d", "HardConcreteConv2d",
     "MagPruneLayer", "MagPruneLinear", "MagPruneGPTConv1D", "MagPruneConv1d", "MagPruneConv2d",

@@ -64,8 +64,16 @@ class cached_masks:
 class soft_masks_for_l0:
     """Context manager around one training step's forward and its L0 term: inside it, each mask
     layer's soft L0 reuses the soft mask of its last forward in the block (same theta, same
-    hyper-parameters), else computes it. Closed at the end of the step, so a mask never outlives
-    the theta it came from. :class:`~neurosurgeon.CircuitModel` opens one in its training forward.
+    hyper-parameters), else computes it. Open one per step, forward first: the block ends
+    before the optimizer changes theta, so a mask never outlives the theta it came from.
+    :class:`~neurosurgeon.CircuitModel` opens one in its training forward.
+
+    Example:
+        >>> import torch, torch.nn as nn, neurosurgeon as ns
+        >>> net = nn.Sequential(nn.Linear(4, 3)); _ = ns.inject_masks(net, "0", key=0)
+        >>> with ns.soft_masks_for_l0():
+        ...     loss = net(torch.ones(2, 4)).sum() + 1e-3 * ns.l0_penalty(net)
+        >>> loss.backward()
     """
 
     def __enter__(self):
