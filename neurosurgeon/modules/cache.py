@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["cached_masks"]
+__all__ = ["cached_masks", "soft_masks_for_l0"]
 
 _state: dict[str, Any] = {"depth": 0, "entries": {}}
 _soft_scopes: list[dict[int, tuple]] = []  # open soft_masks_for_l0() blocks, innermost last
