@@ -119,7 +119,7 @@ class CircuitModel(nn.Module):
             return self.wrapped_model(*args, **kwargs)
         with soft_masks_for_l0():  # the L0 term sums the soft masks this forward made (one sigmoid pass)
             output = self.wrapped_model(*args, **kwargs)
-            return l0.add_l0_to_output(output, l0.l0_penalty(self.wrapped_model), self.config.l0_lambda)
+            return l0.add_l0_to_output(output, lambda: l0.l0_penalty(self.wrapped_model), self.config.l0_lambda)
 
     # -- NeuroSurgeon 0.1.0 methods ---------------------------------------------------------
     def _compute_l0_loss(self):

@@ -8,6 +8,7 @@ count of kept entries when hard).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -70,16 +71,16 @@ def l0_statistics(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def add_l0_to_output(output, penalty: torch.Tensor, l0_lambda: float):
-    """Add ``l0_lambda * penalty`` to a model output's ``loss`` (a ``ModelOutput``, a dict with
-    a ``loss`` key, or a bare loss tensor). Outputs without a loss are returned unchanged.
+def add_l0_to_output(output, penalty: Callable[[], torch.Tensor], l0_lambda: float):
+    """Add ``l0_lambda * penalty()`` to a model output's ``loss`` (a ``ModelOutput``, a dict with
+    a ``loss`` key, or a bare loss tensor). Outputs without a loss are returned unchanged, and
+    ``penalty`` is then not called: a model run for its hidden states computes no L0 term.
 
     Returns:
         the output, with its loss replaced.
     """
-    term = l0_lambda * penalty
     if isinstance(output, torch.Tensor):
-        return output + term.to(output.device) if output.dim() == 0 else output
+        return output + l0_lambda * penalty().to(output.device) if output.dim() == 0 else output
     if isinstance(output, dict) and output.get("loss") is not None:
-        output["loss"] = output["loss"] + term.to(output["loss"].device)
+        output["loss"] = output["loss"] + l0_lambda * penalty().to(output["loss"].device)
     return output

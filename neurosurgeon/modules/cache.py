@@ -20,7 +20,7 @@ from typing import Any
 __all__ = ["cached_masks", "soft_masks_for_l0"]
 
 _state: dict[str, Any] = {"depth": 0, "entries": {}}
-_soft_scopes: list[dict[int, tuple]] = []  # open soft_masks_for_l0() blocks, innermost last
+_soft: dict[str, Any] = {"depth": 0, "entries": {}}  # soft_masks_for_l0(): nesting depth, layer -> masks
 
 
 def cache_lookup(layer, settings) -> Any:
@@ -66,7 +66,8 @@ class soft_masks_for_l0:
     layer's soft L0 reuses the soft mask of its last forward in the block (same theta, same
     hyper-parameters), else computes it. Open one per step, forward first: the block ends
     before the optimizer changes theta, so a mask never outlives the theta it came from.
-    :class:`~neurosurgeon.CircuitModel` opens one in its training forward.
+    Re-entrant: a nested block (:class:`~neurosurgeon.CircuitModel` opens one in its training
+    forward) shares the outermost one's masks, which are forgotten when it exits.
 
     Example:
         >>> import torch, torch.nn as nn, neurosurgeon as ns
@@ -77,23 +78,25 @@ class soft_masks_for_l0:
     """
 
     def __enter__(self):
-        _soft_scopes.append({})
+        _soft["depth"] += 1
         return self
 
     def __exit__(self, *exc):
-        _soft_scopes.pop()
+        _soft["depth"] -= 1
+        if _soft["depth"] == 0:
+            _soft["entries"].clear()
         return False
 
 
 def soft_store(layer, thetas, settings, masks) -> None:
     """Keep the unit masks a training forward of ``layer`` made from ``thetas`` in the open block."""
-    if _soft_scopes:
-        _soft_scopes[-1][id(layer)] = (layer, thetas, settings, masks)
+    if _soft["depth"]:
+        _soft["entries"][id(layer)] = (layer, thetas, settings, masks)
 
 
 def soft_lookup(layer, thetas, settings):
     """The unit masks ``layer`` made from these very ``thetas`` in the open block, or None."""
-    entry = _soft_scopes[-1].get(id(layer)) if _soft_scopes else None
+    entry = _soft["entries"].get(id(layer)) if _soft["depth"] else None
     if entry is None or entry[0] is not layer or entry[2] != settings:
         return None
     return entry[3] if all(a is b for a, b in zip(entry[1], thetas)) else None

@@ -99,3 +99,14 @@ def test_a_forward_without_autograd_leaves_the_l0_term_differentiable():
     (theta_grad,) = torch.autograd.grad(l0, layer.weight_mask_params)
     s = torch.sigmoid(layer.weight_mask_params.detach())
     assert torch.allclose(theta_grad, s * (1 - s))
+
+
+def test_a_forward_without_a_loss_computes_no_l0_term():
+    # Hard concrete's L0 (eq. 12) is a sigmoid of its own: three layers' gates, plus three for the term.
+    circuit, batch = _circuit("hard_concrete"), ZOO["gpt2"].batch()
+    with torch.no_grad(), _OpCounts() as with_loss:
+        assert circuit(**batch).loss is not None
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad(), _OpCounts() as without_loss:
+        assert circuit(**inputs).loss is None
+    assert (with_loss.counts["sigmoid"], without_loss.counts["sigmoid"]) == (6, 3)

@@ -229,6 +229,28 @@ def test_loss_includes_l0_lambda_times_l0_while_training():
     torch.testing.assert_close(losses[1e3] - losses[1e-8], (1e3 - 1e-8) * l0)
 
 
+def test_a_continuous_sparsification_probe_step_computes_one_sigmoid_per_theta():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Sigmoids(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Sigmoids.count += func.overloadpacket.__name__ == "sigmoid"
+            return func(*args, **(kwargs or {}))
+
+    circuit = ns.CircuitConfig("continuous_sparsification", {"mask_init_value": 0.5}, [MASKED["gpt2"]], key=0)
+    torch.manual_seed(0)
+    probe = ns.SubnetworkProbe(ns.SubnetworkProbeConfig("mlp_stream_1", 2, circuit, resid_config(layers=[1], attn=False)),
+                               build("gpt2")).train()
+    with Sigmoids():  # the L0 term sums the mask the forward made: no second sigmoid over theta
+        out = probe(**inputs("gpt2"), labels=LABELS, token_mask=LAST)
+        out.loss.backward()
+    assert Sigmoids.count == 1
+    l0 = probe.circuit_model.l0_penalty()
+    torch.testing.assert_close(out.loss, nn.functional.cross_entropy(out.logits, LABELS) + circuit.l0_lambda * l0)
+
+
 def test_no_l0_term_without_add_l0_or_in_eval_mode():
     x = inputs("gpt2")
     probe = make_probe(l0_lambda=1e3, add_l0=False).train()
