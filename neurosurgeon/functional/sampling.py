@@ -9,12 +9,17 @@ Algorithm (sequential sampling with rejection, vectorised). The key defines an e
 falls in the biased tail of Lemire's multiply-shift (so every unit is proposed with probability
 exactly 1 / n) or is not eligible. The chosen units are the first k *distinct* accepted
 proposals: by symmetry a uniformly random k-subset of the eligible units, exactly. Only about
-n * ln(m / (m - k)) words are needed (m eligible units), instead of a 63-bit score and an O(n)
-selection for every unit; when k > m / 2 the m - k units to *keep* are drawn instead. The
-draw count is only an estimate: if it falls short, more of the same stream is read, so the
-result never depends on it. Distinctness and eligibility are one lookup per draw: an int32 stamp
-per unit records the first draw that proposed it (a scatter-max of decreasing stamps), or a value
-above every stamp for a unit that is not eligible.
+n * ln(m / (m - k)) words are needed (m eligible units), instead of a score and an O(n)
+selection for every unit; when k > m / 2 the m - k units to *keep* are drawn instead.
+
+"First k distinct" needs the order of the draws only at the end. A prefix of the stream that
+almost surely proposes fewer than k distinct eligible units (its expected count minus eight
+standard deviations) is marked as a set: one byte store per draw into a bool table that starts
+True where a unit is not eligible, so taken and ineligible read alike, and order and repeats do
+not matter. The rest is read in short windows, where the new units' first occurrences are found
+in draw order (a sort of a few thousand entries) until k are taken. Should the prefix overshoot
+k after all, its set is discarded and the windows start at draw 0: the result is the same
+either way, only slower.
 
 The kernel is a ``torch.library`` custom op: it runs eagerly on concrete values (so it may read
 k and the draw counts on the host), is opaque to ``torch.compile`` (a fake implementation gives
@@ -37,118 +42,103 @@ _MAX_UNITS = 2**31 - 1
 _U32 = 2**32
 
 
-def _draw_estimate(n: int, m: int, k: int) -> int:
-    """Words expected to yield k distinct eligible units (sum of geometric waits), plus a margin."""
-    accept = 1.0 - (_U32 % n) / _U32
-    mean = n / accept * math.log((m + 0.5) / (m - k + 0.5))
-    return int(mean * 1.03) + 64
-
-
-def proposals(key: torch.Tensor, count: int, n: int) -> torch.Tensor:
-    """Unit proposed by each of words 0..count-1 of the key's stream (int64), or ``n`` where the
-    word falls in the biased tail of Lemire's multiply-shift (Lemire 2019, "Fast random integer
-    generation in an interval"), so every unit is proposed with probability exactly 1 / n; every
-    prefix is independent of ``count``."""
-    w = nr._words_i32(key, count).to(torch.int64) & (_U32 - 1)
-    prod = w * n
+def proposals(key: torch.Tensor, count: int, n: int, start: int = 0) -> torch.Tensor:
+    """Unit proposed by each of words start..start+count-1 of the key's stream (int64), or ``n``
+    where the word falls in the biased tail of Lemire's multiply-shift (Lemire 2019, "Fast random
+    integer generation in an interval"), so every unit is proposed with probability exactly 1 / n;
+    a word's proposal does not depend on ``count`` or ``start``."""
+    prod = nr._words_i32(key, count, start).view(torch.uint32).to(torch.int64) * n
     ok = (prod & (_U32 - 1)) >= _U32 % n
-    return torch.where(ok, prod >> 32, torch.full((), n, dtype=torch.int64, device=w.device))
+    return torch.where(ok, prod >> 32, torch.full((), n, dtype=torch.int64, device=prod.device))
 
 
-_BARRED = 2**31 - 1  # stamp of a unit that is not eligible: above every draw's stamp, so never replaced
+def _prefix_draws(n: int, m: int, k: int) -> int:
+    """Draws whose distinct eligible proposals fall short of k but for a ~1e-15 chance: the
+    expected count m (1 - (1 - p)^D), p = floor(2**32 / n) / 2**32 per unit and draw, set to k
+    minus eight standard deviations (the count's variance is at most its mean)."""
+    target = k - 8.0 * math.sqrt(k) - 16
+    if target <= 0:
+        return 0
+    p = (_U32 // n) / _U32
+    return int(math.log1p(-target / m) / math.log1p(-p))
 
 
-class _Stamps:
-    """Scratch for :func:`_first_distinct`: one int32 stamp per unit, barred where the unit is not
-    eligible, so one lookup per draw answers both "eligible?" and "first?". Draw j of an attempt
-    stamps ``base + (draws - 1 - j)``: an earlier draw has a larger stamp (scatter-max keeps the
-    first), and every attempt starts above all earlier stamps, so stamps left by earlier keys
-    read as unseen and several keys share one table without resetting it."""
-
-    def __init__(self, flat: torch.Tensor, m: int, out: torch.Tensor | None = None):
-        self.flat, self.m = flat, m
-        self.table = torch.empty(flat.shape, dtype=torch.int32, device=flat.device) if out is None else out
-        self._fill()
-
-    def _fill(self) -> None:
-        self.base = 1  # 0 is below every stamp: unseen
-        if self.m == self.flat.numel():
-            self.table.zero_()
-        else:  # one pass: 0 where eligible, barred elsewhere
-            scalar = dict(dtype=torch.int32, device=self.table.device)
-            torch.where(self.flat, torch.zeros((), **scalar), torch.full((), _BARRED, **scalar), out=self.table)
-
-    def claim(self, draws: int) -> int:
-        """The base of an attempt of ``draws`` draws; refills the table before stamps would reach barred."""
-        if self.base + draws >= _BARRED:
-            self._fill()
-        base, self.base = self.base, self.base + draws
-        return base
+def _window(n: int, free: int, need: int) -> int:
+    """Draws expected to propose ``need`` new units among ``free`` untaken eligible ones, plus a margin."""
+    return int(need * n / free * 1.1) + 64
 
 
-def _first_distinct(key: torch.Tensor, n: int, m: int, k: int, stamps: _Stamps) -> torch.Tensor:
-    """Indices (int64, in draw order) of the first k distinct eligible units the key's stream proposes."""
-    device = key.device
-    draws = _draw_estimate(n, m, k)
-    while True:
-        slot = proposals(key, draws, n)  # n: the word fell in the rejected tail
-        ok = slot < n
-        unit = slot.clamp_(max=n - 1)
-        base = stamps.claim(draws)
-        stamp = torch.arange(base + draws - 1, base - 1, -1, dtype=torch.int32, device=device)
-        # Rejected draws stamp 0, which changes no entry under max; barred entries stay barred.
-        stamps.table.scatter_reduce_(0, unit, torch.where(ok, stamp, 0), "amax")
-        is_first = ok & (stamps.table.index_select(0, unit) == stamp)
-        chosen = unit[is_first]  # boolean indexing keeps draw order
-        if chosen.numel() >= k:
-            return chosen[:k]
-        draws *= 2  # rare: the estimate fell short; the stream's prefix is unchanged
+def _first_occurrences(units: torch.Tensor) -> torch.Tensor:
+    """Bool: entry j is the first occurrence of its value in ``units``."""
+    _, inverse = torch.unique(units, return_inverse=True)
+    pos = torch.arange(units.numel(), device=units.device)
+    first = torch.full((int(inverse.max()) + 1,), units.numel(), device=units.device).scatter_reduce_(0, inverse, pos, "amin")
+    return first.index_select(0, inverse) == pos
 
 
-def _choose(key: torch.Tensor, flat: torch.Tensor, k: int, shared=None, scratch=None):
-    """(chosen units, keep_side) for k zeros among the eligible units of ``flat``; None if trivial.
+def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, m: int, k: int) -> None:
+    """Set ``taken`` True at the first k distinct eligible units the key's stream proposes.
 
-    ``shared``: ``(m, stamps)`` made once for several keys over the same ``flat``.
-    ``scratch``: n int32 entries the caller overwrites afterwards, used as the stamp table when
-    nothing is shared: no fresh n-sized buffer per call."""
-    n = flat.numel()
-    m, stamps = shared if shared is not None else (int(torch.count_nonzero(flat)), None)
+    ``taken``: bool, n + 1 entries, True exactly where a unit is not eligible and at the spare
+    entry n (where rejected draws land); ``m`` eligible units."""
+    n = taken.numel() - 1
+    start = _prefix_draws(n, m, k)
+    if start:
+        initial = taken.clone()
+        taken.index_fill_(0, proposals(key, start, n), True)
+        got = int(torch.count_nonzero(taken)) - (n + 1 - m)
+        if got > k:  # ~1e-15: the prefix overshot; redo in windows from draw 0
+            taken.copy_(initial)
+            start = got = 0
+        k, free = k - got, m - got
+    else:
+        free = m
+    while k > 0:
+        draws = _window(n, free, k)
+        unit = proposals(key, draws, n, start)
+        new = unit[~taken.index_select(0, unit)]  # in draw order; rejected draws hit the spare entry
+        chosen = new[_first_occurrences(new)][:k] if new.numel() else new
+        taken.index_fill_(0, chosen, True)
+        k, free, start = k - chosen.numel(), free - chosen.numel(), start + draws
+
+
+def _kept(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int | None = None, barred=None) -> torch.Tensor:
+    """Bool mask (n + 1 entries, the last spare), True where a unit is kept, for k zeros drawn
+    among the eligible units of the flat ``eligible``. ``m``/``barred`` (the count of eligible
+    units and ``~eligible`` with a True spare entry) may come precomputed for several keys."""
+    n = eligible.numel()
+    if m is None:
+        m = int(torch.count_nonzero(eligible))
     if k > m:
         raise ValueError(f"cannot choose {k} mask units from only {m} eligible ones")
-    if k == 0 or k == m:
-        return None, k == m
-    if stamps is None:
-        stamps = _Stamps(flat, m, scratch)
+    if barred is None:
+        barred = _barred(eligible)
+    taken = barred.clone()
     keep_side = k > m - k  # draw the smaller side: the m - k survivors
-    return _first_distinct(key, n, m, m - k if keep_side else k, stamps), keep_side
+    _take_first_distinct(key, taken, m, m - k if keep_side else k)
+    # taken = ineligible | drawn. Drawn survivors: kept = taken. Drawn zeros: kept = taken xor eligible
+    # (ineligible units stay, drawn ones go, the rest stay).
+    return taken if keep_side else taken[:n].bitwise_xor_(eligible)
 
 
-def _zeros_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, out: torch.Tensor, shared=None) -> torch.Tensor:
+def _barred(eligible: torch.Tensor) -> torch.Tensor:
+    barred = torch.ones(eligible.numel() + 1, dtype=torch.bool, device=eligible.device)
+    torch.logical_not(eligible, out=barred[:-1])
+    return barred
+
+
+def _zeros_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, out: torch.Tensor, shared=()) -> torch.Tensor:
     """Write the bool zero-set (True = zeroed) into ``out`` (eligible's shape)."""
-    flat, dst = eligible.reshape(-1), out.view(-1)
-    chosen, keep_side = _choose(key, flat, k, shared)
-    if chosen is None:
-        dst.copy_(flat) if keep_side else dst.zero_()
-    else:
-        dst.zero_().index_fill_(0, chosen, True)
-        if keep_side:
-            dst.logical_not_().logical_and_(flat)
+    n = eligible.numel()
+    torch.logical_not(_kept(key, eligible.reshape(-1), k, *shared)[:n], out=out.view(-1))
     return out
 
 
-def _mask_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, out: torch.Tensor, shared=None) -> torch.Tensor:
-    """Write the sampled *mask* (1 = kept, 0 = zeroed) into ``out`` (floating, eligible's shape)
-    directly: one pass over n plus k scattered writes, instead of bool set, not, cast."""
-    flat, dst = eligible.reshape(-1), out.view(-1)
-    # A mask of 4 or 8 bytes an entry holds n int32 entries: the draw's scratch before it is written.
-    scratch = dst.view(torch.int32)[: dst.numel()] if dst.element_size() >= 4 else None
-    chosen, keep_side = _choose(key, flat, k, shared, scratch)
-    if chosen is None:
-        torch.logical_not(flat, out=dst) if keep_side else dst.fill_(1)
-    elif keep_side:  # zero every eligible unit, then restore the chosen survivors
-        torch.logical_not(flat, out=dst).index_fill_(0, chosen, 1)
-    else:
-        dst.fill_(1).index_fill_(0, chosen, 0)
+def _mask_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, out: torch.Tensor, shared=()) -> torch.Tensor:
+    """Write the sampled *mask* (1 = kept, 0 = zeroed) into ``out`` (floating, eligible's shape);
+    a cast from bytes is the cheapest pass from a bool mask to a float one."""
+    n = eligible.numel()
+    out.view(-1).copy_(_kept(key, eligible.reshape(-1), k, *shared)[:n].view(torch.uint8))
     return out
 
 
@@ -163,11 +153,10 @@ def _batched(kernel, op, info, in_dims, key, eligible, num_zeros, dtype):
         extra = () if op is _sample_zeros_op else (dtype,)
         return torch.stack([op(*sl, *extra) for sl in slices]), 0
     out = torch.empty((info.batch_size, *slices[0][1].shape), dtype=dtype, device=eligible.device)
-    shared = None
-    if in_dims[1] is None:  # one eligible set for every key: count it and allocate scratch once
+    shared = ()
+    if in_dims[1] is None:  # one eligible set for every key: count and negate it once
         flat = eligible.reshape(-1)
-        m = int(torch.count_nonzero(flat))
-        shared = (m, _Stamps(flat, m))
+        shared = (int(torch.count_nonzero(flat)), _barred(flat))
     for i, (k_i, e_i, n_i) in enumerate(slices):
         kernel(k_i, e_i, int(n_i), out[i], shared)
     return out, 0

@@ -1,5 +1,6 @@
 """Sampler edge cases: impossible complement sampling names the layer, its counts and what would
-make it possible; a short draw estimate or a refilled stamp table changes no mask."""
+make it possible; how the draws are split into an unordered prefix and ordered windows changes
+no mask."""
 
 import pytest
 import torch
@@ -57,13 +58,22 @@ def test_the_samplers_own_error_names_the_mask_shape_and_counts():
 
 
 @pytest.mark.parametrize("sampler", [complement_sampled_mask, randomly_sampled_mask])
-def test_a_short_draw_estimate_and_a_refilled_stamp_table_change_no_mask(monkeypatch, sampler):
+@pytest.mark.parametrize("density", [0.05, 0.3, 0.45, 0.8])
+def test_neither_the_unordered_prefix_nor_the_window_size_changes_a_mask(monkeypatch, sampler, density):
     from neurosurgeon.functional import sampling
 
-    h, keys = subnetwork((30, 20), 0.3), nr.split(nr.key(8), 4)
+    h, keys = subnetwork((60, 50), density), nr.split(nr.key(8), 4)
+    if sampler is complement_sampled_mask and 2 * h.sum() > h.numel():
+        h = 1 - h
     expected = masks(sampler, h, keys)
-    monkeypatch.setattr(sampling, "_draw_estimate", lambda n, m, k: 3)  # every draw reads on, doubling
-    assert all(torch.equal(a, b) for a, b in zip(masks(sampler, h, keys), expected))
-    monkeypatch.undo()
-    monkeypatch.setattr(sampling, "_BARRED", 1000)  # stamps run out: the shared table refills between keys
-    assert all(torch.equal(a, b) for a, b in zip(masks(sampler, h, keys), expected))
+    assert sampling._prefix_draws(h.numel(), h.numel(), int(h.sum())) > 0  # the default path has a prefix
+    cases = {
+        "no prefix, windows of a few draws": [("_prefix_draws", lambda n, m, k: 0), ("_window", lambda n, f, k: 3)],
+        "a prefix that overshoots k, redone from draw 0": [("_prefix_draws", lambda n, m, k: 50 * n)],
+        "the whole draw as one window": [("_prefix_draws", lambda n, m, k: 0)],
+    }
+    for case, patches in cases.items():
+        for name, fn in patches:
+            monkeypatch.setattr(sampling, name, fn)
+        assert all(torch.equal(a, b) for a, b in zip(masks(sampler, h, keys), expected)), case
+        monkeypatch.undo()
