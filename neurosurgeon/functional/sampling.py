@@ -47,20 +47,20 @@ def proposals(key: torch.Tensor, count: int, n: int, start: int = 0) -> torch.Te
     where the word falls in the biased tail of Lemire's multiply-shift (Lemire 2019, "Fast random
     integer generation in an interval"), so every unit is proposed with probability exactly 1 / n;
     a word's proposal does not depend on ``count`` or ``start``."""
-    prod = nr._words_i32(key, count, start).view(torch.uint32).to(torch.int64) * n
-    ok = (prod & (_U32 - 1)) >= _U32 % n
-    return torch.where(ok, prod >> 32, torch.full((), n, dtype=torch.int64, device=prod.device))
+    prod = nr._words_i32(key, count, start).view(torch.uint32).to(torch.int64).mul_(n)
+    biased = (prod & (_U32 - 1)) < _U32 % n
+    return prod.bitwise_right_shift_(32).masked_fill_(biased, n)  # in place: one fresh int64 buffer
 
 
-def _prefix_draws(n: int, m: int, k: int) -> int:
-    """Draws whose distinct eligible proposals fall short of k but for a ~1e-15 chance: the
-    expected count m (1 - (1 - p)^D), p = floor(2**32 / n) / 2**32 per unit and draw, set to k
-    minus eight standard deviations (the count's variance is at most its mean)."""
-    target = k - 8.0 * math.sqrt(k) - 16
+def _prefix_draws(n: int, m: int, k: int) -> tuple[int, int]:
+    """(D, its expected count): D draws whose distinct eligible proposals fall short of k but for
+    a ~1e-15 chance. The expected count m (1 - (1 - p)^D), p = floor(2**32 / n) / 2**32 per unit
+    and draw, is set to k minus eight standard deviations (the count's variance is at most its mean)."""
+    target = int(k - 8.0 * math.sqrt(k) - 16)
     if target <= 0:
-        return 0
+        return 0, 0
     p = (_U32 // n) / _U32
-    return int(math.log1p(-target / m) / math.log1p(-p))
+    return int(math.log1p(-target / m) / math.log1p(-p)), target
 
 
 def _window(n: int, free: int, need: int) -> int:
@@ -81,34 +81,36 @@ def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, m: int, k: int)
 
     ``taken``: bool, n + 1 entries, True exactly where a unit is not eligible and at the spare
     entry n (where rejected draws land); ``m`` eligible units."""
+    if k == 0:
+        return
     n = taken.numel() - 1
-    start = _prefix_draws(n, m, k)
+    start, expected = _prefix_draws(n, m, k)
+    # The prefix and the window expected after it in one call: a short draw costs mostly dispatch.
+    window = proposals(key, start + _window(n, m - expected, k - expected), n)
     if start:
         initial = taken.clone()
-        taken.index_fill_(0, proposals(key, start, n), True)
+        taken.index_fill_(0, window[:start], True)
         got = int(torch.count_nonzero(taken)) - (n + 1 - m)
-        if got > k:  # ~1e-15: the prefix overshot; redo in windows from draw 0
+        if got > k:  # ~1e-15: the prefix overshot; read everything in draw order from draw 0
             taken.copy_(initial)
             start = got = 0
-        k, free = k - got, m - got
+        k, free, window = k - got, m - got, window[start:]
     else:
         free = m
     while k > 0:
-        draws = _window(n, free, k)
-        unit = proposals(key, draws, n, start)
-        new = unit[~taken.index_select(0, unit)]  # in draw order; rejected draws hit the spare entry
+        new = window[~taken.index_select(0, window)]  # in draw order; rejected draws hit the spare entry
         chosen = new[_first_occurrences(new)][:k] if new.numel() else new
         taken.index_fill_(0, chosen, True)
-        k, free, start = k - chosen.numel(), free - chosen.numel(), start + draws
+        k, free, start = k - chosen.numel(), free - chosen.numel(), start + window.numel()
+        if k > 0:
+            window = proposals(key, _window(n, free, k), n, start)
 
 
-def _kept(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int | None = None, barred=None) -> torch.Tensor:
+def _kept(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int, barred=None) -> torch.Tensor:
     """Bool mask (n + 1 entries, the last spare), True where a unit is kept, for k zeros drawn
-    among the eligible units of the flat ``eligible``. ``m``/``barred`` (the count of eligible
-    units and ``~eligible`` with a True spare entry) may come precomputed for several keys."""
+    among the m eligible units of the flat ``eligible``. ``barred`` (``~eligible`` with a True
+    spare entry) may come precomputed for several keys."""
     n = eligible.numel()
-    if m is None:
-        m = int(torch.count_nonzero(eligible))
     if k > m:
         raise ValueError(f"cannot choose {k} mask units from only {m} eligible ones")
     if barred is None:
@@ -127,73 +129,73 @@ def _barred(eligible: torch.Tensor) -> torch.Tensor:
     return barred
 
 
-def _zeros_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, out: torch.Tensor, shared=()) -> torch.Tensor:
-    """Write the bool zero-set (True = zeroed) into ``out`` (eligible's shape)."""
+def _zeros_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int, out: torch.Tensor, barred=None) -> torch.Tensor:
+    """Write the bool zero-set (True = zeroed) into ``out`` (eligible's shape); m eligible units."""
     n = eligible.numel()
-    torch.logical_not(_kept(key, eligible.reshape(-1), k, *shared)[:n], out=out.view(-1))
+    torch.logical_not(_kept(key, eligible.reshape(-1), k, m, barred)[:n], out=out.view(-1))
     return out
 
 
-def _mask_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, out: torch.Tensor, shared=()) -> torch.Tensor:
+def _mask_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int, out: torch.Tensor, barred=None) -> torch.Tensor:
     """Write the sampled *mask* (1 = kept, 0 = zeroed) into ``out`` (floating, eligible's shape);
     a cast from bytes is the cheapest pass from a bool mask to a float one."""
     n = eligible.numel()
-    out.view(-1).copy_(_kept(key, eligible.reshape(-1), k, *shared)[:n].view(torch.uint8))
+    out.view(-1).copy_(_kept(key, eligible.reshape(-1), k, m, barred)[:n].view(torch.uint8))
     return out
 
 
-def _batched(kernel, op, info, in_dims, key, eligible, num_zeros, dtype):
+def _batched(kernel, op, info, in_dims, key, eligible, num_zeros, num_eligible, dtype):
     # One unbatched kernel call per entry, written into its slice of one preallocated output:
     # vmap == loop by construction, and each call touches a cache-sized working set (batched
     # scatter/kthvalue over (K, n) are far slower on CPU, and stacking K outputs costs a copy).
-    args = (key, eligible, num_zeros)
+    args = (key, eligible, num_zeros, num_eligible)
     slices = [tuple(a if d is None else a.select(d, i) for a, d in zip(args, in_dims)) for i in range(info.batch_size)]
     if transformed(*args):
         # traced by torch.compile, or nested vmap: one (opaque) op call per entry
         extra = () if op is _sample_zeros_op else (dtype,)
         return torch.stack([op(*sl, *extra) for sl in slices]), 0
     out = torch.empty((info.batch_size, *slices[0][1].shape), dtype=dtype, device=eligible.device)
-    shared = ()
-    if in_dims[1] is None:  # one eligible set for every key: count and negate it once
-        flat = eligible.reshape(-1)
-        shared = (int(torch.count_nonzero(flat)), _barred(flat))
-    for i, (k_i, e_i, n_i) in enumerate(slices):
-        kernel(k_i, e_i, int(n_i), out[i], shared)
+    # one eligible set for every key: negated once
+    barred = _barred(eligible.reshape(-1)) if in_dims[1] is None else None
+    for i, (k_i, e_i, n_i, m_i) in enumerate(slices):
+        kernel(k_i, e_i, int(n_i), int(m_i), out[i], barred)
     return out, 0
 
 
 @torch.library.custom_op("neurosurgeon::sample_zeros", mutates_args=())
-def _sample_zeros_op(key: torch.Tensor, eligible: torch.Tensor, num_zeros: torch.Tensor) -> torch.Tensor:
-    return _zeros_kernel(key, eligible, int(num_zeros), torch.empty_like(eligible))
+def _sample_zeros_op(key: torch.Tensor, eligible: torch.Tensor, num_zeros: torch.Tensor,
+                     num_eligible: torch.Tensor) -> torch.Tensor:
+    return _zeros_kernel(key, eligible, int(num_zeros), int(num_eligible), torch.empty_like(eligible))
 
 
 @_sample_zeros_op.register_fake
-def _(key, eligible, num_zeros):
+def _(key, eligible, num_zeros, num_eligible):
     return torch.empty_like(eligible, dtype=torch.bool)
 
 
 torch.library.register_vmap(
     _sample_zeros_op,
-    lambda info, in_dims, key, eligible, num_zeros: _batched(
-        _zeros_kernel, _sample_zeros_op, info, in_dims, key, eligible, num_zeros, torch.bool),
+    lambda info, in_dims, key, eligible, num_zeros, num_eligible: _batched(
+        _zeros_kernel, _sample_zeros_op, info, in_dims, key, eligible, num_zeros, num_eligible, torch.bool),
 )
 
 
 @torch.library.custom_op("neurosurgeon::sampled_mask", mutates_args=())
-def _sampled_mask_op(key: torch.Tensor, eligible: torch.Tensor, num_zeros: torch.Tensor,
+def _sampled_mask_op(key: torch.Tensor, eligible: torch.Tensor, num_zeros: torch.Tensor, num_eligible: torch.Tensor,
                      dtype: torch.dtype) -> torch.Tensor:
-    return _mask_kernel(key, eligible, int(num_zeros), torch.empty(eligible.shape, dtype=dtype, device=eligible.device))
+    out = torch.empty(eligible.shape, dtype=dtype, device=eligible.device)
+    return _mask_kernel(key, eligible, int(num_zeros), int(num_eligible), out)
 
 
 @_sampled_mask_op.register_fake
-def _(key, eligible, num_zeros, dtype):
+def _(key, eligible, num_zeros, num_eligible, dtype):
     return torch.empty(eligible.shape, dtype=dtype, device=eligible.device)
 
 
 torch.library.register_vmap(
     _sampled_mask_op,
-    lambda info, in_dims, key, eligible, num_zeros, dtype: _batched(
-        _mask_kernel, _sampled_mask_op, info, in_dims, key, eligible, num_zeros, dtype),
+    lambda info, in_dims, key, eligible, num_zeros, num_eligible, dtype: _batched(
+        _mask_kernel, _sampled_mask_op, info, in_dims, key, eligible, num_zeros, num_eligible, dtype),
 )
 
 
@@ -205,12 +207,13 @@ def _count_tensor(num_zeros: int | torch.Tensor) -> torch.Tensor:
     return num_zeros.to(torch.int64)
 
 
-def _sampled_mask(key: torch.Tensor, eligible: torch.Tensor, num_zeros, dtype: torch.dtype) -> torch.Tensor:
-    """Ones except ``num_zeros`` units drawn from ``eligible``: ``(~sample_zeros(...)).to(dtype)``, fused."""
+def _sampled_mask(key: torch.Tensor, eligible: torch.Tensor, num_zeros, num_eligible, dtype: torch.dtype) -> torch.Tensor:
+    """Ones except ``num_zeros`` units drawn from the ``num_eligible`` units of ``eligible``:
+    ``(~sample_zeros(...)).to(dtype)``, fused."""
     check_key(key)
     if eligible.numel() > _MAX_UNITS:
         raise ValueError(f"cannot sample over {eligible.numel()} mask units (at most {_MAX_UNITS})")
-    return _sampled_mask_op(key, eligible, _count_tensor(num_zeros), dtype)
+    return _sampled_mask_op(key, eligible, _count_tensor(num_zeros), _count_tensor(num_eligible), dtype)
 
 
 def sample_zeros(key: torch.Tensor, eligible: torch.Tensor, num_zeros: int | torch.Tensor) -> torch.Tensor:
@@ -234,7 +237,7 @@ def sample_zeros(key: torch.Tensor, eligible: torch.Tensor, num_zeros: int | tor
         raise ValueError(f"cannot sample over {n} mask units (at most {_MAX_UNITS})")
     if eligible.dtype != torch.bool:
         raise TypeError(f"eligible must be a bool tensor, got {eligible.dtype}")
-    return _sample_zeros_op(key, eligible, _count_tensor(num_zeros))
+    return _sample_zeros_op(key, eligible, _count_tensor(num_zeros), torch.count_nonzero(eligible))
 
 
 def _concrete_or_tensor(t: torch.Tensor) -> int | torch.Tensor:
@@ -277,7 +280,7 @@ def randomly_sampled_mask(key: torch.Tensor, hard_mask: torch.Tensor, *, num_zer
         return _drawn_whole(randomly_sampled_mask, key, hard_mask, num_zeros)
     eligible = torch.ones_like(hard_mask, dtype=torch.bool)
     k = _checked_count(hard_mask, num_zeros, hard_mask.numel(), "randomly_sampled")
-    return _sampled_mask(key, eligible, k, hard_mask.dtype)
+    return _sampled_mask(key, eligible, k, hard_mask.numel(), hard_mask.dtype)
 
 
 def complement_sampled_mask(key: torch.Tensor, hard_mask: torch.Tensor, *, num_zeros: int | None = None) -> torch.Tensor:
@@ -294,7 +297,7 @@ def complement_sampled_mask(key: torch.Tensor, hard_mask: torch.Tensor, *, num_z
         num_zeros = _concrete_or_tensor(hard_mask.numel() - available)
     what = f"complement_sampled over a mask of shape {tuple(hard_mask.shape)}"
     k = _checked_count(hard_mask, num_zeros, available, what)
-    return _sampled_mask(key, outside, k, hard_mask.dtype)
+    return _sampled_mask(key, outside, k, available, hard_mask.dtype)
 
 
 def _drawn_whole(sampler, key: torch.Tensor, hard_mask: torch.Tensor, num_zeros) -> torch.Tensor:

@@ -66,11 +66,11 @@ def test_neither_the_unordered_prefix_nor_the_window_size_changes_a_mask(monkeyp
     if sampler is complement_sampled_mask and 2 * h.sum() > h.numel():
         h = 1 - h
     expected = masks(sampler, h, keys)
-    assert sampling._prefix_draws(h.numel(), h.numel(), int(h.sum())) > 0  # the default path has a prefix
+    assert sampling._prefix_draws(h.numel(), h.numel(), int(h.sum()))[0] > 0  # the default path has a prefix
     cases = {
-        "no prefix, windows of a few draws": [("_prefix_draws", lambda n, m, k: 0), ("_window", lambda n, f, k: 3)],
-        "a prefix that overshoots k, redone from draw 0": [("_prefix_draws", lambda n, m, k: 50 * n)],
-        "the whole draw as one window": [("_prefix_draws", lambda n, m, k: 0)],
+        "no prefix, windows of a few draws": [("_prefix_draws", lambda n, m, k: (0, 0)), ("_window", lambda n, f, k: 3)],
+        "a prefix that overshoots k, redone from draw 0": [("_prefix_draws", lambda n, m, k: (50 * n, 0))],
+        "the whole draw as one window": [("_prefix_draws", lambda n, m, k: (0, 0))],
     }
     for case, patches in cases.items():
         for name, fn in patches:
