@@ -18,6 +18,7 @@ import torch.nn as nn
 import neurosurgeon as ns
 from neurosurgeon import functional as F
 from neurosurgeon.functional import random as nr
+from neurosurgeon.functional import sampling
 from neurosurgeon.functional.sampling import proposals
 from neurosurgeon.functional.magnitude import num_pruned
 from neurosurgeon.modules._compiled import wait_for_compiled_gates
@@ -460,6 +461,31 @@ def _baseline_models(cfg, orig):
     return out
 
 
+def _baseline_floors(models, ids, metric, n_keys, chunk):
+    """What any vmapped baseline pays beyond a plain forward, without drawing a mask: the vmapped
+    forward with fresh per-key effective weights (one multiply each, batched GEMMs), and the
+    words of each key's stream the exact-k sampler reads (eager, as the sampler makes them)."""
+    plain = models["plain"]
+    layers = ns.mask_layers(models["ours"])
+    weights = {name[name.index("transformer."):] + ".weight": m.weight.detach() for name, m in layers.items()}
+    draws = [sampling._prefix_draws(m.weight.numel(), m.weight.numel() - k, k)[0]
+             for m in layers.values() for k in [int((m.weight_mask_params > 0).sum())]]
+
+    def vmapped():
+        def one(c):
+            state = {name: w * c for name, w in weights.items()}
+            return metric(torch.func.functional_call(plain, state, (), {"input_ids": ids}, strict=False).logits)
+        with torch.no_grad():
+            torch.func.vmap(one, chunk_size=chunk)(torch.ones(n_keys))
+
+    def words():
+        for key in nr.split(nr.key(1), n_keys):
+            for i, d in enumerate(draws):
+                nr._words_i32(nr.fold_in(key, i), d)
+
+    return {"floor_vmapped_weights": vmapped, "floor_words": words}
+
+
 def w6(cfg, orig):
     models = _baseline_models(cfg, orig)
     ids = _gpt2_input(cfg, "baseline_batch")
@@ -483,7 +509,8 @@ def w6(cfg, orig):
                     metric(model(input_ids=ids).logits)
         return run
 
-    contenders = {"ours_vmapped_all": ours_all, "plain_seq": seq(models["plain"], False)}
+    contenders = {"ours_vmapped_all": ours_all, "plain_seq": seq(models["plain"], False),
+                  **_baseline_floors(models, ids, metric, n_seq, cfg["baseline_chunk"])}
     if "orig" in models:
         contenders["orig_seq"] = seq(models["orig"], True)
     t = interleaved(contenders, repeats=cfg["repeats"]["w6"], warmup=cfg.get("w6_warmup", cfg["warmup"]))
@@ -493,6 +520,10 @@ def w6(cfg, orig):
                    3, higher_is_better=True, scale=K / n_seq),
         _ratio_row(f"{K} baselines: ours vmapped / {K} plain unmasked forwards", t, "ours_vmapped_all", "plain_seq",
                    1.15, scale=n_seq / K),
+        _ratio_row("floor: vmapped forwards with fresh per-key weights (W * c, no draws) / plain forwards", t,
+                   "floor_vmapped_weights", "plain_seq"),
+        _ratio_row("floor: each key's needed words (eager Threefry, every layer) / a plain forward", t,
+                   "floor_words", "plain_seq"),
     ]
     return {"id": 6, "title": f"{K} complement_sampled baselines through GPT-2 on a "
                               f"{cfg['baseline_batch'][0]}x{cfg['baseline_batch'][1]}-token batch",
