@@ -76,11 +76,11 @@ def _first_occurrences(units: torch.Tensor) -> torch.Tensor:
     return first.index_select(0, inverse) == pos
 
 
-def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, m: int, k: int) -> None:
+def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, barred: torch.Tensor, m: int, k: int) -> None:
     """Set ``taken`` True at the first k distinct eligible units the key's stream proposes.
 
-    ``taken``: bool, n + 1 entries, True exactly where a unit is not eligible and at the spare
-    entry n (where rejected draws land); ``m`` eligible units."""
+    ``taken``: a copy of ``barred``: bool, n + 1 entries, True exactly where a unit is not
+    eligible and at the spare entry n (where rejected draws land); ``m`` eligible units."""
     if k == 0:
         return
     n = taken.numel() - 1
@@ -88,11 +88,10 @@ def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, m: int, k: int)
     # The prefix and the window expected after it in one call: a short draw costs mostly dispatch.
     window = proposals(key, start + _window(n, m - expected, k - expected), n)
     if start:
-        initial = taken.clone()
         taken.index_fill_(0, window[:start], True)
         got = int(torch.count_nonzero(taken)) - (n + 1 - m)
         if got > k:  # ~1e-15: the prefix overshot; read everything in draw order from draw 0
-            taken.copy_(initial)
+            taken.copy_(barred)
             start = got = 0
         k, free, window = k - got, m - got, window[start:]
     else:
@@ -117,7 +116,7 @@ def _kept(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int, barred=None
         barred = _barred(eligible)
     taken = barred.clone()
     keep_side = k > m - k  # draw the smaller side: the m - k survivors
-    _take_first_distinct(key, taken, m, m - k if keep_side else k)
+    _take_first_distinct(key, taken, barred, m, m - k if keep_side else k)
     # taken = ineligible | drawn. Drawn survivors: kept = taken. Drawn zeros: kept = taken xor eligible
     # (ineligible units stay, drawn ones go, the rest stay).
     return taken if keep_side else taken[:n].bitwise_xor_(eligible)
