@@ -68,9 +68,10 @@ def _threefry_i32(k0: torch.Tensor, k1: torch.Tensor, c0: torch.Tensor, c1: torc
     x1 = c1 + ks[1]
     plain = not transformed(x1)
     scratch = torch.empty_like(x1) if plain else None
+    cpu_operands = plain and x1.device.type == "cpu"
     for i in range(_ROUNDS):
         r = _ROTATIONS[i % 8]
-        left, right, low = _ROTATION_OPERANDS[i % 8] if plain else (r, 32 - r, (1 << r) - 1)
+        left, right, low = _ROTATION_OPERANDS[i % 8] if cpu_operands else (r, 32 - r, (1 << r) - 1)
         x0.add_(x1)
         high = torch.bitwise_left_shift(x1, left, out=scratch) if plain else x1 << left
         # int32 shifts are arithmetic: mask off the sign-extended bits for a logical shift.

@@ -13,8 +13,8 @@ n * ln(m / (m - k)) words are needed (m eligible units), instead of a score and 
 selection for every unit; when k > m / 2 the m - k units to *keep* are drawn instead.
 
 "First k distinct" needs the order of the draws only at the end. A prefix of the stream that
-almost surely proposes fewer than k distinct eligible units (its expected count minus eight
-standard deviations) is marked as a set: one byte store per draw into a bool table that starts
+almost surely proposes fewer than k distinct eligible units (its expected count is
+k - 8 sqrt(k) - 16) is marked as a set: one byte store per draw into a bool table that starts
 True where a unit is not eligible, so taken and ineligible read alike, and order and repeats do
 not matter. The rest is read in short windows, where the new units' first occurrences are found
 in draw order (a sort of a few thousand entries) until k are taken. Should the prefix overshoot
@@ -54,8 +54,9 @@ def proposals(key: torch.Tensor, count: int, n: int, start: int = 0) -> torch.Te
 
 def _prefix_draws(n: int, m: int, k: int) -> tuple[int, int]:
     """(D, its expected count): D draws whose distinct eligible proposals fall short of k but for
-    a ~1e-15 chance. The expected count m (1 - (1 - p)^D), p = floor(2**32 / n) / 2**32 per unit
-    and draw, is set to k minus eight standard deviations (the count's variance is at most its mean)."""
+    a chance below 1e-13. The expected count m (1 - (1 - p)^D), p = floor(2**32 / n) / 2**32 per
+    unit and draw, is set to k - (8 sqrt(k) + 16); the count is a sum of negatively associated
+    indicators, so Bernstein's bound applies: exp(-t^2 / (2 (k + t / 3))) < 1e-13 for t >= 8 sqrt(k) + 16."""
     target = int(k - 8.0 * math.sqrt(k) - 16)
     if target <= 0:
         return 0, 0
@@ -90,7 +91,7 @@ def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, barred: torch.T
     if start:
         taken.index_fill_(0, window[:start], True)
         got = int(torch.count_nonzero(taken)) - (n + 1 - m)
-        if got > k:  # ~1e-15: the prefix overshot; read everything in draw order from draw 0
+        if got > k:  # below 1e-13: the prefix overshot; read everything in draw order from draw 0
             taken.copy_(barred)
             start = got = 0
         k, free, window = k - got, m - got, window[start:]

@@ -1,10 +1,12 @@
 """Sampler edge cases: impossible complement sampling names the layer, its counts and what would
 make it possible; how the draws are split into an unordered prefix and ordered windows changes
-no mask."""
+no mask, and the prefix stays below k while doing most of the work."""
 
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import neurosurgeon as ns
 from neurosurgeon.functional import complement_sampled_mask, randomly_sampled_mask
@@ -77,3 +79,22 @@ def test_neither_the_unordered_prefix_nor_the_window_size_changes_a_mask(monkeyp
             monkeypatch.setattr(sampling, name, fn)
         assert all(torch.equal(a, b) for a, b in zip(masks(sampler, h, keys), expected)), case
         monkeypatch.undo()
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(200, 50_000), eligible_share=st.floats(0.05, 1.0), zero_share=st.floats(0.0, 0.5),
+       seed=st.integers(0, 2**32 - 1))
+def test_the_unordered_prefix_stays_below_k_and_does_most_of_the_work(n, eligible_share, zero_share, seed):
+    from neurosurgeon.functional import sampling
+
+    m = max(1, int(n * eligible_share))
+    k = int(m * zero_share)
+    draws, expected = sampling._prefix_draws(n, m, k)
+    if draws == 0:
+        assert k < 8 * k**0.5 + 17  # only a small k goes straight to the ordered windows
+        return
+    eligible = torch.zeros(n + 1, dtype=torch.bool)
+    eligible[torch.randperm(n, generator=torch.Generator().manual_seed(seed % 2**31))[:m]] = True
+    got = int(eligible[sampling.proposals(nr.key(seed), draws, n).unique()].sum())
+    assert got <= k  # the prefix never decides order
+    assert got >= k - 20 * k**0.5 - 64  # and leaves only a short ordered tail
