@@ -211,6 +211,13 @@ def _plain_sampled(h, k, complement):
     return out.reshape(h.shape)
 
 
+def _words_read(n: int, m: int, k: int) -> int:
+    """The words the exact-k sampler reads for k of m eligible units among n: its unordered
+    prefix and the window it expects after it (the floor of a sampled mask, eager)."""
+    draws, expected = sampling._prefix_draws(n, m, k)
+    return draws + sampling._window(n, m - expected, k - expected)
+
+
 def w3(cfg, orig):
     torch.manual_seed(0)
     d_in, d_out, K = cfg["d_in"], cfg["d_out"], cfg["n_masks"]
@@ -243,10 +250,8 @@ def w3(cfg, orig):
         contenders["ours_module_loop"] = module_loop(ours)
         # the floor the sampler is judged against: all n words of the key's stream, per key
         contenders["floor_words"] = lambda: [proposals(key, h.numel(), h.numel()) for key in keys]
-        # the words this sampler reads: the unordered prefix and its expected window, eager
         m = h.numel() - k if ablation == "complement_sampled" else h.numel()
-        draws, expected = sampling._prefix_draws(h.numel(), m, k)
-        draws += sampling._window(h.numel(), m - expected, k - expected)
+        draws = _words_read(h.numel(), m, k)
         contenders["floor_needed_words"] = lambda d=draws: [proposals(key, d, h.numel()) for key in keys]
         if orig is not None:
             o = orig["CS"].from_layer(copy.deepcopy(base), ablation=ablation)
@@ -490,7 +495,7 @@ def _baseline_floors(models, ids, metric, n_keys, chunk):
     plain = models["plain"]
     layers = ns.mask_layers(models["ours"])
     weights = {name[name.index("transformer."):] + ".weight": m.weight.detach() for name, m in layers.items()}
-    draws = [sampling._prefix_draws(m.weight.numel(), m.weight.numel() - k, k)[0]
+    draws = [_words_read(m.weight.numel(), m.weight.numel() - k, k)
              for m in layers.values() for k in [int((m.weight_mask_params > 0).sum())]]
 
     def vmapped():
