@@ -47,7 +47,7 @@ def proposals(key: torch.Tensor, count: int, n: int, start: int = 0) -> torch.Te
     where the word falls in the biased tail of Lemire's multiply-shift (Lemire 2019, "Fast random
     integer generation in an interval"), so every unit is proposed with probability exactly 1 / n;
     a word's proposal does not depend on ``count`` or ``start``."""
-    prod = nr._words_i32(key, count, start).view(torch.uint32).to(torch.int64).mul_(n)
+    prod = nr._words_i32(key, count, start).to(torch.int64).bitwise_and_(_U32 - 1).mul_(n)
     biased = (prod & (_U32 - 1)) < _U32 % n
     return prod.bitwise_right_shift_(32).masked_fill_(biased, n)  # in place: one fresh int64 buffer
 
