@@ -19,25 +19,41 @@ from typing import Any
 
 __all__ = ["cached_masks", "soft_masks_for_l0"]
 
-_state: dict[str, Any] = {"depth": 0, "entries": {}}
-_soft: dict[str, Any] = {"depth": 0, "entries": {}}  # soft_masks_for_l0(): nesting depth, layer -> masks
+
+class _Store:
+    """One kind of block's entries, by layer: kept from the outermost block's entry to its exit."""
+
+    def __init__(self):
+        self.depth, self.entries = 0, {}
+
+    def put(self, layer, *value) -> None:
+        if self.depth:
+            self.entries[id(layer)] = (layer, *value)
+
+    def get(self, layer) -> tuple | None:
+        """What ``layer`` itself stored in the open block (an id reused by another object misses)."""
+        entry = self.entries.get(id(layer)) if self.depth else None
+        return entry[1:] if entry is not None and entry[0] is layer else None
 
 
-def cache_lookup(layer, settings) -> Any:
-    """The entry ``layer`` stored under ``settings`` in the open block, or None."""
-    if not _state["depth"]:
-        return None
-    entry = _state["entries"].get(id(layer))
-    return entry[2] if entry is not None and entry[0] is layer and entry[1] == settings else None
+class _Block:
+    """A re-entrant context manager over its class's ``_store``: nested blocks share the
+    outermost one's entries, which are forgotten when it exits."""
+
+    _store: _Store
+
+    def __enter__(self):
+        self._store.depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        self._store.depth -= 1
+        if self._store.depth == 0:
+            self._store.entries.clear()
+        return False
 
 
-def cache_store(layer, settings, value) -> None:
-    """Keep ``value`` for ``layer`` under ``settings`` until the outermost block exits."""
-    if _state["depth"]:
-        _state["entries"][id(layer)] = (layer, settings, value)
-
-
-class cached_masks:
+class cached_masks(_Block):
     """Context manager: each mask layer computes its masked weight once per block. Re-entrant.
 
     Example:
@@ -50,18 +66,10 @@ class cached_masks:
         True
     """
 
-    def __enter__(self):
-        _state["depth"] += 1
-        return self
-
-    def __exit__(self, *exc):
-        _state["depth"] -= 1
-        if _state["depth"] == 0:
-            _state["entries"].clear()
-        return False
+    _store = _Store()
 
 
-class soft_masks_for_l0:
+class soft_masks_for_l0(_Block):
     """Context manager around one training step's forward and its L0 term: inside it, each mask
     layer's soft L0 reuses the soft mask of its last forward in the block (same theta, same
     hyper-parameters), else computes it. Open one per step, forward first: the block ends
@@ -77,26 +85,28 @@ class soft_masks_for_l0:
         >>> loss.backward()
     """
 
-    def __enter__(self):
-        _soft["depth"] += 1
-        return self
+    _store = _Store()
 
-    def __exit__(self, *exc):
-        _soft["depth"] -= 1
-        if _soft["depth"] == 0:
-            _soft["entries"].clear()
-        return False
+
+def cache_lookup(layer, settings) -> Any:
+    """The entry ``layer`` stored under ``settings`` in the open ``cached_masks`` block, or None."""
+    entry = cached_masks._store.get(layer)
+    return entry[1] if entry is not None and entry[0] == settings else None
+
+
+def cache_store(layer, settings, value) -> None:
+    """Keep ``value`` for ``layer`` under ``settings`` until the outermost block exits."""
+    cached_masks._store.put(layer, settings, value)
 
 
 def soft_store(layer, thetas, settings, masks) -> None:
     """Keep the unit masks a training forward of ``layer`` made from ``thetas`` in the open block."""
-    if _soft["depth"]:
-        _soft["entries"][id(layer)] = (layer, thetas, settings, masks)
+    soft_masks_for_l0._store.put(layer, thetas, settings, masks)
 
 
 def soft_lookup(layer, thetas, settings):
     """The unit masks ``layer`` made from these very ``thetas`` in the open block, or None."""
-    entry = _soft["entries"].get(id(layer)) if _soft["depth"] else None
-    if entry is None or entry[0] is not layer or entry[2] != settings:
+    entry = soft_masks_for_l0._store.get(layer)
+    if entry is None or entry[1] != settings:
         return None
-    return entry[3] if all(a is b for a, b in zip(entry[1], thetas)) else None
+    return entry[2] if all(a is b for a, b in zip(entry[0], thetas)) else None
