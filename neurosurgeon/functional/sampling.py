@@ -35,6 +35,7 @@ import torch
 
 from . import random as nr
 from ._checks import check_key, concrete_int, transformed
+from ._memory import fresh_empty
 
 __all__ = ["randomly_sampled_mask", "complement_sampled_mask"]
 
@@ -154,7 +155,7 @@ def _batched(kernel, op, info, in_dims, key, eligible, num_zeros, num_eligible, 
         # traced by torch.compile, or nested vmap: one (opaque) op call per entry
         extra = () if op is _sample_zeros_op else (dtype,)
         return torch.stack([op(*sl, *extra) for sl in slices]), 0
-    out = torch.empty((info.batch_size, *slices[0][1].shape), dtype=dtype, device=eligible.device)
+    out = fresh_empty((info.batch_size, *slices[0][1].shape), dtype=dtype, device=eligible.device)
     # one eligible set for every key: negated once
     barred = _barred(eligible.reshape(-1)) if in_dims[1] is None else None
     for i, (k_i, e_i, n_i, m_i) in enumerate(slices):
@@ -165,7 +166,8 @@ def _batched(kernel, op, info, in_dims, key, eligible, num_zeros, num_eligible, 
 @torch.library.custom_op("neurosurgeon::sample_zeros", mutates_args=())
 def _sample_zeros_op(key: torch.Tensor, eligible: torch.Tensor, num_zeros: torch.Tensor,
                      num_eligible: torch.Tensor) -> torch.Tensor:
-    return _zeros_kernel(key, eligible, int(num_zeros), int(num_eligible), torch.empty_like(eligible))
+    out = fresh_empty(eligible.shape, dtype=torch.bool, device=eligible.device)
+    return _zeros_kernel(key, eligible, int(num_zeros), int(num_eligible), out)
 
 
 @_sample_zeros_op.register_fake
@@ -183,7 +185,7 @@ torch.library.register_vmap(
 @torch.library.custom_op("neurosurgeon::sampled_mask", mutates_args=())
 def _sampled_mask_op(key: torch.Tensor, eligible: torch.Tensor, num_zeros: torch.Tensor, num_eligible: torch.Tensor,
                      dtype: torch.dtype) -> torch.Tensor:
-    out = torch.empty(eligible.shape, dtype=dtype, device=eligible.device)
+    out = fresh_empty(eligible.shape, dtype=dtype, device=eligible.device)
     return _mask_kernel(key, eligible, int(num_zeros), int(num_eligible), out)
 
 
@@ -248,8 +250,9 @@ def _concrete_or_tensor(t: torch.Tensor) -> int | torch.Tensor:
 def _checked_count(hard_mask: torch.Tensor, num_zeros, available: int | torch.Tensor, what: str):
     """k = sum(h) as an int when it can be read without breaking a transform, else as a tensor."""
     if num_zeros is None:
-        # counted in int64 (a bf16 sum is inexact above 256)
-        num_zeros = _concrete_or_tensor(torch.count_nonzero(hard_mask))
+        # counted in int64 (a bf16 sum is inexact above 256), over the bool ~h: counting a
+        # bool tensor is several times faster than counting a floating one
+        num_zeros = _concrete_or_tensor(hard_mask.numel() - torch.count_nonzero(torch.logical_not(hard_mask)))
     elif isinstance(num_zeros, torch.Tensor):
         pass
     elif isinstance(num_zeros, bool) or not isinstance(num_zeros, int) or num_zeros < 0:
@@ -291,7 +294,7 @@ def complement_sampled_mask(key: torch.Tensor, hard_mask: torch.Tensor, *, num_z
     """
     if hasattr(hard_mask, "full_tensor"):
         return _drawn_whole(complement_sampled_mask, key, hard_mask, num_zeros)
-    outside = hard_mask == 0
+    outside = torch.logical_not(hard_mask)  # h == 0, as one bool pass (a float compare is ~3x slower)
     available = torch.count_nonzero(outside)
     if num_zeros is None:  # k = sum(h) = #(h != 0), counted once
         num_zeros = _concrete_or_tensor(hard_mask.numel() - available)
