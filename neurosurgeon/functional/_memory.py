@@ -2,11 +2,12 @@
 
 A kernel that returns a new mask of tens of MB writes memory the process has never touched.
 glibc serves allocations that large with ``mmap`` and hands them back with ``munmap``, so every
-call faults its output in again, 4 KiB at a time: writing 18 MB measured 7.1 ms fresh against
-1.0 ms into memory already touched. Advising the buffer's aligned interior to use transparent
-huge pages (``madvise(MADV_HUGEPAGE)``, Linux) lets the kernel fault it in 2 MiB at a time:
-1.2 ms. The advice covers only the buffer itself, changes no value, and is skipped wherever it
-does not apply (another OS, another device, a small buffer, huge pages disabled).
+call faults its output in again, 4 KiB at a time, which can cost several times the write itself.
+Advising the buffer's aligned interior to use transparent huge pages (``madvise(MADV_HUGEPAGE)``,
+Linux) lets the kernel fault it in 2 MiB at a time, nearly as cheap as writing memory already
+touched (``benchmarks/NOTES.md`` has the figures). The advice covers only the buffer itself,
+changes no value, and is skipped wherever it does not apply (another OS, another device, a small
+buffer, huge pages disabled).
 """
 
 from __future__ import annotations

@@ -294,7 +294,7 @@ def complement_sampled_mask(key: torch.Tensor, hard_mask: torch.Tensor, *, num_z
     """
     if hasattr(hard_mask, "full_tensor"):
         return _drawn_whole(complement_sampled_mask, key, hard_mask, num_zeros)
-    outside = torch.logical_not(hard_mask)  # h == 0, as one bool pass (a float compare is ~3x slower)
+    outside = torch.logical_not(hard_mask)  # h == 0, as one bool pass: a float compare is slower
     available = torch.count_nonzero(outside)
     if num_zeros is None:  # k = sum(h) = #(h != 0), counted once
         num_zeros = _concrete_or_tensor(hard_mask.numel() - available)
