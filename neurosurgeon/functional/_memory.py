@@ -13,16 +13,19 @@ buffer, huge pages disabled).
 from __future__ import annotations
 
 import ctypes
+import math
 import sys
 
 import torch
 
-__all__ = ["fresh_empty"]
+from ._checks import transformed
+
+__all__ = ["fresh_empty", "product"]
 
 _HUGE = 2**21  # x86-64 and arm64 transparent huge page size
 _MADV_HUGEPAGE = 14
 #: Below this a buffer spans at most one huge page: the advice would not pay for its system call.
-MIN_BYTES = 4 * _HUGE
+MIN_BYTES = 2 * _HUGE
 
 
 def _madvise():
@@ -51,3 +54,46 @@ def fresh_empty(shape, *, dtype: torch.dtype, device: torch.device | str) -> tor
     if stop > start:
         _MADVISE(start, stop - start, _MADV_HUGEPAGE)  # advice only: a refusal (EINVAL) changes nothing
     return out
+
+
+def _plain(t: torch.Tensor) -> bool:
+    return type(t) in (torch.Tensor, torch.nn.Parameter)
+
+
+def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a * b``; a large CPU product that needs no gradient is written into a :func:`fresh_empty`
+    buffer (a masked weight per baseline key is such a product). ``vmap`` batches it; under
+    ``torch.compile``, on other devices, for tensor subclasses and where autograd must record
+    the product it is the plain ``a * b``, so a compiled graph still fuses it."""
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    nbytes = math.prod(shape) * torch.empty((), dtype=torch.promote_types(a.dtype, b.dtype)).element_size()
+    if (_MADVISE is None or nbytes < MIN_BYTES or a.device.type != "cpu" or torch.compiler.is_compiling()
+            or not (_plain(a) and _plain(b)) or (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))):
+        return a * b
+    return _product_op(a, b)
+
+
+@torch.library.custom_op("neurosurgeon::fresh_product", mutates_args=())
+def _product_op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    out = fresh_empty(torch.broadcast_shapes(a.shape, b.shape), dtype=torch.promote_types(a.dtype, b.dtype), device=a.device)
+    return torch.mul(a, b, out=out)
+
+
+@_product_op.register_fake
+def _(a, b):
+    return torch.empty(torch.broadcast_shapes(a.shape, b.shape), dtype=torch.promote_types(a.dtype, b.dtype), device=a.device)
+
+
+def _batched_product(info, in_dims, a, b):
+    # Batch dimension first, each operand's own dimensions right-aligned to the broadcast shape.
+    logical = [t.shape if d is None else t.shape[:d] + t.shape[d + 1:] for t, d in ((a, in_dims[0]), (b, in_dims[1]))]
+    shape = torch.broadcast_shapes(*logical)
+    a, b = (t if d is None else t.movedim(d, 0).reshape(info.batch_size, *[1] * (len(shape) - len(s)), *s)
+            for t, d, s in zip((a, b), in_dims, logical))
+    if transformed(a, b):  # nested vmap: the next level batches the plain product
+        return a * b, 0
+    out = fresh_empty((info.batch_size, *shape), dtype=torch.promote_types(a.dtype, b.dtype), device=a.device)
+    return torch.mul(a, b, out=out), 0
+
+
+torch.library.register_vmap(_product_op, _batched_product)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.nn.modules.utils import _pair, _single
 
 from ._checks import LAYER_KINDS, PADDING_MODES, check_broadcasts_to, check_choice, check_same_shape
+from ._memory import product
 
 __all__ = ["layer_forward"]
 
@@ -82,7 +83,7 @@ def apply_mask(
     if replacement is not None:
         check_same_shape("replacement", replacement, "param", param)
     m = mask.to(param.dtype)
-    out = param * m
+    out = product(param, m)
     if replacement is not None:
         out = out + replacement * (1 - m)
     return out

@@ -40,3 +40,36 @@ def test_masks_are_the_same_with_and_without_the_advice(monkeypatch):
     assert advised.nbytes >= _memory.MIN_BYTES
     assert torch.equal(advised, plain)
     assert (advised == 0).sum(dim=(1, 2)).tolist() == [int(h.sum())] * 3
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [((1024, 1100), (1024, 1100)), ((1024, 1100), (1024, 1)),
+                                             ((1100,), (1024, 1100)), ((1024, 1100), ())])
+def test_product_is_the_elementwise_product_under_vmap_in_any_batch_position(advised, a_shape, b_shape):
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(a_shape, generator=g), torch.randn(b_shape, generator=g)
+    assert torch.equal(_memory.product(a, b), a * b)
+    ab, bb = torch.randn(3, *a_shape, generator=g), torch.randn(*b_shape, 3, generator=g)
+    last = len(b_shape)
+    for in_dims, args in (((0, None), (ab, b)), ((None, last), (a, bb)), ((0, last), (ab, bb))):
+        got = torch.func.vmap(_memory.product, in_dims=in_dims)(*args)
+        want = torch.func.vmap(torch.mul, in_dims=in_dims)(*args)
+        assert torch.equal(got, want)
+    assert len(advised) == 4  # each product went to a fresh, advised buffer
+
+
+def test_product_under_nested_vmap_and_compile():
+    a, b = torch.randn(1024, 1100), (torch.rand(2, 3, 1024, 1100) < 0.5).float()
+    nested = torch.func.vmap(torch.func.vmap(lambda m: _memory.product(a, m)))(b)
+    assert torch.equal(nested, a * b)
+    compiled = torch.compile(lambda x, m: _memory.product(x, m), backend="eager", fullgraph=True)
+    assert torch.equal(compiled(a, b[0, 0]), a * b[0, 0])
+
+
+def test_product_keeps_gradients():
+    a = torch.randn(1024, 1100, requires_grad=True)
+    m = (torch.rand(1024, 1100) < 0.5).float()
+    _memory.product(a, m).sum().backward()
+    assert torch.equal(a.grad, m)
+    with torch.no_grad():
+        out = _memory.product(a, m)
+    assert not out.requires_grad and torch.equal(out, a.detach() * m)
