@@ -18,7 +18,6 @@ import torch.nn as nn
 import neurosurgeon as ns
 from neurosurgeon import functional as F
 from neurosurgeon.functional import random as nr
-from neurosurgeon.functional._memory import product
 from neurosurgeon.functional import sampling
 from neurosurgeon.functional.sampling import proposals
 from neurosurgeon.functional.magnitude import num_pruned
@@ -501,8 +500,7 @@ def _baseline_floors(models, ids, metric, n_keys, chunk):
 
     def vmapped():
         def one(c):
-            # written as the masked layers write theirs (fresh memory advised to use huge pages)
-            state = {name: product(w, c) for name, w in weights.items()}
+            state = {name: w * c for name, w in weights.items()}
             return metric(torch.func.functional_call(plain, state, (), {"input_ids": ids}, strict=False).logits)
         with torch.no_grad():
             torch.func.vmap(one, chunk_size=chunk)(torch.ones(n_keys))

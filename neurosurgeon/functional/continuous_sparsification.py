@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_finite, check_temperature, transformed
-from ._memory import fresh_empty
 
 __all__ = ["continuous_sparsification_mask", "continuous_sparsification_hard_mask", "continuous_sparsification_l0"]
 
@@ -50,9 +49,8 @@ def continuous_sparsification_hard_mask(mask_params: torch.Tensor) -> torch.Tens
     """
     if mask_params.dtype.is_floating_point and not transformed(mask_params):
         # Compare straight into a float buffer: one pass instead of a bool tensor and a cast
-        # (out= does not compose with transforms, hence the guard), a fresh buffer cheap to touch.
-        out = fresh_empty(mask_params.shape, dtype=mask_params.dtype, device=mask_params.device)
-        return torch.gt(mask_params.detach(), 0, out=out)
+        # (out= does not compose with transforms, hence the guard).
+        return torch.gt(mask_params.detach(), 0, out=torch.empty_like(mask_params, requires_grad=False))
     return (mask_params > 0).to(mask_params.dtype)
 
 

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch.nn.modules.utils import _pair, _single
 
 from ._checks import LAYER_KINDS, PADDING_MODES, check_broadcasts_to, check_choice, check_same_shape
-from ._memory import product
 
 __all__ = ["layer_forward"]
 
@@ -83,7 +82,7 @@ def apply_mask(
     if replacement is not None:
         check_same_shape("replacement", replacement, "param", param)
     m = mask.to(param.dtype)
-    out = product(param, m)
+    out = param * m
     if replacement is not None:
         out = out + replacement * (1 - m)
     return out

@@ -35,7 +35,6 @@ import torch
 
 from . import random as nr
 from ._checks import check_key, concrete_int, transformed
-from ._memory import fresh_empty
 
 __all__ = ["randomly_sampled_mask", "complement_sampled_mask"]
 
@@ -78,10 +77,10 @@ def _first_occurrences(units: torch.Tensor) -> torch.Tensor:
     return first.index_select(0, inverse) == pos
 
 
-def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, barred: torch.Tensor, m: int, k: int) -> None:
+def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, eligible: torch.Tensor, m: int, k: int) -> None:
     """Set ``taken`` True at the first k distinct eligible units the key's stream proposes.
 
-    ``taken``: a copy of ``barred``: bool, n + 1 entries, True exactly where a unit is not
+    ``taken``: ``_barred(eligible)``: bool, n + 1 entries, True exactly where a unit is not
     eligible and at the spare entry n (where rejected draws land); ``m`` eligible units."""
     if k == 0:
         return
@@ -93,7 +92,7 @@ def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, barred: torch.T
         taken.index_fill_(0, window[:start], True)
         got = int(torch.count_nonzero(taken)) - (n + 1 - m)
         if got > k:  # below 1e-13: the prefix overshot; read everything in draw order from draw 0
-            taken.copy_(barred)
+            torch.logical_not(eligible, out=taken[:n])  # back to the barred table
             start = got = 0
         k, free, window = k - got, m - got, window[start:]
     else:
@@ -107,41 +106,40 @@ def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, barred: torch.T
             window = proposals(key, _window(n, free, k), n, start)
 
 
-def _kept(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int, barred=None) -> torch.Tensor:
+def _kept(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int) -> torch.Tensor:
     """Bool mask (n + 1 entries, the last spare), True where a unit is kept, for k zeros drawn
-    among the m eligible units of the flat ``eligible``. ``barred`` (``~eligible`` with a True
-    spare entry) may come precomputed for several keys."""
+    among the m eligible units of the flat ``eligible``."""
     n = eligible.numel()
     if k > m:
         raise ValueError(f"cannot choose {k} mask units from only {m} eligible ones")
-    if barred is None:
-        barred = _barred(eligible)
-    taken = barred.clone()
+    taken = _barred(eligible)
     keep_side = k > m - k  # draw the smaller side: the m - k survivors
-    _take_first_distinct(key, taken, barred, m, m - k if keep_side else k)
+    _take_first_distinct(key, taken, eligible, m, m - k if keep_side else k)
     # taken = ineligible | drawn. Drawn survivors: kept = taken. Drawn zeros: kept = taken xor eligible
     # (ineligible units stay, drawn ones go, the rest stay).
     return taken if keep_side else taken[:n].bitwise_xor_(eligible)
 
 
 def _barred(eligible: torch.Tensor) -> torch.Tensor:
-    barred = torch.ones(eligible.numel() + 1, dtype=torch.bool, device=eligible.device)
+    """~eligible and a True spare entry: one pass, so each key builds its own."""
+    barred = torch.empty(eligible.numel() + 1, dtype=torch.bool, device=eligible.device)
     torch.logical_not(eligible, out=barred[:-1])
+    barred[-1:].fill_(True)
     return barred
 
 
-def _zeros_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int, out: torch.Tensor, barred=None) -> torch.Tensor:
+def _zeros_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int, out: torch.Tensor) -> torch.Tensor:
     """Write the bool zero-set (True = zeroed) into ``out`` (eligible's shape); m eligible units."""
     n = eligible.numel()
-    torch.logical_not(_kept(key, eligible.reshape(-1), k, m, barred)[:n], out=out.view(-1))
+    torch.logical_not(_kept(key, eligible.reshape(-1), k, m)[:n], out=out.view(-1))
     return out
 
 
-def _mask_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int, out: torch.Tensor, barred=None) -> torch.Tensor:
+def _mask_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int, out: torch.Tensor) -> torch.Tensor:
     """Write the sampled *mask* (1 = kept, 0 = zeroed) into ``out`` (floating, eligible's shape);
     a cast from bytes is the cheapest pass from a bool mask to a float one."""
     n = eligible.numel()
-    out.view(-1).copy_(_kept(key, eligible.reshape(-1), k, m, barred)[:n].view(torch.uint8))
+    out.view(-1).copy_(_kept(key, eligible.reshape(-1), k, m)[:n].view(torch.uint8))
     return out
 
 
@@ -155,19 +153,16 @@ def _batched(kernel, op, info, in_dims, key, eligible, num_zeros, num_eligible, 
         # traced by torch.compile, or nested vmap: one (opaque) op call per entry
         extra = () if op is _sample_zeros_op else (dtype,)
         return torch.stack([op(*sl, *extra) for sl in slices]), 0
-    out = fresh_empty((info.batch_size, *slices[0][1].shape), dtype=dtype, device=eligible.device)
-    # one eligible set for every key: negated once
-    barred = _barred(eligible.reshape(-1)) if in_dims[1] is None else None
+    out = torch.empty((info.batch_size, *slices[0][1].shape), dtype=dtype, device=eligible.device)
     for i, (k_i, e_i, n_i, m_i) in enumerate(slices):
-        kernel(k_i, e_i, int(n_i), int(m_i), out[i], barred)
+        kernel(k_i, e_i, int(n_i), int(m_i), out[i])
     return out, 0
 
 
 @torch.library.custom_op("neurosurgeon::sample_zeros", mutates_args=())
 def _sample_zeros_op(key: torch.Tensor, eligible: torch.Tensor, num_zeros: torch.Tensor,
                      num_eligible: torch.Tensor) -> torch.Tensor:
-    out = fresh_empty(eligible.shape, dtype=torch.bool, device=eligible.device)
-    return _zeros_kernel(key, eligible, int(num_zeros), int(num_eligible), out)
+    return _zeros_kernel(key, eligible, int(num_zeros), int(num_eligible), torch.empty_like(eligible))
 
 
 @_sample_zeros_op.register_fake
@@ -185,7 +180,7 @@ torch.library.register_vmap(
 @torch.library.custom_op("neurosurgeon::sampled_mask", mutates_args=())
 def _sampled_mask_op(key: torch.Tensor, eligible: torch.Tensor, num_zeros: torch.Tensor, num_eligible: torch.Tensor,
                      dtype: torch.dtype) -> torch.Tensor:
-    out = fresh_empty(eligible.shape, dtype=dtype, device=eligible.device)
+    out = torch.empty(eligible.shape, dtype=dtype, device=eligible.device)
     return _mask_kernel(key, eligible, int(num_zeros), int(num_eligible), out)
 
 
