@@ -153,6 +153,9 @@ def _words_i32(key_: torch.Tensor, n: int, start: int = 0) -> torch.Tensor:
     The stream is the one layout every draw reads: word 2i is the first output of Threefry at
     counter (i, 0), word 2i + 1 the second. Any slice of it can be drawn on its own (a shard
     draws only the words of the entries it holds), and a prefix never depends on its length.
+
+    ``key_`` may also be a batch of keys ``(K, 2)``: then ``(K, n)``, row i the words of key i,
+    drawn by shared ops (eager torch pays a dispatch per op, so a few keys per op are cheaper).
     """
     if n < 0 or start < 0:
         raise ValueError(f"word range must be non-negative, got start={start}, n={n}")
@@ -160,18 +163,21 @@ def _words_i32(key_: torch.Tensor, n: int, start: int = 0) -> torch.Tensor:
     if last >= 2**31:
         raise ValueError(f"cannot draw words beyond {2**32 - 2} from one key (asked up to {start + n})")
     k = _to_i32(key_)
-    if transformed(key_) or last - first <= _BLOCK:
+    batch = tuple(key_.shape[:-1])
+    k0, k1 = (k[..., 0:1], k[..., 1:2]) if batch else (k[0], k[1])  # a batch's key words broadcast over counters
+    block = max(1, _BLOCK // math.prod(batch))
+    if transformed(key_) or last - first <= block:
         c0 = torch.arange(first, last, dtype=torch.int32, device=key_.device)
-        y0, y1 = _threefry_i32(k[0], k[1], c0, torch.zeros_like(c0))
-        pairs = torch.stack((y0, y1), dim=1)
+        y0, y1 = _threefry_i32(k0, k1, c0, torch.zeros_like(c0))
+        pairs = torch.stack((y0, y1), dim=-1)
     else:
-        pairs = torch.empty((last - first, 2), dtype=torch.int32, device=key_.device)
-        for lo in range(first, last, _BLOCK):
-            c0 = torch.arange(lo, min(lo + _BLOCK, last), dtype=torch.int32, device=key_.device)
-            y0, y1 = _threefry_i32(k[0], k[1], c0, torch.zeros_like(c0))
-            pairs[lo - first: lo - first + c0.numel()] = torch.stack((y0, y1), dim=1)
+        pairs = torch.empty((*batch, last - first, 2), dtype=torch.int32, device=key_.device)
+        for lo in range(first, last, block):
+            c0 = torch.arange(lo, min(lo + block, last), dtype=torch.int32, device=key_.device)
+            y0, y1 = _threefry_i32(k0, k1, c0, torch.zeros_like(c0))
+            pairs[..., lo - first: lo - first + c0.numel(), :] = torch.stack((y0, y1), dim=-1)
     offset = start - 2 * first
-    return pairs.reshape(-1)[offset: offset + n]
+    return pairs.reshape(*batch, -1)[..., offset: offset + n]
 
 
 def split(key_: torch.Tensor, num: int = 2) -> torch.Tensor:

@@ -69,6 +69,19 @@ def _window(n: int, free: int, need: int) -> int:
     return int(need * n / free * 1.1) + 64
 
 
+def _first_draws(n: int, m: int, k: int) -> int:
+    """Draws the first read takes for k of m eligible units: the prefix and the window expected
+    after it, in one call (a short draw costs mostly dispatch)."""
+    start, expected = _prefix_draws(n, m, k)
+    return start + _window(n, m - expected, k - expected)
+
+
+def _drawn(k: int, m: int) -> tuple[bool, int]:
+    """(whether the survivors are drawn, how many units are drawn): always the smaller side."""
+    keep_side = k > m - k
+    return keep_side, m - k if keep_side else k
+
+
 def _first_occurrences(units: torch.Tensor) -> torch.Tensor:
     """Bool: entry j is the first occurrence of its value in ``units``."""
     _, inverse = torch.unique(units, return_inverse=True)
@@ -77,17 +90,18 @@ def _first_occurrences(units: torch.Tensor) -> torch.Tensor:
     return first.index_select(0, inverse) == pos
 
 
-def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, eligible: torch.Tensor, m: int, k: int) -> None:
+def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, eligible: torch.Tensor, m: int, k: int,
+                         first: torch.Tensor | None = None) -> None:
     """Set ``taken`` True at the first k distinct eligible units the key's stream proposes.
 
     ``taken``: ``_barred(eligible)``: bool, n + 1 entries, True exactly where a unit is not
-    eligible and at the spare entry n (where rejected draws land); ``m`` eligible units."""
+    eligible and at the spare entry n (where rejected draws land); ``m`` eligible units.
+    ``first``: the proposals of the first :func:`_first_draws` draws, if already made."""
     if k == 0:
         return
     n = taken.numel() - 1
-    start, expected = _prefix_draws(n, m, k)
-    # The prefix and the window expected after it in one call: a short draw costs mostly dispatch.
-    window = proposals(key, start + _window(n, m - expected, k - expected), n)
+    start, _ = _prefix_draws(n, m, k)
+    window = proposals(key, _first_draws(n, m, k), n) if first is None else first
     if start:
         taken.index_fill_(0, window[:start], True)
         got = int(torch.count_nonzero(taken)) - (n + 1 - m)
@@ -106,15 +120,15 @@ def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, eligible: torch
             window = proposals(key, _window(n, free, k), n, start)
 
 
-def _kept(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int) -> torch.Tensor:
+def _kept(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int, first=None) -> torch.Tensor:
     """Bool mask (n + 1 entries, the last spare), True where a unit is kept, for k zeros drawn
-    among the m eligible units of the flat ``eligible``."""
+    among the m eligible units of the flat ``eligible`` (``first``: see :func:`_take_first_distinct`)."""
     n = eligible.numel()
     if k > m:
         raise ValueError(f"cannot choose {k} mask units from only {m} eligible ones")
     taken = _barred(eligible)
-    keep_side = k > m - k  # draw the smaller side: the m - k survivors
-    _take_first_distinct(key, taken, eligible, m, m - k if keep_side else k)
+    keep_side, drawn = _drawn(k, m)
+    _take_first_distinct(key, taken, eligible, m, drawn, first)
     # taken = ineligible | drawn. Drawn survivors: kept = taken. Drawn zeros: kept = taken xor eligible
     # (ineligible units stay, drawn ones go, the rest stay).
     return taken if keep_side else taken[:n].bitwise_xor_(eligible)
@@ -128,19 +142,34 @@ def _barred(eligible: torch.Tensor) -> torch.Tensor:
     return barred
 
 
-def _zeros_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int, out: torch.Tensor) -> torch.Tensor:
+def _zeros_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int, out: torch.Tensor, first=None) -> torch.Tensor:
     """Write the bool zero-set (True = zeroed) into ``out`` (eligible's shape); m eligible units."""
     n = eligible.numel()
-    torch.logical_not(_kept(key, eligible.reshape(-1), k, m)[:n], out=out.view(-1))
+    torch.logical_not(_kept(key, eligible.reshape(-1), k, m, first)[:n], out=out.view(-1))
     return out
 
 
-def _mask_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int, out: torch.Tensor) -> torch.Tensor:
+def _mask_kernel(key: torch.Tensor, eligible: torch.Tensor, k: int, m: int, out: torch.Tensor, first=None) -> torch.Tensor:
     """Write the sampled *mask* (1 = kept, 0 = zeroed) into ``out`` (floating, eligible's shape);
     a cast from bytes is the cheapest pass from a bool mask to a float one."""
     n = eligible.numel()
-    out.view(-1).copy_(_kept(key, eligible.reshape(-1), k, m)[:n].view(torch.uint8))
+    out.view(-1).copy_(_kept(key, eligible.reshape(-1), k, m, first)[:n].view(torch.uint8))
     return out
+
+
+#: Keys whose first draws share one set of ops when they share an eligible set and a count: eager
+#: torch pays a dispatch per op, and beyond a few keys the words outgrow the cache.
+_KEYS_PER_DRAW = 4
+
+
+def _shared_first_draws(keys: torch.Tensor, eligible: torch.Tensor, num_zeros, num_eligible):
+    """Yield each key's first proposals, drawn for ``_KEYS_PER_DRAW`` keys at a time (each row
+    is what that key alone would draw), or None where the kernel draws nothing or raises."""
+    n, k, m = eligible.numel(), int(num_zeros), int(num_eligible)
+    draws = _first_draws(n, m, _drawn(k, m)[1]) if 0 < _drawn(k, m)[1] and k <= m else 0
+    for lo in range(0, keys.shape[0], _KEYS_PER_DRAW):
+        group = proposals(keys[lo: lo + _KEYS_PER_DRAW], draws, n) if draws else [None] * _KEYS_PER_DRAW
+        yield from group[: keys.shape[0] - lo]
 
 
 def _batched(kernel, op, info, in_dims, key, eligible, num_zeros, num_eligible, dtype):
@@ -154,8 +183,10 @@ def _batched(kernel, op, info, in_dims, key, eligible, num_zeros, num_eligible, 
         extra = () if op is _sample_zeros_op else (dtype,)
         return torch.stack([op(*sl, *extra) for sl in slices]), 0
     out = torch.empty((info.batch_size, *slices[0][1].shape), dtype=dtype, device=eligible.device)
+    shared = in_dims[0] is not None and all(d is None for d in in_dims[1:])  # one eligible set and count
+    firsts = _shared_first_draws(key.movedim(in_dims[0], 0), eligible, num_zeros, num_eligible) if shared else None
     for i, (k_i, e_i, n_i, m_i) in enumerate(slices):
-        kernel(k_i, e_i, int(n_i), int(m_i), out[i])
+        kernel(k_i, e_i, int(n_i), int(m_i), out[i], next(firsts) if shared else None)
     return out, 0
 
 

@@ -1,6 +1,7 @@
 """Sampler edge cases: impossible complement sampling names the layer, its counts and what would
 make it possible; how the draws are split into an unordered prefix and ordered windows changes
-no mask, and the prefix stays below k while doing most of the work."""
+no mask, nor does drawing several keys' first words together; and the prefix stays below k while
+doing most of the work."""
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 import neurosurgeon as ns
 from neurosurgeon.functional import complement_sampled_mask, randomly_sampled_mask
 from neurosurgeon.functional import random as nr
+from neurosurgeon.functional import sampling
 from neurosurgeon.model.baselines import complement_shortfalls
 
 
@@ -98,3 +100,25 @@ def test_the_unordered_prefix_stays_below_k_and_does_most_of_the_work(n, eligibl
     got = int(eligible[sampling.proposals(nr.key(seed), draws, n).unique()].sum())
     assert got <= k  # the prefix never decides order
     assert got >= k - 20 * k**0.5 - 64  # and leaves only a short ordered tail
+
+
+@pytest.mark.parametrize("num_keys", [1, 3, 5, 9])
+@pytest.mark.parametrize("sampler,density", [(complement_sampled_mask, 0.1), (complement_sampled_mask, 0.45),
+                                             (randomly_sampled_mask, 0.0), (randomly_sampled_mask, 0.8)])
+def test_keys_drawing_their_first_words_together_give_each_key_its_own_mask(num_keys, sampler, density):
+    # vmap over keys with one subnetwork draws each group of keys' first words with shared ops;
+    # every mask must still be the one its key draws alone, for any group size and remainder.
+    h = subnetwork((300, 70), density, seed=num_keys)
+    keys = nr.split(nr.key(num_keys), num_keys)
+    vmapped, looped = masks(sampler, h, keys)
+    assert torch.equal(vmapped, looped)
+    assert ((vmapped == 0).sum(dim=(1, 2)) == int(h.sum())).all()
+
+
+def test_words_of_a_batch_of_keys_are_each_keys_own_words():
+    keys = nr.split(nr.key(2), 5)
+    for n, start in [(0, 0), (1, 0), (7, 3), (600_001, 5)]:  # the last spans several blocks of counters
+        batch = nr._words_i32(keys, n, start)
+        assert batch.shape == (5, n)
+        assert all(torch.equal(batch[i], nr._words_i32(keys[i], n, start)) for i in range(5))
+    assert sampling.proposals(keys, 50, 1000).shape == (5, 50)
