@@ -24,7 +24,9 @@ either way, only slower.
 The kernel is a ``torch.library`` custom op: it runs eagerly on concrete values (so it may read
 k and the draw counts on the host), is opaque to ``torch.compile`` (a fake implementation gives
 the output's shape), and its ``vmap`` rule runs the unbatched kernel once per batch entry, which
-is exactly what a Python loop over the same keys gives.
+is exactly what a Python loop over the same keys gives. Keys that share the eligible set and k
+draw their first words a few keys per op (eager torch pays a dispatch per op); each key's row is
+the words it would draw alone.
 """
 
 from __future__ import annotations
@@ -166,7 +168,8 @@ def _shared_first_draws(keys: torch.Tensor, eligible: torch.Tensor, num_zeros, n
     """Yield each key's first proposals, drawn for ``_KEYS_PER_DRAW`` keys at a time (each row
     is what that key alone would draw), or None where the kernel draws nothing or raises."""
     n, k, m = eligible.numel(), int(num_zeros), int(num_eligible)
-    draws = _first_draws(n, m, _drawn(k, m)[1]) if 0 < _drawn(k, m)[1] and k <= m else 0
+    side = _drawn(k, m)[1]
+    draws = _first_draws(n, m, side) if 0 < side and k <= m else 0
     for lo in range(0, keys.shape[0], _KEYS_PER_DRAW):
         group = proposals(keys[lo: lo + _KEYS_PER_DRAW], draws, n) if draws else [None] * _KEYS_PER_DRAW
         yield from group[: keys.shape[0] - lo]
