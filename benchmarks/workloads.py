@@ -212,10 +212,9 @@ def _plain_sampled(h, k, complement):
 
 
 def _words_read(n: int, m: int, k: int) -> int:
-    """The words the exact-k sampler reads for k of m eligible units among n: its unordered
-    prefix and the window it expects after it (the floor of a sampled mask, eager)."""
-    draws, expected = sampling._prefix_draws(n, m, k)
-    return draws + sampling._window(n, m - expected, k - expected)
+    """The words the exact-k sampler reads for k zeros among m eligible units of n (it draws the
+    smaller side): its first read, the unordered prefix and the window expected after it."""
+    return sampling._first_draws(n, m, sampling._drawn(k, m)[1])[1]
 
 
 def w3(cfg, orig):

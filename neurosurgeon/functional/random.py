@@ -39,10 +39,11 @@ _SPLIT_DOMAIN = -(2**31)  # high counter word 0x80000000 as int32
 _PARITY = 0x1BD11BDA  # Threefish key-schedule parity constant (Random123, threefry.h)
 _ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)  # Threefry-2x32 rotation constants R_32x2
 _ROUNDS = 20
-# Per rotation r: (r, 32 - r, 2**r - 1) as 0-d int32 tensors. A Python int operand is wrapped in an
-# int64 tensor and cast to int32 on every op, which doubles the dispatch cost of a short draw.
-_ROTATION_OPERANDS = tuple(tuple(torch.tensor(v, dtype=torch.int32) for v in (r, 32 - r, (1 << r) - 1))
-                           for r in _ROTATIONS)
+# Per rotation r: the left shift, the right shift and the mask of its low bits, (r, 32 - r, 2**r - 1);
+# on CPU as 0-d int32 tensors: a Python int operand is wrapped in an int64 tensor and cast to int32
+# on every op, which doubles the dispatch cost of a short draw.
+_ROTATION_INTS = tuple((r, 32 - r, (1 << r) - 1) for r in _ROTATIONS)
+_ROTATION_OPERANDS = tuple(tuple(torch.tensor(v, dtype=torch.int32) for v in ints) for ints in _ROTATION_INTS)
 
 
 def _to_i32(x: torch.Tensor) -> torch.Tensor:
@@ -70,8 +71,7 @@ def _threefry_i32(k0: torch.Tensor, k1: torch.Tensor, c0: torch.Tensor, c1: torc
     scratch = torch.empty_like(x1) if plain else None
     cpu_operands = plain and x1.device.type == "cpu"
     for i in range(_ROUNDS):
-        r = _ROTATIONS[i % 8]
-        left, right, low = _ROTATION_OPERANDS[i % 8] if cpu_operands else (r, 32 - r, (1 << r) - 1)
+        left, right, low = (_ROTATION_OPERANDS if cpu_operands else _ROTATION_INTS)[i % 8]
         x0.add_(x1)
         high = torch.bitwise_left_shift(x1, left, out=scratch) if plain else x1 << left
         # int32 shifts are arithmetic: mask off the sign-extended bits for a logical shift.

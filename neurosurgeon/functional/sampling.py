@@ -71,11 +71,11 @@ def _window(n: int, free: int, need: int) -> int:
     return int(need * n / free * 1.1) + 64
 
 
-def _first_draws(n: int, m: int, k: int) -> int:
-    """Draws the first read takes for k of m eligible units: the prefix and the window expected
-    after it, in one call (a short draw costs mostly dispatch)."""
+def _first_draws(n: int, m: int, k: int) -> tuple[int, int]:
+    """(the prefix's draws, the draws of the first read) for k of m eligible units: the first read
+    takes the prefix and the window expected after it in one call (a short draw costs mostly dispatch)."""
     start, expected = _prefix_draws(n, m, k)
-    return start + _window(n, m - expected, k - expected)
+    return start, start + _window(n, m - expected, k - expected)
 
 
 def _drawn(k: int, m: int) -> tuple[bool, int]:
@@ -102,8 +102,8 @@ def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, eligible: torch
     if k == 0:
         return
     n = taken.numel() - 1
-    start, _ = _prefix_draws(n, m, k)
-    window = proposals(key, _first_draws(n, m, k), n) if first is None else first
+    start, draws = _first_draws(n, m, k)
+    window = proposals(key, draws, n) if first is None else first
     if start:
         taken.index_fill_(0, window[:start], True)
         got = int(torch.count_nonzero(taken)) - (n + 1 - m)
@@ -169,7 +169,7 @@ def _shared_first_draws(keys: torch.Tensor, eligible: torch.Tensor, num_zeros, n
     is what that key alone would draw), or None where the kernel draws nothing or raises."""
     n, k, m = eligible.numel(), int(num_zeros), int(num_eligible)
     side = _drawn(k, m)[1]
-    draws = _first_draws(n, m, side) if 0 < side and k <= m else 0
+    draws = _first_draws(n, m, side)[1] if 0 < side and k <= m else 0
     for lo in range(0, keys.shape[0], _KEYS_PER_DRAW):
         group = proposals(keys[lo: lo + _KEYS_PER_DRAW], draws, n) if draws else [None] * _KEYS_PER_DRAW
         yield from group[: keys.shape[0] - lo]
