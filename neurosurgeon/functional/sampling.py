@@ -49,7 +49,8 @@ def proposals(key: torch.Tensor, count: int, n: int, start: int = 0) -> torch.Te
     where the word falls in the biased tail of Lemire's multiply-shift (Lemire 2019, "Fast random
     integer generation in an interval"), so every unit is proposed with probability exactly 1 / n;
     a word's proposal does not depend on ``count`` or ``start``."""
-    prod = nr._words_i32(key, count, start).to(torch.int64).bitwise_and_(_U32 - 1).mul_(n)
+    # the words' unsigned values in one widening copy (from int32, it would sign-extend)
+    prod = nr._words_i32(key, count, start).view(torch.uint32).to(torch.int64).mul_(n)
     biased = (prod & (_U32 - 1)) < _U32 % n
     return prod.bitwise_right_shift_(32).masked_fill_(biased, n)  # in place: one fresh int64 buffer
 
@@ -114,8 +115,9 @@ def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, eligible: torch
     else:
         free = m
     while k > 0:
-        new = window[~taken.index_select(0, window)]  # in draw order; rejected draws hit the spare entry
-        chosen = new[_first_occurrences(new)][:k] if new.numel() else new
+        # in draw order; rejected draws hit the spare entry (masked_select: ~2x a short boolean index)
+        new = torch.masked_select(window, taken.index_select(0, window).logical_not_())
+        chosen = torch.masked_select(new, _first_occurrences(new))[:k] if new.numel() else new
         taken.index_fill_(0, chosen, True)
         k, free, start = k - chosen.numel(), free - chosen.numel(), start + window.numel()
         if k > 0:
