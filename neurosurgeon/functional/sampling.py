@@ -93,6 +93,20 @@ def _first_occurrences(units: torch.Tensor) -> torch.Tensor:
     return first.index_select(0, inverse) == pos
 
 
+#: Bytes per group of the byte-lane count: 255 int64 words, so that no lane sums past 255.
+_LANE_GROUP = 255 * 8
+
+
+def _count_true(flags: torch.Tensor) -> int:
+    """The True entries of a flat, contiguous bool tensor (storage offset a multiple of 8). Its
+    bytes are summed eight at a time as int64 words, 255 words per group, so no byte lane
+    carries into the next; then the lanes are summed. About 4x faster than
+    ``torch.count_nonzero`` on CPU, which tests one byte at a time."""
+    whole = flags.numel() // _LANE_GROUP * _LANE_GROUP
+    lanes = flags[:whole].view(torch.int64).view(-1, 255).sum(1)
+    return int(lanes.view(torch.uint8).sum(dtype=torch.int64)) + int(torch.count_nonzero(flags[whole:]))
+
+
 def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, eligible: torch.Tensor, m: int, k: int,
                          first: torch.Tensor | None = None) -> None:
     """Set ``taken`` True at the first k distinct eligible units the key's stream proposes.
@@ -107,7 +121,7 @@ def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, eligible: torch
     window = proposals(key, draws, n) if first is None else first
     if start:
         taken.index_fill_(0, window[:start], True)
-        got = int(torch.count_nonzero(taken)) - (n + 1 - m)
+        got = _count_true(taken) - (n + 1 - m)
         if got > k:  # below 1e-13: the prefix overshot; read everything in draw order from draw 0
             torch.logical_not(eligible, out=taken[:n])  # back to the barred table
             start = got = 0
@@ -273,17 +287,27 @@ def sample_zeros(key: torch.Tensor, eligible: torch.Tensor, num_zeros: int | tor
     return _sample_zeros_op(key, eligible, _count_tensor(num_zeros), torch.count_nonzero(eligible))
 
 
-def _concrete_or_tensor(t: torch.Tensor) -> int | torch.Tensor:
+def _concrete_or_tensor(t: int | torch.Tensor) -> int | torch.Tensor:
+    if isinstance(t, int):
+        return t
     k = concrete_int(t)
     return k if k is not None else t
+
+
+def _outside(hard_mask: torch.Tensor) -> tuple[torch.Tensor, int | torch.Tensor]:
+    """(h == 0 as a bool tensor, its count): one bool pass (a float compare is about 3x slower),
+    counted exactly in int64 (a bf16 sum is inexact above 256); an int where it can be read on
+    the host without breaking a transform, else a tensor."""
+    outside = torch.logical_not(hard_mask)
+    if transformed(outside):
+        return outside, torch.count_nonzero(outside)
+    return outside, _count_true(outside.reshape(-1))
 
 
 def _checked_count(hard_mask: torch.Tensor, num_zeros, available: int | torch.Tensor, what: str):
     """k = sum(h) as an int when it can be read without breaking a transform, else as a tensor."""
     if num_zeros is None:
-        # counted in int64 (a bf16 sum is inexact above 256), over the bool ~h: counting a
-        # bool tensor is several times faster than counting a floating one
-        num_zeros = _concrete_or_tensor(hard_mask.numel() - torch.count_nonzero(torch.logical_not(hard_mask)))
+        num_zeros = _concrete_or_tensor(hard_mask.numel() - _outside(hard_mask)[1])
     elif isinstance(num_zeros, torch.Tensor):
         pass
     elif isinstance(num_zeros, bool) or not isinstance(num_zeros, int) or num_zeros < 0:
@@ -325,8 +349,7 @@ def complement_sampled_mask(key: torch.Tensor, hard_mask: torch.Tensor, *, num_z
     """
     if hasattr(hard_mask, "full_tensor"):
         return _drawn_whole(complement_sampled_mask, key, hard_mask, num_zeros)
-    outside = torch.logical_not(hard_mask)  # h == 0, as one bool pass: a float compare is slower
-    available = torch.count_nonzero(outside)
+    outside, available = _outside(hard_mask)
     if num_zeros is None:  # k = sum(h) = #(h != 0), counted once
         num_zeros = _concrete_or_tensor(hard_mask.numel() - available)
     what = f"complement_sampled over a mask of shape {tuple(hard_mask.shape)}"

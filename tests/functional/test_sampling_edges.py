@@ -122,3 +122,21 @@ def test_words_of_a_batch_of_keys_are_each_keys_own_words():
         assert batch.shape == (5, n)
         assert all(torch.equal(batch[i], nr._words_i32(keys[i], n, start)) for i in range(5))
     assert sampling.proposals(keys, 50, 1000).shape == (5, 50)
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.sampled_from([0, 1, 7, 8, 2039, 2040, 2041, 4080, 6000]), density=st.floats(0, 1), seed=st.integers(0, 99))
+def test_the_byte_lane_count_equals_count_nonzero(size, density, seed):
+    # every byte lane of a group may be 1 (density 1): 255 words must not carry into the next lane
+    flags = torch.rand(size, generator=torch.Generator().manual_seed(seed)) < density
+    assert sampling._count_true(flags) == int(torch.count_nonzero(flags))
+    assert sampling._count_true(torch.ones(2040 * 3 + 5, dtype=torch.bool)) == 2040 * 3 + 5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.bool])
+def test_the_counts_read_off_h_match_its_sum_in_every_dtype(dtype):
+    h = subnetwork((37, 61), 0.2, seed=4).to(dtype)
+    k = int(h.to(torch.int64).sum())
+    for sampler in (randomly_sampled_mask, complement_sampled_mask):
+        zeros = int((sampler(nr.key(1), h) == 0).sum())
+        assert zeros == k
