@@ -217,6 +217,12 @@ def _words_read(n: int, m: int, k: int) -> int:
     return sampling._first_draws(n, m, sampling._drawn(k, m)[1])[1]
 
 
+def _scattered(key, draws: int, k: int, n: int) -> torch.Tensor:
+    """The words the sampler reads (``draws``) mapped to units, and k of them scattered into a bool
+    table (n + 1 entries: a rejected draw proposes n): the least an exact-k sampler does."""
+    return torch.zeros(n + 1, dtype=torch.bool).index_fill_(0, proposals(key, draws, n)[:k], True)
+
+
 def _words_and_writes(keys, draws: int, k: int, h, layer=None, x=None):
     """The least an exact-k sampler does per key: make the words (those this one reads), scatter
     k units into a bool table and write the mask once from it, into a fresh batch (as a vmapped
@@ -225,10 +231,7 @@ def _words_and_writes(keys, draws: int, k: int, h, layer=None, x=None):
     out = torch.empty(len(keys), *h.shape, dtype=h.dtype)
     with torch.no_grad():
         for i, key in enumerate(keys):
-            units = proposals(key, draws, h.numel())
-            # n + 1 entries: a rejected draw proposes n
-            table = torch.zeros(h.numel() + 1, dtype=torch.bool).index_fill_(0, units[:k], True)
-            out[i].view(-1).copy_(table[:-1].view(torch.uint8))
+            out[i].view(-1).copy_(_scattered(key, draws, k, h.numel())[:-1].view(torch.uint8))
             if layer is not None:
                 torch.nn.functional.linear(x, layer.weight * out[i], layer.bias)
     return out
@@ -534,8 +537,7 @@ def _baseline_floors(models, ids, metric, n_keys, chunk):
     def words():
         for key in nr.split(nr.key(1), n_keys):
             for i, (d, k, n) in enumerate(draws):
-                units = proposals(nr.fold_in(key, i), d, n)
-                torch.zeros(n + 1, dtype=torch.bool).index_fill_(0, units[:k], True)  # n: a rejected draw
+                _scattered(nr.fold_in(key, i), d, k, n)
 
     return {"floor_vmapped_weights": vmapped, "floor_words": words}
 

@@ -97,14 +97,21 @@ def _first_occurrences(units: torch.Tensor) -> torch.Tensor:
 _LANE_GROUP = 255 * 8
 
 
-def _count_true(flags: torch.Tensor) -> int:
-    """The True entries of a flat, contiguous bool tensor (storage offset a multiple of 8). Its
-    bytes are summed eight at a time as int64 words, 255 words per group, so no byte lane
-    carries into the next; then the lanes are summed. About 4x faster than
-    ``torch.count_nonzero`` on CPU, which tests one byte at a time."""
-    whole = flags.numel() // _LANE_GROUP * _LANE_GROUP
-    lanes = flags[:whole].view(torch.int64).view(-1, 255).sum(1)
-    return int(lanes.view(torch.uint8).sum(dtype=torch.int64)) + int(torch.count_nonzero(flags[whole:]))
+def _count_true(flags: torch.Tensor) -> int | torch.Tensor:
+    """The True entries of a bool tensor, exactly: an int where it can be read on the host
+    without breaking a transform, else a 0-d tensor.
+
+    A contiguous tensor is counted by its bytes, summed eight at a time as int64 words, 255 words
+    per group so that no byte lane carries into the next, then the lanes summed: about 4x faster
+    than ``torch.count_nonzero`` on CPU, which tests one byte at a time."""
+    if transformed(flags):
+        return torch.count_nonzero(flags)
+    flat = flags.reshape(-1)
+    if not flat.is_contiguous() or flat.storage_offset() % 8:  # not viewable as int64 words
+        return int(torch.count_nonzero(flat))
+    whole = flat.numel() // _LANE_GROUP * _LANE_GROUP
+    lanes = flat[:whole].view(torch.int64).view(-1, 255).sum(1)
+    return int(lanes.view(torch.uint8).sum(dtype=torch.int64)) + int(torch.count_nonzero(flat[whole:]))
 
 
 def _take_first_distinct(key: torch.Tensor, taken: torch.Tensor, eligible: torch.Tensor, m: int, k: int,
@@ -284,7 +291,7 @@ def sample_zeros(key: torch.Tensor, eligible: torch.Tensor, num_zeros: int | tor
         raise ValueError(f"cannot sample over {n} mask units (at most {_MAX_UNITS})")
     if eligible.dtype != torch.bool:
         raise TypeError(f"eligible must be a bool tensor, got {eligible.dtype}")
-    return _sample_zeros_op(key, eligible, _count_tensor(num_zeros), torch.count_nonzero(eligible))
+    return _sample_zeros_op(key, eligible, _count_tensor(num_zeros), _count_tensor(_count_true(eligible)))
 
 
 def _concrete_or_tensor(t: int | torch.Tensor) -> int | torch.Tensor:
@@ -296,12 +303,9 @@ def _concrete_or_tensor(t: int | torch.Tensor) -> int | torch.Tensor:
 
 def _outside(hard_mask: torch.Tensor) -> tuple[torch.Tensor, int | torch.Tensor]:
     """(h == 0 as a bool tensor, its count): one bool pass (a float compare is about 3x slower),
-    counted exactly in int64 (a bf16 sum is inexact above 256); an int where it can be read on
-    the host without breaking a transform, else a tensor."""
+    counted exactly (a bf16 sum is inexact above 256) by :func:`_count_true`."""
     outside = torch.logical_not(hard_mask)
-    if transformed(outside):
-        return outside, torch.count_nonzero(outside)
-    return outside, _count_true(outside.reshape(-1))
+    return outside, _count_true(outside)
 
 
 def _checked_count(hard_mask: torch.Tensor, num_zeros, available: int | torch.Tensor, what: str):

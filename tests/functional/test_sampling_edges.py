@@ -144,3 +144,12 @@ def test_the_counts_read_off_h_match_its_sum_in_every_dtype(dtype):
     for sampler in (randomly_sampled_mask, complement_sampled_mask):
         zeros = int((sampler(nr.key(1), h) == 0).sum())
         assert zeros == k
+
+
+def test_counts_of_views_that_are_not_whole_words_are_exact():
+    # a slice at an odd byte offset and a transposed view cannot be read as int64 words
+    flags = torch.rand(5000, generator=torch.Generator().manual_seed(2)) < 0.4
+    for view in (flags[3:], flags[:4900].reshape(70, 70).t()):
+        assert sampling._count_true(view) == int(torch.count_nonzero(view))
+    z = sampling.sample_zeros(nr.key(0), flags[3:], 100)
+    assert int(z.sum()) == 100 and not bool((z & ~flags[3:]).any())
