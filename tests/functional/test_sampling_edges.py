@@ -153,3 +153,33 @@ def test_counts_of_views_that_are_not_whole_words_are_exact():
         assert sampling._count_true(view) == int(torch.count_nonzero(view))
     z = sampling.sample_zeros(nr.key(0), flags[3:], 100)
     assert int(z.sum()) == 100 and not bool((z & ~flags[3:]).any())
+
+
+def _hashed_subnetwork(n, density):
+    """h from integer arithmetic alone (no RNG whose stream could change under us)."""
+    i = torch.arange(n, dtype=torch.int64)
+    return (((i * 2654435761) % 2**32) < int(density * 2**32)).to(torch.float32)
+
+
+# Known answers: (n, density, sampler) -> per key of split(key(7), 2): (zeros, first zeroed units,
+# sum of zeroed units). They cover drawn zeros and drawn survivors, a prefix and none: a change to
+# the words, their mapping to units or the order of taking them moves every mask.
+_KNOWN_MASKS = {
+    (50000, 0.1, "R"): [(5000, [0, 7, 10, 16, 34, 51], 124729498), (5000, [2, 31, 41, 51, 52, 54], 124716974)],
+    (50000, 0.1, "C"): [(5000, [7, 10, 16, 51, 65, 67], 124746074), (5000, [2, 12, 31, 41, 51, 52], 124359348)],
+    (50000, 0.45, "R"): [(22500, [0, 1, 3, 6, 7, 9], 561052032), (22500, [1, 2, 5, 9, 11, 12], 561838442)],
+    (50000, 0.45, "C"): [(22500, [1, 4, 6, 8, 11, 14], 562321244), (22500, [1, 3, 4, 6, 8, 9], 563040155)],
+    (7, 0.3, "R"): [(3, [3, 4, 6], 13), (3, [1, 2, 4], 7)],
+    (7, 0.3, "C"): [(3, [1, 4, 6], 11), (3, [1, 3, 6], 10)],
+}
+
+
+@pytest.mark.parametrize("case", list(_KNOWN_MASKS), ids=str)
+def test_sampled_masks_match_their_known_answers(case):
+    n, density, name = case
+    sampler = randomly_sampled_mask if name == "R" else complement_sampled_mask
+    h = _hashed_subnetwork(n, density)
+    for row, (count, first, total) in zip(torch.func.vmap(lambda k: sampler(k, h))(nr.split(nr.key(7), 2)),
+                                          _KNOWN_MASKS[case]):
+        zeroed = (row == 0).nonzero().squeeze(1)
+        assert (zeroed.numel(), zeroed[: len(first)].tolist(), int(zeroed.sum())) == (count, first, total)
