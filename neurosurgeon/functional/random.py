@@ -60,9 +60,9 @@ def _threefry_i32(k0: torch.Tensor, k1: torch.Tensor, c0: torch.Tensor, c1: torc
     """Threefry-2x32-20 on int32 words (wrap-around arithmetic).
 
     In place after the first key injection: torch eager does not fuse element-wise ops, and
-    reusing buffers is far faster than allocating (and page-faulting) a tensor per op. The
-    rotation's left shift goes to a scratch buffer when no transform is active (``out=`` does
-    not compose with vmap, and torch.compile fuses the chain anyway).
+    reusing buffers is far faster than allocating (and page-faulting) a tensor per op. When no
+    transform is active, the rotation's low bits go to a scratch buffer and one add puts the
+    high bits on them (five passes a round, not six).
     """
     ks = (k0, k1, k0 ^ k1 ^ _PARITY)
     x0 = c0 + ks[0]
@@ -73,9 +73,16 @@ def _threefry_i32(k0: torch.Tensor, k1: torch.Tensor, c0: torch.Tensor, c1: torc
     for i in range(_ROUNDS):
         left, right, low = (_ROTATION_OPERANDS if cpu_operands else _ROTATION_INTS)[i % 8]
         x0.add_(x1)
-        high = torch.bitwise_left_shift(x1, left, out=scratch) if plain else x1 << left
         # int32 shifts are arithmetic: mask off the sign-extended bits for a logical shift.
-        x1.bitwise_right_shift_(right).bitwise_and_(low).bitwise_or_(high).bitwise_xor_(x0)
+        if plain:
+            # rotl(x, r) = (x >>> (32 - r)) + x * 2**r in wrap-around int32: the two parts share no
+            # bits, so their sum is their or, and one add with alpha stands for a shift and an or
+            low_bits = torch.bitwise_right_shift(x1, right, out=scratch).bitwise_and_(low)
+            torch.add(low_bits, x1, alpha=1 << _ROTATIONS[i % 8], out=x1)
+        else:  # out= does not compose with vmap, and torch.compile fuses the chain anyway
+            high = x1 << left
+            x1.bitwise_right_shift_(right).bitwise_and_(low).bitwise_or_(high)
+        x1.bitwise_xor_(x0)
         if i % 4 == 3:  # key injection s after every 4 rounds
             s = i // 4 + 1
             x0.add_(ks[s % 3])

@@ -3,7 +3,7 @@ derivation, value ranges and dtypes, statistical quality, and vmap over keys."""
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neurosurgeon.functional import random as nr
@@ -33,6 +33,20 @@ def test_threefry2x32_batched_counters_match_one_at_a_time():
     batched = nr.threefry2x32(k, counters)
     for i in range(len(KAT)):
         assert torch.equal(batched[i], nr.threefry2x32(k, counters[i]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=2, max_size=2),
+       st.lists(st.integers(0, 2**32 - 1), min_size=2, max_size=64))
+def test_threefry2x32_eager_and_transformed_rounds_agree(k, words):
+    """Eagerly the rotation is an add with alpha on wrap-around int32; under a transform it is
+    shifts and an or: both must give the same words for any key and counter, extremes included."""
+    key_ = torch.tensor(k, dtype=torch.int64)
+    counters = torch.tensor(words[: len(words) // 2 * 2], dtype=torch.int64).view(-1, 2)
+    eager = nr.threefry2x32(key_, counters)
+    transformed = torch.func.vmap(lambda c: nr.threefry2x32(key_, c))(counters)
+    assert torch.equal(eager, transformed)
+    assert eager.min() >= 0 and eager.max() < 2**32
 
 
 # -- keys ---------------------------------------------------------------------------------------
