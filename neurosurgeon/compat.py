@@ -12,11 +12,11 @@ write are accepted. The helpers cover the rest:
   our convolution ``mask_unit="neuron"`` masks (one entry per output channel) are repeated
   over the kernel positions to 0.1.0's shape ``(out, 1, *kernel)``, which gives the same masks.
 - :func:`from_v0_state_dict`: 0.1.0 -> ours. It drops the tensors 0.1.0 registers while it
-  evaluates a random ablation (with a warning naming them) and expands 0.1.0's convolution
-  ``mask_unit="neuron"`` masks, one entry per (output channel, kernel position), to the
-  weight's shape: weight-unit masks giving the same mask. ``CircuitModel.load_state_dict``
-  switches such layers to ``mask_unit="weight"`` by itself; a layer of your own must be built
-  with ``mask_unit="weight"``.
+  evaluates a random ablation (with a warning naming them). 0.1.0's convolution
+  ``mask_unit="neuron"`` masks, one entry per (output channel, kernel position), pass through:
+  they are our einops unit :data:`V0_CONV_NEURON_UNITS` (``"o i h w -> o 1 h w"`` for 2-d), one
+  parameter per entry shared over the input channels, as in 0.1.0. ``CircuitModel.load_state_dict``
+  switches such layers to that unit by itself; a layer of your own is built with it.
 
 Example:
     >>> import torch, neurosurgeon
@@ -34,7 +34,7 @@ import warnings
 
 import torch
 
-__all__ = ["to_v0_state_dict", "from_v0_state_dict", "V1_ONLY_BUFFERS", "V0_ABLATION_TENSORS"]
+__all__ = ["to_v0_state_dict", "from_v0_state_dict", "V1_ONLY_BUFFERS", "V0_ABLATION_TENSORS", "V0_CONV_NEURON_UNITS"]
 
 #: Buffers our mask layers keep that NeuroSurgeon 0.1.0 does not know.
 V1_ONLY_BUFFERS = ("mask_key", "noise_step")
@@ -43,6 +43,9 @@ V1_ONLY_BUFFERS = ("mask_key", "noise_step")
 #: ``bias_mask``) or ``random_ablate`` (the replacement values). Ours draws these from its key.
 V0_ABLATION_TENSORS = ("sampled_weight_mask_params", "sampled_bias_mask_params", "weight_mask", "bias_mask",
                        "random_weight", "random_bias")
+#: 0.1.0's convolution ``mask_unit="neuron"`` as our einops unit, by layer kind: one mask entry per
+#: (output channel, kernel position), shared over the input channels; theta ``(out, 1, *kernel)``.
+V0_CONV_NEURON_UNITS = {"conv1d": "o i k -> o 1 k", "conv2d": "o i h w -> o 1 h w"}
 # Names no layer of ours or 0.1.0 uses for anything else: they mark a 0.1.0 mask layer.
 _V0_MARKERS = ("weight_mask_params", "sampled_weight_mask_params", "sampled_bias_mask_params", "random_weight")
 
@@ -103,16 +106,12 @@ def from_v0_state_dict(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[s
       (ours also accepts them directly);
     - drops the tensors a 0.1.0 layer registers while evaluating a random ablation
       (:data:`V0_ABLATION_TENSORS`) and warns, naming them: ours draws sampled masks and
-      replacement values from its key instead, so those draws are not carried over;
-    - expands 0.1.0 convolution "neuron" masks, shape ``(out, 1, *kernel)``, to the weight's
-      full shape ``(out, in/groups, *kernel)``. Load the result into a layer built with
-      ``mask_unit="weight"`` (``CircuitModel.load_state_dict`` switches those layers itself):
-      each mask entry equals the 0.1.0 one, so outputs match. (During further training the
-      in-channel copies no longer share one parameter; a layer built with
-      ``mask_unit="o i h w -> o 1 h w"`` (``"o i k -> o 1 k"`` for 1-d) keeps 0.1.0's unit
-      and loads the unconverted theta.)
+      replacement values from its key instead, so those draws are not carried over.
 
-    Linear and GPT-2 Conv1D masks, and every weight-level mask, are passed through unchanged.
+    Every mask parameter passes through unchanged. 0.1.0 convolution "neuron" masks, shape
+    ``(out, 1, *kernel)``, load into a layer built with ``mask_unit=V0_CONV_NEURON_UNITS[kind]``
+    (``CircuitModel.load_state_dict`` switches those layers itself): 0.1.0's unit exactly, so
+    outputs match and further training updates the same parameters 0.1.0's would.
 
     Args:
         state_dict: a 0.1.0 ``state_dict()`` of a mask layer or of a model containing them.
@@ -139,14 +138,14 @@ def from_v0_state_dict(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[s
             out[base] = v
             continue
         out[k] = v
-    for k, theta in list(out.items()):
-        if not (k == "weight_mask_params" or k.endswith(".weight_mask_params")):
-            continue
-        w = out.get(k[: -len("weight_mask_params")] + "weight")
-        if w is None or w.dim() not in (3, 4) or tuple(theta.shape) == tuple(w.shape):
-            continue
-        per_kernel = (w.shape[0], 1, *w.shape[2:])
-        # With a 1x1 kernel 0.1.0's neuron shape is ours: leave it loadable as a neuron mask.
-        if tuple(theta.shape) == per_kernel and any(s != 1 for s in w.shape[2:]):
-            out[k] = theta.expand(w.shape).clone()
     return out
+
+
+def v0_conv_neuron_unit(kind: str, weight_shape, theta_shape) -> str | None:
+    """The unit of :data:`V0_CONV_NEURON_UNITS` when ``theta_shape`` is 0.1.0's convolution neuron
+    mask ``(out, 1, *kernel)`` for a weight of ``weight_shape``, else None. With a kernel of ones
+    that shape is our own ``mask_unit="neuron"``, so None."""
+    weight_shape, theta_shape = tuple(weight_shape), tuple(theta_shape)
+    if kind not in V0_CONV_NEURON_UNITS or all(s == 1 for s in weight_shape[2:]):
+        return None
+    return V0_CONV_NEURON_UNITS[kind] if theta_shape == (weight_shape[0], 1, *weight_shape[2:]) else None

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from transformers import PretrainedConfig
 
+from ..compat import v0_conv_neuron_unit
 from ..functional._checks import check_bool, check_choice, check_finite
 from ..functional.strategies import STRATEGIES
 from ..modules import MaskLayer
@@ -180,13 +181,14 @@ class CircuitModel(nn.Module):
         return super().train(kwargs.pop("mode", train_bool), **kwargs)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """``nn.Module.load_state_dict``, taking 0.1.0 convolution neuron masks as weight masks.
+        """``nn.Module.load_state_dict``, taking 0.1.0 convolution neuron masks in 0.1.0's unit.
 
         A 0.1.0 convolution trained with ``mask_unit="neuron"`` has one mask entry per (output
-        channel, kernel position); :func:`neurosurgeon.compat.from_v0_state_dict` expands it to
-        the weight's shape. A convolution mask layer whose ``weight_mask_params`` arrives at its
-        weight's full shape while it has another unit is switched to ``mask_unit="weight"``
-        first, with a warning naming it; if the load then fails, its unit and theta are restored.
+        channel, kernel position), shared over the input channels: theta ``(out, 1, *kernel)``,
+        which is our einops unit ``"o i h w -> o 1 h w"`` (``"o i k -> o 1 k"`` for 1-d). A
+        convolution mask layer whose ``weight_mask_params`` arrives in that shape while it has
+        another unit is switched to it first, with a warning naming it; if the load then fails,
+        its unit and theta are restored. Outputs and further training are then 0.1.0's.
 
         Args:
             state_dict: keys ``wrapped_model.*``, as :meth:`state_dict` and 0.1.0 write them.
@@ -198,14 +200,15 @@ class CircuitModel(nn.Module):
         switched = []
         for name, layer in mask_layers(self.wrapped_model).items():
             theta = state_dict.get(f"{_PREFIX}{name}.weight_mask_params")
-            if (isinstance(theta, torch.Tensor) and layer.layer_kind in ("conv1d", "conv2d")
-                    and layer.mask_unit != "weight" and tuple(theta.shape) == tuple(layer.weight.shape)):
+            unit = (v0_conv_neuron_unit(layer.layer_kind, layer.weight.shape, theta.shape)
+                    if isinstance(theta, torch.Tensor) else None)
+            if unit is not None and unit != layer.mask_unit:
                 switched.append((name, layer, layer.mask_unit, layer.weight_mask_params))
-                layer.mask_unit = "weight"
+                layer.mask_unit = unit
         if switched:
-            warnings.warn(f"weight_mask_params of {[s[0] for s in switched]} have the weight's shape (0.1.0 "
-                          "per-kernel-position neuron masks, converted): these layers now use mask_unit='weight'",
-                          stacklevel=2)
+            warnings.warn(f"weight_mask_params of {[s[0] for s in switched]} are 0.1.0 convolution neuron masks, one "
+                          "entry per (output channel, kernel position): these layers now use that unit, mask_unit="
+                          f"{sorted({s[1].mask_unit for s in switched})}", stacklevel=2)
         try:
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
         except Exception:

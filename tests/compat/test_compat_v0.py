@@ -9,7 +9,7 @@ is skipped otherwise.
 Deliberate differences, tested as such (see docs/porting.md):
 - magnitude pruning prunes the smallest |w|; 0.1.0 prunes the smallest signed w;
 - convolution ``mask_unit="neuron"`` masks are (out, 1, 1[, 1]) here, (out, 1, *kernel) in
-  0.1.0; :func:`neurosurgeon.compat.from_v0_state_dict` converts them to weight-level masks.
+  0.1.0, which is our einops unit ``neurosurgeon.compat.V0_CONV_NEURON_UNITS[kind]``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 import neurosurgeon
 import neurosurgeon.functional as F
-from neurosurgeon.compat import from_v0_state_dict, to_v0_state_dict
+from neurosurgeon.compat import V0_CONV_NEURON_UNITS, from_v0_state_dict, to_v0_state_dict
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "v0"
 ALL = sorted(p.stem for p in FIXTURES.glob("*.pt"))
@@ -38,6 +38,11 @@ def _fixture(name: str) -> dict:
 def _ours(rec: dict, **override) -> neurosurgeon.MaskLayer:
     kwargs = {**rec["kwargs"], **override}
     return getattr(neurosurgeon, rec["class"])(*rec["args"], **kwargs, key=0)
+
+
+def _v0_unit(rec: dict) -> str:
+    """0.1.0's convolution neuron unit as ours, for the fixture's layer kind."""
+    return V0_CONV_NEURON_UNITS["conv2d" if rec["class"].endswith("2d") else "conv1d"]
 
 
 def _eval(layer, x, ablation: str, train: bool = False) -> torch.Tensor:
@@ -131,12 +136,8 @@ def test_v0_l0_agrees_except_hard_concrete_neuron_penalty(name):
     neuron masks, where 0.1.0 sums the penalty per mask unit and we count it at
     the weight's size (each neuron entry weighs as many weights as it gates)."""
     rec = _fixture(name)
-    if name in CONV_NEURON:
-        layer = _ours(rec, mask_unit="weight")
-        layer.load_state_dict(from_v0_state_dict(rec["state_dict"]), strict=True)
-    else:
-        layer = _ours(rec)
-        layer.load_state_dict(rec["state_dict"], strict=True)
+    layer = _ours(rec, mask_unit=_v0_unit(rec)) if name in CONV_NEURON else _ours(rec)
+    layer.load_state_dict(rec["state_dict"], strict=True)
     layer.eval()
     assert float(layer.calculate_l0()) == rec["l0"]["eval"]
     assert layer.calculate_max_l0() == rec["l0"]["max"]
@@ -153,7 +154,7 @@ def test_v0_l0_agrees_except_hard_concrete_neuron_penalty(name):
 
 
 @pytest.mark.parametrize("name", CONV_NEURON)
-def test_v0_conv_neuron_masks_fail_loudly_then_convert(name):
+def test_v0_conv_neuron_masks_fail_loudly_in_our_neuron_unit_and_load_in_theirs(name):
     rec = _fixture(name)
     layer = _ours(rec)
     before = {k: v.clone() for k, v in layer.state_dict().items()}
@@ -162,8 +163,10 @@ def test_v0_conv_neuron_masks_fail_loudly_then_convert(name):
     assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())  # nothing half-loaded
     converted = from_v0_state_dict(rec["state_dict"])
     assert "_base_layer.weight" not in converted
-    layer = _ours(rec, mask_unit="weight")
+    assert converted["weight_mask_params"] is rec["state_dict"]["weight_mask_params"]  # 0.1.0's theta, as is
+    layer = _ours(rec, mask_unit=_v0_unit(rec))
     layer.load_state_dict(converted, strict=True)
+    assert layer.weight_mask_params.shape == (layer.weight.shape[0], 1, *layer.weight.shape[2:])
     for ablation in ("none", "zero_ablate"):
         _assert_same(_eval(layer, rec["input"], ablation), rec["outputs"][ablation])
     if "train_none" in rec["outputs"]:  # continuous sparsification: sigma(beta theta) per entry agrees too

@@ -17,7 +17,7 @@ import torch
 import transformers
 
 import neurosurgeon as ns
-from neurosurgeon.compat import V0_ABLATION_TENSORS, from_v0_state_dict, to_v0_state_dict
+from neurosurgeon.compat import V0_ABLATION_TENSORS, V0_CONV_NEURON_UNITS, from_v0_state_dict, to_v0_state_dict
 
 v0_circuit = pytest.importorskip("NeuroSurgeon.Models.circuit_model")
 v0_configs = pytest.importorskip("NeuroSurgeon.Models.model_configs")
@@ -139,9 +139,9 @@ def test_v0_checkpoint_loads_strictly_into_ours_with_the_same_eval_outputs(arch,
     dropped = [k for k in saved if k.rsplit(".", 1)[-1] in V0_ABLATION_TENSORS]
     message = str(next(r.message for r in record if "registered ablation" in str(r.message)))
     assert dropped and all(k in message and k not in converted for k in dropped)
-    # A ResNet neuron checkpoint's 7x7 and 3x3 convolutions arrive as weight masks, with a warning.
+    # A ResNet neuron checkpoint's 7x7 and 3x3 convolutions arrive in 0.1.0's unit, with a warning.
     switched = arch == "resnet" and unit == "neuron"
-    with pytest.warns(UserWarning, match="mask_unit='weight'") if switched else warnings.catch_warnings():
+    with pytest.warns(UserWarning, match="now use that unit") if switched else warnings.catch_warnings():
         if not switched:
             warnings.simplefilter("error")
         result = ours.load_state_dict(converted, strict=True)
@@ -174,22 +174,32 @@ def test_our_conv_neuron_masks_expand_to_v0s_per_kernel_position_shape_losslessl
     assert v0[linear] is sd[linear]  # other masks are shared, not copied
 
 
-def test_circuit_model_takes_converted_v0_conv_neuron_masks_as_weight_masks_and_says_so():
+def test_circuit_model_takes_v0_conv_neuron_masks_in_v0s_unit_and_trains_them_as_v0_does():
     theirs = _v0_model("resnet", "continuous_sparsification", "neuron", False, seed=0)
     _randomise_masks(theirs, seed=1)
     ours = _our_model("resnet", "continuous_sparsification", "neuron", False, seed=2)
     layers = ours.mask_layers()
     convs = ["resnet.embedder.embedder.convolution", "resnet.encoder.stages.0.layers.0.layer.0.convolution"]
-    with pytest.warns(UserWarning, match="mask_unit='weight'") as record:
+    with pytest.warns(UserWarning, match="now use that unit") as record:
         ours.load_state_dict(from_v0_state_dict(theirs.state_dict()), strict=True)
     assert all(name in str(record[0].message) for name in convs)
-    assert [layers[n].mask_unit for n in convs] == ["weight", "weight"]
+    assert [layers[n].mask_unit for n in convs] == [V0_CONV_NEURON_UNITS["conv2d"]] * 2
     assert layers["classifier.1"].mask_unit == "neuron"  # a Linear neuron mask has 0.1.0's shape already
     ours.train(True)
     theirs.train(True)
     batch = _pixels()
-    with torch.no_grad():  # soft masks too: each entry of the expanded theta is 0.1.0's
+    with torch.no_grad():  # soft masks too: each entry of theta is 0.1.0's
         assert torch.equal(ours(**batch).logits, theirs(**batch).logits)
+    # Further training updates the same parameters: one theta per (output channel, kernel
+    # position), its gradient summed over the input channels, as in 0.1.0.
+    ours(**batch).logits.square().sum().backward()
+    theirs(**batch).logits.square().sum().backward()
+    v0_layers = dict(theirs.named_modules())
+    for name in convs:
+        mine, v0 = layers[name].weight_mask_params, v0_layers[f"wrapped_model.{name}"].weight_mask_params
+        assert mine.shape == v0.shape == (v0.shape[0], 1, *layers[name].weight.shape[2:])
+        torch.testing.assert_close(mine.grad, v0.grad, rtol=1e-5, atol=1e-7)
+        assert mine.grad.abs().sum() > 0
 
 
 def test_a_failed_load_leaves_the_units_and_masks_as_they_were():
@@ -198,17 +208,20 @@ def test_a_failed_load_leaves_the_units_and_masks_as_they_were():
     theta = layer.weight_mask_params
     converted = from_v0_state_dict(_v0_model("resnet", "hard_concrete", "neuron", False, seed=1).state_dict())
     converted.pop("wrapped_model.classifier.1.weight")
-    with pytest.warns(UserWarning, match="mask_unit='weight'"), pytest.raises(RuntimeError, match="classifier.1.weight"):
+    with pytest.warns(UserWarning, match="now use that unit"), pytest.raises(RuntimeError, match="classifier.1.weight"):
         ours.load_state_dict(converted, strict=True)
     assert layer.mask_unit == "neuron" and layer.weight_mask_params is theta
 
 
-def test_raw_v0_conv_neuron_checkpoints_fail_loudly_without_the_conversion():
+def test_raw_v0_conv_neuron_checkpoints_load_without_the_conversion():
     theirs = _v0_model("resnet", "continuous_sparsification", "neuron", False, seed=0)
+    _randomise_masks(theirs, seed=1)
     ours = _our_model("resnet", "continuous_sparsification", "neuron", False, seed=1)
-    with pytest.raises(RuntimeError, match="size mismatch for wrapped_model.resnet.embedder"):
-        ours.load_state_dict(theirs.state_dict(), strict=True)
-    assert ours.mask_layers()["resnet.embedder.embedder.convolution"].mask_unit == "neuron"
+    with pytest.warns(UserWarning, match="now use that unit"):
+        result = ours.load_state_dict(theirs.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert ours.mask_layers()["resnet.embedder.embedder.convolution"].mask_unit == V0_CONV_NEURON_UNITS["conv2d"]
+    _assert_equal(_outputs(ours, _pixels()), _outputs(theirs, _pixels()))
 
 
 def test_from_v0_state_dict_is_silent_when_there_is_nothing_to_drop():
