@@ -14,7 +14,7 @@ write are accepted. The helpers cover the rest:
 - :func:`from_v0_state_dict`: 0.1.0 -> ours. It drops the tensors 0.1.0 registers while it
   evaluates a random ablation (with a warning naming them). 0.1.0's convolution
   ``mask_unit="neuron"`` masks, one entry per (output channel, kernel position), pass through:
-  they are our einops unit :data:`V0_CONV_NEURON_UNITS` (``"o i h w -> o 1 h w"`` for 2-d), one
+  they are our einops unit :data:`V0_CONV_NEURON_UNITS` (``"o i kh kw -> o 1 kh kw"`` for 2-d), one
   parameter per entry shared over the input channels, as in 0.1.0. ``CircuitModel.load_state_dict``
   switches such layers to that unit by itself; a layer of your own is built with it.
 
@@ -34,6 +34,8 @@ import warnings
 
 import torch
 
+from .functional.units import _AXES
+
 __all__ = ["to_v0_state_dict", "from_v0_state_dict", "V1_ONLY_BUFFERS", "V0_ABLATION_TENSORS", "V0_CONV_NEURON_UNITS"]
 
 #: Buffers our mask layers keep that NeuroSurgeon 0.1.0 does not know.
@@ -45,7 +47,7 @@ V0_ABLATION_TENSORS = ("sampled_weight_mask_params", "sampled_bias_mask_params",
                        "random_weight", "random_bias")
 #: 0.1.0's convolution ``mask_unit="neuron"`` as our einops unit, by layer kind: one mask entry per
 #: (output channel, kernel position), shared over the input channels; theta ``(out, 1, *kernel)``.
-V0_CONV_NEURON_UNITS = {"conv1d": "o i k -> o 1 k", "conv2d": "o i h w -> o 1 h w"}
+V0_CONV_NEURON_UNITS = {kind: f"{_AXES[kind]} -> o 1 {_AXES[kind].split(' ', 2)[2]}" for kind in ("conv1d", "conv2d")}
 # Names no layer of ours or 0.1.0 uses for anything else: they mark a 0.1.0 mask layer.
 _V0_MARKERS = ("weight_mask_params", "sampled_weight_mask_params", "sampled_bias_mask_params", "random_weight")
 

@@ -39,10 +39,10 @@ _SPLIT_DOMAIN = -(2**31)  # high counter word 0x80000000 as int32
 _PARITY = 0x1BD11BDA  # Threefish key-schedule parity constant (Random123, threefry.h)
 _ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)  # Threefry-2x32 rotation constants R_32x2
 _ROUNDS = 20
-# Per rotation r: the left shift, the right shift and the mask of its low bits, (r, 32 - r, 2**r - 1);
-# on CPU as 0-d int32 tensors: a Python int operand is wrapped in an int64 tensor and cast to int32
-# on every op, which doubles the dispatch cost of a short draw.
-_ROTATION_INTS = tuple((r, 32 - r, (1 << r) - 1) for r in _ROTATIONS)
+# Per rotation r: the right shift and the mask of its low bits, (32 - r, 2**r - 1), of rotl(x, r)'s
+# logical shift; on CPU as 0-d int32 tensors: a Python int operand is wrapped in an int64 tensor and
+# cast to int32 on every op, which doubles the dispatch cost of a short draw.
+_ROTATION_INTS = tuple((32 - r, (1 << r) - 1) for r in _ROTATIONS)
 _ROTATION_OPERANDS = tuple(tuple(torch.tensor(v, dtype=torch.int32) for v in ints) for ints in _ROTATION_INTS)
 
 
@@ -71,16 +71,17 @@ def _threefry_i32(k0: torch.Tensor, k1: torch.Tensor, c0: torch.Tensor, c1: torc
     scratch = torch.empty_like(x1) if plain else None
     cpu_operands = plain and x1.device.type == "cpu"
     for i in range(_ROUNDS):
-        left, right, low = (_ROTATION_OPERANDS if cpu_operands else _ROTATION_INTS)[i % 8]
+        r = _ROTATIONS[i % 8]
+        right, low = (_ROTATION_OPERANDS if cpu_operands else _ROTATION_INTS)[i % 8]
         x0.add_(x1)
         # int32 shifts are arithmetic: mask off the sign-extended bits for a logical shift.
         if plain:
             # rotl(x, r) = (x >>> (32 - r)) + x * 2**r in wrap-around int32: the two parts share no
             # bits, so their sum is their or, and one add with alpha stands for a shift and an or
             low_bits = torch.bitwise_right_shift(x1, right, out=scratch).bitwise_and_(low)
-            torch.add(low_bits, x1, alpha=1 << _ROTATIONS[i % 8], out=x1)
+            torch.add(low_bits, x1, alpha=1 << r, out=x1)
         else:  # out= does not compose with vmap, and torch.compile fuses the chain anyway
-            high = x1 << left
+            high = x1 << r
             x1.bitwise_right_shift_(right).bitwise_and_(low).bitwise_or_(high)
         x1.bitwise_xor_(x0)
         if i % 4 == 3:  # key injection s after every 4 rounds

@@ -185,7 +185,7 @@ class CircuitModel(nn.Module):
 
         A 0.1.0 convolution trained with ``mask_unit="neuron"`` has one mask entry per (output
         channel, kernel position), shared over the input channels: theta ``(out, 1, *kernel)``,
-        which is our einops unit ``"o i h w -> o 1 h w"`` (``"o i k -> o 1 k"`` for 1-d). A
+        which is our einops unit ``"o i kh kw -> o 1 kh kw"`` (``"o i k -> o 1 k"`` for 1-d). A
         convolution mask layer whose ``weight_mask_params`` arrives in that shape while it has
         another unit is switched to it first, with a warning naming it; if the load then fails,
         its unit and theta are restored. Outputs and further training are then 0.1.0's.
