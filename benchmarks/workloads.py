@@ -21,7 +21,6 @@ from neurosurgeon.functional import random as nr
 from neurosurgeon.functional import sampling
 from neurosurgeon.functional.sampling import proposals
 from neurosurgeon.functional.magnitude import num_pruned
-from neurosurgeon.modules._compiled import wait_for_compiled_gates
 
 from ._timing import interleaved, ratio, ratio_interval
 
@@ -76,13 +75,11 @@ def _set_theta(layer, theta):
 
 
 def _ready(steps) -> None:
-    """Two calls of each step (the second starts any hard-concrete gate compilation in the
-    background), then wait for it: a warm step is what the ratios compare; the first step of a
-    fresh process is measured apart."""
+    """Two calls of each step: a warm step is what the ratios compare; the first step of a fresh
+    process is measured apart."""
     for _ in range(2):
         for step in steps.values():
             step()
-    wait_for_compiled_gates()
 
 
 # -- workload 1 and 7a: masked Linear train step ------------------------------------------------------
@@ -121,7 +118,7 @@ def _masked_linears(cfg, orig):
 
 def _hc_gate_alone(layer):
     """What a hard-concrete step adds to the plain step's GEMMs: the gate its training step runs
-    (compiled once built, else the eager core), forward and backward, without the layer's GEMMs."""
+    (the eager core), forward and backward, without the layer's GEMMs."""
     gw = torch.randn_like(layer.weight)
 
     def step():
@@ -454,8 +451,7 @@ from benchmarks.workloads import gpt2_train_step
 torch.set_num_threads({threads})
 step = gpt2_train_step("ours_hc", json.loads({cfg!r}))
 t0 = time.perf_counter(); step(); first = time.perf_counter() - t0
-from neurosurgeon.modules._compiled import wait_for_compiled_gates
-step(); wait_for_compiled_gates()  # warm: whatever compiles in the background is ready
+step()
 warm = []
 for _ in range(3):
     t0 = time.perf_counter(); step(); warm.append(time.perf_counter() - t0)

@@ -253,6 +253,10 @@ torch.library.register_vmap(
 )
 
 
+def _count_int(count: int | torch.Tensor) -> int:
+    return int(_count_tensor(count))
+
+
 def _count_tensor(num_zeros: int | torch.Tensor) -> torch.Tensor:
     if isinstance(num_zeros, int):
         if num_zeros < 0:
@@ -267,6 +271,11 @@ def _sampled_mask(key: torch.Tensor, eligible: torch.Tensor, num_zeros, num_elig
     check_key(key)
     if eligible.numel() > _MAX_UNITS:
         raise ValueError(f"cannot sample over {eligible.numel()} mask units (at most {_MAX_UNITS})")
+    if not transformed(key, eligible, *(t for t in (num_zeros, num_eligible) if isinstance(t, torch.Tensor))):
+        # Eager: the kernel itself. Calling the op would run torch's dispatcher wrapper, whose
+        # first call imports the compiler (seconds of cold start) for nothing.
+        out = torch.empty(eligible.shape, dtype=dtype, device=eligible.device)
+        return _mask_kernel(key, eligible, _count_int(num_zeros), _count_int(num_eligible), out)
     return _sampled_mask_op(key, eligible, _count_tensor(num_zeros), _count_tensor(num_eligible), dtype)
 
 
@@ -291,7 +300,10 @@ def sample_zeros(key: torch.Tensor, eligible: torch.Tensor, num_zeros: int | tor
         raise ValueError(f"cannot sample over {n} mask units (at most {_MAX_UNITS})")
     if eligible.dtype != torch.bool:
         raise TypeError(f"eligible must be a bool tensor, got {eligible.dtype}")
-    return _sample_zeros_op(key, eligible, _count_tensor(num_zeros), _count_tensor(_count_true(eligible)))
+    num_eligible = _count_true(eligible)
+    if not transformed(key, eligible, *(t for t in (num_zeros, num_eligible) if isinstance(t, torch.Tensor))):
+        return _zeros_kernel(key, eligible, _count_int(num_zeros), _count_int(num_eligible), torch.empty_like(eligible))
+    return _sample_zeros_op(key, eligible, _count_tensor(num_zeros), _count_tensor(num_eligible))
 
 
 def _concrete_or_tensor(t: int | torch.Tensor) -> int | torch.Tensor:

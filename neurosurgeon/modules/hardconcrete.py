@@ -3,21 +3,16 @@
 Reference: ``NeuroSurgeon.Masking.hardconcrete_layer``. While training, each forward samples
 gates z from the hard concrete distribution with noise drawn from the layer's key and a step
 counter; when hard, z = 1[theta > tau] (tau = 0 at the default stretch). See
-:mod:`neurosurgeon.functional.hard_concrete`; large layers trained eagerly use a compiled copy of
-the same gate once it is ready (:mod:`neurosurgeon.modules._compiled`).
+:mod:`neurosurgeon.functional.hard_concrete`. Nothing is compiled here: wrap a layer, a model or
+a training step in ``torch.compile`` yourself to fuse the gate.
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
-from ..functional import random as nr
 from ..functional._checks import check_fraction, check_stretch, check_temperature
-from ..functional.hard_concrete import LEFT, MASK_INIT_PERCENTAGE, RIGHT, TEMPERATURE, hard_concrete_mask
-from .. import functional as F
-from ..functional.layer import LayerMasks, apply_unit_masks, noise_key
-from ._compiled import compiled_gate
+from ..functional.hard_concrete import LEFT, MASK_INIT_PERCENTAGE, RIGHT, TEMPERATURE
 from ._layer_types import CONV1D, CONV2D, GPT_CONV1D, LINEAR
 from .mask_layer import MaskLayer
 from .tempered import TemperedMixin
@@ -49,21 +44,6 @@ class HardConcreteLayer(TemperedMixin, MaskLayer):
 
     def _hparams(self):
         return {"temperature": self._temperature, "left": self._left, "right": self._right}
-
-    def _trained_parameters(self, step):
-        # A large weight-unit theta trained eagerly takes the compiled gate once it is built (the
-        # same function and key: see _compiled.py); anything else goes through the core, eagerly.
-        theta, b_theta = self.mask_tensors()
-        if self._ablation != "none" or not (torch.is_grad_enabled() and theta.requires_grad):
-            return None
-        gate = compiled_gate(self.weight, theta, self._hparams())
-        if gate is None:
-            return None
-        k_weight, k_bias = nr.split(noise_key(self.mask_key, step), 4)[:2]  # as the core splits it
-        w, z = gate(self.weight, theta, k_weight, **self._hparams())
-        masks = LayerMasks(None, None, None if b_theta is None else hard_concrete_mask(b_theta, k_bias, **self._hparams()), None)
-        p = apply_unit_masks(self.weight, self.bias, masks, kind=self._layer.kind, mask_unit="weight", unit_sizes=None)
-        return F.MaskedParameters(w, p.bias, z.to(self.weight.dtype), p.bias_mask)
 
     @property
     def mask_init_percentage(self) -> float:

@@ -222,10 +222,6 @@ class MaskLayer(V0Methods, nn.Module):
         """Hard masks h of (weight, bias) already known, else None (computed by the core)."""
         return None, None
 
-    def _trained_parameters(self, step) -> F.MaskedParameters | None:
-        """A strategy's faster eager training path to the same parameters (noise of ``step``), or None."""
-        return None
-
     def _unit_masks(self, hard: bool, tensors=None, step=None):
         key = ((self.mask_key if self._ablation in RANDOM_ABLATIONS else None) if hard  # ablation draws
                else noise_key(self.mask_key, self.noise_step if step is None else step) if self._row.needs_key else None)
@@ -253,13 +249,11 @@ class MaskLayer(V0Methods, nn.Module):
         # A forward inside backward is checkpointing's recompute: the first run's noise, no advance.
         redraw = advances and torch._C._current_graph_task_id() != -1
         step = self.noise_step - 1 if redraw else self.noise_step
-        p = None if hard or tracing else self._trained_parameters(step)
-        if p is None:
-            masks = self._unit_masks(hard, step=step)
-            p = apply_unit_masks(self.weight, self.bias, masks, kind=self._layer.kind, mask_unit=self._mask_unit,
-                                 unit_sizes=self._unit_sizes)
-            if not (hard or tracing) and torch.is_grad_enabled():  # this step's L0 may sum these masks
-                soft_store(self, self.mask_tensors(), settings, masks)
+        masks = self._unit_masks(hard, step=step)
+        p = apply_unit_masks(self.weight, self.bias, masks, kind=self._layer.kind, mask_unit=self._mask_unit,
+                             unit_sizes=self._unit_sizes)
+        if not (hard or tracing) and torch.is_grad_enabled():  # this step's L0 may sum these masks
+            soft_store(self, self.mask_tensors(), settings, masks)
         if not tracing:
             if advances and not redraw:  # an integer buffer: no autograd to keep out
                 self.noise_step.add_(1)  # the next step draws fresh noise
