@@ -38,6 +38,8 @@ class Strategy(NamedTuple):
     needs_key: bool = False  # the soft mask draws noise
     has_params: bool = True  # theta exists (magnitude pruning masks the weight by its values)
     l0_is_mask_sum: bool = False  # the soft L0 is the soft mask's sum: a forward's mask can serve it
+    anneal: str | None = None  # the hyper-parameter a training schedule raises (continuous sparsification's beta)
+    init_hparam: str | None = None  # the knob of theta's initial value, by its layer name
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -49,6 +51,8 @@ STRATEGIES: dict[str, Strategy] = {
         mask_hparams={"temperature": cs.TEMPERATURE},
         init_hparams={"mask_init_value": cs.MASK_INIT_VALUE},
         l0_is_mask_sum=True,
+        anneal="temperature",
+        init_hparam="mask_init_value",
     ),
     "hard_concrete": Strategy(
         init=hc.hard_concrete_init,
@@ -58,6 +62,7 @@ STRATEGIES: dict[str, Strategy] = {
         mask_hparams={"temperature": hc.TEMPERATURE, "left": hc.LEFT, "right": hc.RIGHT},
         init_hparams={"mask_init_percentage": hc.MASK_INIT_PERCENTAGE},
         needs_key=True,
+        init_hparam="mask_init_percentage",
     ),
     "magnitude_pruning": Strategy(
         init=None,
