@@ -14,16 +14,24 @@ import argparse
 import os
 import sys
 
+from ..functional.strategies import STRATEGIES
+from ._analysis import METHOD_DEFAULTS, MaskConfig
 from ._run import CLIError
 
 __all__ = ["main", "build_parser", "CLIError"]
 
-#: Per-method defaults of --l0-lambda and --mask-init (tuned on the demo: ~7% / ~15% density).
-_DEFAULTS = {"continuous_sparsification": {"l0_lambda": 1.0, "mask_init": 1.0},
-             "hard_concrete": {"l0_lambda": 4.0, "mask_init": 0.9}}
 
-_METHODS = {"continuous_sparsification": "continuous_sparsification", "cs": "continuous_sparsification",
-            "hard_concrete": "hard_concrete", "hc": "hard_concrete"}
+def _initials(name: str) -> str:
+    """A strategy's short name: the first letter of each word (``continuous_sparsification`` -> ``cs``)."""
+    return "".join(word[0] for word in name.split("_"))
+
+
+#: --method's values: every strategy whose masks train (its table row has parameters), by its
+#: name or its initials (cs, hc), in table order.
+_TRAINED = [name for name, row in STRATEGIES.items() if row.has_params]
+_METHODS = {alias: name for name in _TRAINED for alias in (name, _initials(name))}
+_CHOICES = " or ".join(f"{name} ({_initials(name)})" for name in _TRAINED)
+_DEFAULT_METHOD = MaskConfig.method
 
 
 def _positive_int(text: str) -> int:
@@ -58,13 +66,13 @@ def _method(text: str) -> str:
         return _METHODS[text.lower().replace("-", "_")]
     except KeyError:
         raise argparse.ArgumentTypeError(
-            f"unknown method {text!r}; choose continuous_sparsification (cs) or hard_concrete (hc)") from None
+            f"unknown method {text!r}; choose {_CHOICES}") from None
 
 
 def _common(p: argparse.ArgumentParser, *, epochs: int, steps: int, targets_help: str) -> None:
     g = p.add_argument_group("subnetwork discovery")
-    g.add_argument("--method", type=_method, default="continuous_sparsification",
-                   help="mask strategy: continuous_sparsification (cs, default) or hard_concrete (hc)")
+    g.add_argument("--method", type=_method, default=_DEFAULT_METHOD,
+                   help=f"mask strategy: {_CHOICES} (default {_DEFAULT_METHOD})")
     g.add_argument("--targets", nargs="+", metavar="PATTERN", help=targets_help)
     g.add_argument("--epochs", type=_positive_int, default=epochs, help=f"mask-training epochs (default {epochs})")
     g.add_argument("--steps-per-epoch", type=_positive_int, default=steps,
@@ -154,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         argv.insert(0, "demo")
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name, value in _DEFAULTS.get(getattr(args, "method", None), {}).items():
+    for name, value in METHOD_DEFAULTS.get(getattr(args, "method", None), {}).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     try:

@@ -25,17 +25,25 @@ import torch.nn as nn
 
 from .. import model as ns
 from ..functional import random as nr
+from ..functional.strategies import STRATEGIES
 from ..model.baselines import auto_chunk_size
+from ..model.schedule import anneals_temperature
 from ..modules.cache import soft_masks_for_l0
 from . import _warnings
 from .task import Examples
 
-__all__ = ["MaskConfig", "discover", "evaluate", "CONDITIONS", "BASELINES"]
+__all__ = ["MaskConfig", "METHOD_DEFAULTS", "discover", "evaluate", "CONDITIONS", "BASELINES"]
 
 CONDITIONS = ("full", "subnetwork", "zero_ablate", "random_ablate")
 BASELINES = ("randomly_sampled", "complement_sampled")
 
 LogitsFn = Callable[[nn.Module, Examples], torch.Tensor]
+
+
+#: Per-method defaults of the L0 weight and theta's initial value (tuned on the demo: ~7% / ~15%
+#: density), by strategy name: a table lookup, so a method is never told apart by comparing names.
+METHOD_DEFAULTS = {"continuous_sparsification": {"l0_lambda": 1.0, "mask_init": 1.0},
+                   "hard_concrete": {"l0_lambda": 4.0, "mask_init": 0.9}}
 
 
 @dataclass
@@ -47,13 +55,16 @@ class MaskConfig:
     lr: float = 0.05
     l0_lambda: float = 1.0
     final_temp: float = 200.0
-    init: float | None = None  # CS: mask_init_value (default 1.0); HC: mask_init_percentage (default 0.9)
+    init: float | None = None  # theta's initial value, in the method's own knob (METHOD_DEFAULTS when None)
     seed: int = 0
 
     def hparams(self) -> dict:
-        if self.method == "continuous_sparsification":
-            return {"mask_init_value": 1.0 if self.init is None else self.init}
-        return {"mask_init_percentage": 0.9 if self.init is None else self.init}
+        """The layer keyword of theta's initial value (the strategy row's ``init_hparam``:
+        ``mask_init_value`` for CS, ``mask_init_percentage`` for HC) set to ``init``."""
+        knob = STRATEGIES[self.method].init_hparam
+        if knob is None:
+            return {}
+        return {knob: METHOD_DEFAULTS[self.method]["mask_init"] if self.init is None else self.init}
 
 
 def _scorer(data: Examples, n_subtasks: int):
@@ -95,7 +106,7 @@ def discover(model: nn.Module, names: list[str], train: Examples, monitor: Examp
     opt = torch.optim.Adam(params, lr=cfg.lr)
     max_l0 = sum(m.calculate_max_l0() for m in ns.mask_layers(model).values())
     schedule = None
-    if cfg.method == "continuous_sparsification":
+    if anneals_temperature(cfg.method):
         schedule = ns.TemperatureSchedule(cfg.final_temp, cfg.epochs)
         schedule.start(model)
     g = torch.Generator().manual_seed(cfg.seed)

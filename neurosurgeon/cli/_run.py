@@ -1,5 +1,6 @@
 """Shared plumbing of the subcommands: errors, progress and logging, devices, and the
-discover -> test -> write sequence that ``demo`` and ``analyze`` both end with."""
+discover -> test -> write sequence that ``demo`` and ``analyze`` both end with (and, given a
+second sub-task, the overlap of its subnetwork with the first's)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from .. import model as ns
 from . import _analysis
 from .plot import plot_results
 from .report import format_table, format_warnings, write_results
+from .task import Examples
 
-__all__ = ["CLIError", "Console", "resolve_device", "select_targets", "run_config", "run_analysis"]
+__all__ = ["CLIError", "Console", "resolve_device", "select_targets", "run_config", "run_analysis", "subtask_overlap"]
 
 
 class CLIError(Exception):
@@ -121,8 +123,6 @@ def run_analysis(*, model: nn.Module, names: list[str], mask_train, monitor, tes
     console.log(f"\n[2/3] Discovering a subnetwork for sub-task {target!r} in {len(names)} layers "
                 f"({cfg.method}, L0 lambda {cfg.l0_lambda}, {cfg.epochs} epochs x {cfg.steps_per_epoch} steps)")
     t = time.perf_counter()
-    from .compare import subtask_overlap  # compare.py imports this module
-
     unmasked = copy.deepcopy(model) if other is not None else None
     history = _analysis.discover(model, names, mask_train, monitor, logits_fn, cfg,
                                  progress=console.progress, log=console.log)
@@ -173,3 +173,33 @@ def run_analysis(*, model: nn.Module, names: list[str], mask_train, monitor, tes
     print(f"wrote {files['plot']}, {files['masks']}, {files['results']}  "
           f"({results['timing']['total_s']:.1f} s)")
     return results
+
+
+def subtask_overlap(model_a, model_b, names: list[str], train, monitor, logits_fn, cfg, *, subtasks,
+                    console: Console) -> dict:
+    """Discover ``model_b``'s subnetwork for the second sub-task the way ``model_a``'s was found for
+    the first, and return their overlap against chance (the ``overlap`` entry of ``results.json``).
+
+    Args:
+        model_a: the model with the first sub-task's trained masks.
+        model_b: an unmasked copy of the same model.
+        names: the layers to mask; train, monitor: the second sub-task's examples.
+        logits_fn, cfg: as for the first discovery.
+        subtasks: the two sub-tasks' names, first one first.
+        console: where the progress goes.
+    """
+    train, monitor = _as_target(train), _as_target(monitor)
+    console.log(f"\n[overlap] Discovering a subnetwork for sub-task {subtasks[1]!r} the same way, to compare")
+    _analysis.discover(model_b, names, train, monitor, logits_fn, cfg, progress=console.progress,
+                       log=lambda msg: None)
+    table = ns.compare_subnetworks(model_a, model_b)
+    d = table.to_dict()
+    return {"subtasks": list(subtasks[:2]), "unit": d["unit"], "total": d["total"], "layers": d["layers"],
+            "heads": d["heads"]}
+
+
+def _as_target(examples: Examples) -> Examples:
+    """Examples of the second sub-task relabelled as sub-task 0, the one discovery trains for."""
+    names = (examples.subtasks[1], examples.subtasks[0], *examples.subtasks[2:])
+    return Examples(examples.input_ids, examples.attention_mask, examples.labels, torch.zeros_like(examples.subtask),
+                    names)

@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from .. import __version__
 from .. import model as ns
 from ..model.architectures import architecture_of
 from ..model.visualize import draw_bars, layout_bars
 from ._run import CLIError, Console
-from .task import Examples
 
 __all__ = ["run_compare"]
 
@@ -90,36 +87,3 @@ def run_compare(args) -> dict:
     print(table)
     print(f"\nwrote {files['plot']}, {files['comparison']}")
     return result
-
-
-def subtask_overlap(model_a, model_b, names: list[str], train, monitor, logits_fn, cfg, *, subtasks,
-                    console: Console) -> dict:
-    """Discover ``model_b``'s subnetwork for the second sub-task the way ``model_a``'s was found for
-    the first, and return their overlap against chance (the ``overlap`` entry of ``results.json``).
-
-    Args:
-        model_a: the model with the first sub-task's trained masks.
-        model_b: an unmasked copy of the same model.
-        names: the layers to mask; train, monitor: the second sub-task's examples.
-        logits_fn, cfg: as for the first discovery.
-        subtasks: the two sub-tasks' names, first one first.
-        console: where the progress goes.
-    """
-    from . import _analysis
-
-    train, monitor = _as_target(train), _as_target(monitor)
-    console.log(f"\n[overlap] Discovering a subnetwork for sub-task {subtasks[1]!r} the same way, to compare")
-    _analysis.discover(model_b, names, train, monitor, logits_fn, cfg, progress=console.progress,
-                       log=lambda msg: None)
-    table = ns.compare_subnetworks(model_a, model_b)
-    d = table.to_dict()
-    return {"subtasks": list(subtasks[:2]), "unit": d["unit"], "total": d["total"], "layers": d["layers"],
-            "heads": d["heads"]}
-
-
-
-def _as_target(examples: Examples) -> Examples:
-    """Examples of the second sub-task relabelled as sub-task 0, the one discovery trains for."""
-    names = (examples.subtasks[1], examples.subtasks[0], *examples.subtasks[2:])
-    return Examples(examples.input_ids, examples.attention_mask, examples.labels, torch.zeros_like(examples.subtask),
-                    names)

@@ -4,7 +4,7 @@ random-ablation baselines in one vmapped pass.
 - :mod:`.inject` / :mod:`.select` / :mod:`.freeze`: choosing layers, replacing them, freezing the base.
 - :mod:`.l0` / :mod:`.schedule`: the L0 term and temperature annealing.
 - :mod:`.analysis` / :mod:`.io` / :mod:`.bake`: ablations, subnetworks, safetensors, baking.
-- :mod:`.baselines`: the functional path (``masked_state``, ``evaluate_baselines``).
+- :mod:`.baselines`: the functional path (``model_masks``, ``masked_weights``, ``evaluate_baselines``).
 - :mod:`.circuit`: NeuroSurgeon 0.1.0's ``CircuitConfig`` / ``CircuitModel``.
 - :mod:`.compare` / :mod:`.visualize`: two subnetworks' overlap against chance, and its figure.
 - :mod:`.residual` / :mod:`.probing`: residual-stream hooks and subnetwork probing.
@@ -13,7 +13,7 @@ random-ablation baselines in one vmapped pass.
 from ._layers import mask_layers
 from .analysis import set_ablation, set_use_masks, subnetwork
 from .bake import bake
-from .baselines import evaluate_baselines, masked_state, masks_disabled, run_masked
+from .baselines import evaluate_baselines, masked_state, masked_weights, masks_disabled, model_masks, run_masked
 from .circuit import CircuitConfig, CircuitModel
 from .compare import SubnetworkComparison, compare_subnetworks
 from .probing import SubnetworkProbe, SubnetworkProbeConfig
@@ -32,7 +32,7 @@ __all__ = [
     "l0_penalty", "l0_statistics", "TemperatureSchedule", "TemperatureCallback", "set_temperature", "get_temperature",
     "advance_noise", "attention_heads", "ARCHITECTURES",
     "set_ablation", "set_use_masks", "subnetwork", "save_masks", "load_masks", "mask_state", "bake",
-    "masked_state", "run_masked", "masks_disabled", "evaluate_baselines",
+    "model_masks", "masked_weights", "masked_state", "run_masked", "masks_disabled", "evaluate_baselines",
     "CircuitConfig", "CircuitModel",
     "compare_subnetworks", "SubnetworkComparison", "Visualizer", "VisualizerConfig",
     "ResidualUpdateModel", "ResidualUpdateModelConfig", "SubnetworkProbe", "SubnetworkProbeConfig",

@@ -9,7 +9,8 @@ from .. import functional as F
 from ..functional.units import expand_mask
 from ..functional._checks import ABLATIONS, check_bool, check_choice
 from ._layers import layer_spec, require_mask_layers
-from .distributed import gathered
+from ._sharding import gathered
+from .baselines import _check_complement_possible
 from .select import match_names
 
 __all__ = ["set_ablation", "set_use_masks", "subnetwork"]
@@ -26,9 +27,16 @@ def set_ablation(model: nn.Module, ablation: str, *, force_resample: bool = Fals
         ablation: ``none``, ``zero_ablate``, ``random_ablate``, ``randomly_sampled`` or
             ``complement_sampled``.
         force_resample: draw new random masks / replacement values at each layer's next use.
+
+    Raises:
+        ValueError: ``complement_sampled`` where some layer's subnetwork keeps more units than
+            lie outside it (naming each such tensor, its counts and the remedy); no layer is
+            changed then.
     """
     check_choice("ablation", ablation, ABLATIONS)
     check_bool("force_resample", force_resample)
+    if ablation == "complement_sampled":  # here, naming the layers, not at a later forward's draw
+        _check_complement_possible(model)
     for layer in require_mask_layers(model).values():
         layer.ablation = ablation
         if force_resample:

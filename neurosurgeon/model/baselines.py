@@ -10,6 +10,7 @@ injection key reproduces the modules' own draws.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,12 +20,12 @@ from torch.func import functional_call, vmap
 
 from .. import functional as F
 from ..functional import random as nr
-from ..functional._checks import ABLATIONS, RANDOM_ABLATIONS, check_choice, concrete_int
+from ..functional._checks import ABLATIONS, RANDOM_ABLATIONS, check_bool, check_choice, concrete_int
 from ._layers import layer_spec, require_mask_layers
-from .distributed import require_unsharded
+from ._sharding import is_sharded, require_unsharded
 
-__all__ = ["masked_state", "run_masked", "evaluate_baselines", "masks_disabled", "complement_shortfalls",
-           "auto_chunk_size"]
+__all__ = ["model_masks", "masked_weights", "masked_state", "run_masked", "evaluate_baselines", "masks_disabled",
+           "complement_shortfalls", "auto_chunk_size"]
 
 
 def complement_shortfalls(model: nn.Module,
@@ -35,12 +36,13 @@ def complement_shortfalls(model: nn.Module,
 
     Args:
         model: a model with mask layers.
-        params: replacement mask tensors by full name, as :func:`masked_state` takes them.
+        params: replacement mask tensors by full name, as :func:`model_masks` takes them.
 
     Returns:
         dict ``"<layer>.weight"`` / ``"<layer>.bias"`` -> (kept, outside) unit counts; empty when
         every tensor can be complement-sampled. A tensor whose count cannot be read without
-        breaking a transform (batched by ``vmap``, traced) is left to the sampler's own error.
+        breaking a transform (batched by ``vmap``, traced) or without a collective (sharded, a
+        ``DTensor``) is left to the sampler's own error.
     """
     params = params or {}
     out = {}
@@ -50,6 +52,8 @@ def complement_shortfalls(model: nn.Module,
             if theta is None or (attr == "bias" and not spec.mask_bias):
                 continue
             theta = params.get(prefix + (f"{attr}_mask_params" if spec.has_params else attr), theta)
+            if is_sharded(theta):  # counting it would all-reduce, which every rank would have to join
+                continue
             kept = concrete_int(torch.count_nonzero(F.hard_mask(spec.strategy, theta.detach(), **spec.hparams)))
             if kept is not None and kept > theta.numel() - kept:  # None: batched or traced, left to the sampler
                 out[prefix + attr] = (kept, theta.numel() - kept)
@@ -70,21 +74,23 @@ def _check_complement_possible(model: nn.Module, params=None) -> None:
             "ablation='randomly_sampled' or mask only the layers listed nowhere here")
 
 
-def masked_state(
+def model_masks(
     model: nn.Module,
     key: torch.Tensor | None,
     *,
     ablation: str = "none",
     hard: bool = True,
     params: Mapping[str, torch.Tensor] | None = None,
-) -> dict[str, torch.Tensor]:
-    """The effective (masked) weight and bias of every mask layer, as a pure function of the
+) -> dict[str, F.MaskedParameters]:
+    """Every mask layer's masks and effective tensors for one key, as a pure function of the
     parameters and ``key``.
 
     Each layer goes through :func:`neurosurgeon.functional.mask_parameters` with draw key
-    ``fold_in(key, i)`` for layer ``i``, so ``torch.func.vmap`` over keys, ``grad`` over mask
-    parameters and ``torch.compile`` apply. Layers' ``use_masks``, ``ablation`` and
-    ``force_resample`` settings are not read: everything comes from the arguments.
+    ``fold_in(key, i)`` for layer ``i`` (its position in :func:`mask_layers`), so
+    ``torch.func.vmap`` over keys, ``grad`` over mask parameters and ``torch.compile`` apply;
+    the result is a mapping of registered pytrees, so ``vmap`` can return it. Layers'
+    ``use_masks``, ``ablation`` and ``force_resample`` settings are not read: everything comes
+    from the arguments.
 
     Args:
         model: a model with mask layers (read for its structure and default tensors).
@@ -98,8 +104,18 @@ def masked_state(
             mask layer's tensor raises ValueError listing it.
 
     Returns:
-        dict ``"<layer>.weight"`` / ``"<layer>.bias"`` -> effective tensor; feed it to
-        ``torch.func.functional_call`` with masks disabled (:func:`run_masked` does both).
+        dict layer name -> :class:`neurosurgeon.functional.MaskedParameters` (effective weight
+        and bias, and the masks applied, broadcast to the parameters' shapes).
+
+    Example:
+        >>> import torch, torch.nn as nn, neurosurgeon as ns
+        >>> from neurosurgeon.functional import random as nr
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> _ = ns.inject_masks(net, nn.Linear, key=0, mask_init_value=-1.0)
+        >>> masks = torch.func.vmap(lambda k: ns.model_masks(net, k, ablation="randomly_sampled"))(
+        ...     nr.split(nr.key(1), 3))
+        >>> sorted(masks), tuple(masks["2"].weight_mask.shape)
+        (['0', '2'], (3, 2, 8))
     """
     check_choice("ablation", ablation, ABLATIONS)
     if key is None and hard and ablation in RANDOM_ABLATIONS:
@@ -131,19 +147,70 @@ def masked_state(
             wp, bp = weight, (bias if spec.mask_bias else None)
         # Draw on the layer's device, as the module (whose key buffer lives there) does.
         layer_key = None if key is None else nr.fold_in(key.to(weight.device), i)
-        p = F.mask_parameters(weight, bias, wp, bp, layer_key, strategy=spec.strategy, kind=spec.kind,
-                              hard=hard or not spec.has_params, ablation=ablation, mask_unit=spec.mask_unit,
-                              unit_sizes=spec.unit_sizes, **spec.hparams)
+        out[name] = F.mask_parameters(weight, bias, wp, bp, layer_key, strategy=spec.strategy, kind=spec.kind,
+                                      hard=hard or not spec.has_params, ablation=ablation, mask_unit=spec.mask_unit,
+                                      unit_sizes=spec.unit_sizes, **spec.hparams)
+    return out
+
+
+def masked_weights(
+    model: nn.Module,
+    key: torch.Tensor | None,
+    *,
+    ablation: str = "none",
+    hard: bool = True,
+    params: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The effective (masked) weight and bias of every mask layer, as a pure function of the
+    parameters and ``key``: the ``weight`` and ``bias`` of :func:`model_masks`, by full name.
+
+    Args:
+        model, key, ablation, hard, params: as for :func:`model_masks` (layer ``i`` draws from
+            ``fold_in(key, i)``; ``params`` names that are no mask layer's tensor raise ValueError).
+
+    Returns:
+        dict ``"<layer>.weight"`` / ``"<layer>.bias"`` -> effective tensor; feed it to
+        ``torch.func.functional_call`` with masks disabled (:func:`run_masked` does both).
+
+    Example:
+        >>> import torch.nn as nn, neurosurgeon as ns
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> _ = ns.inject_masks(net, nn.Linear, key=0)
+        >>> sorted(ns.masked_weights(net, None))
+        ['0.bias', '0.weight', '2.bias', '2.weight']
+    """
+    out = {}
+    for name, p in model_masks(model, key, ablation=ablation, hard=hard, params=params).items():
+        prefix = f"{name}." if name else ""
         out[prefix + "weight"] = p.weight
-        if bias is not None:
+        if p.bias is not None:
             out[prefix + "bias"] = p.bias
     return out
+
+
+def masked_state(
+    model: nn.Module,
+    key: torch.Tensor | None,
+    *,
+    ablation: str = "none",
+    hard: bool = True,
+    params: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Deprecated alias of :func:`masked_weights`, kept for one release: the name read like
+    :func:`~neurosurgeon.mask_state` (the mask parameters' state dict) but gives effective weights.
+
+    Warns ``DeprecationWarning``, then returns exactly what :func:`masked_weights` returns.
+    """
+    warnings.warn("neurosurgeon.masked_state is deprecated and will be removed in the next release; use "
+                  "neurosurgeon.masked_weights (same arguments, same result). neurosurgeon.mask_state is the mask "
+                  "parameters' state dict", DeprecationWarning, stacklevel=2)
+    return masked_weights(model, key, ablation=ablation, hard=hard, params=params)
 
 
 @contextlib.contextmanager
 def masks_disabled(model: nn.Module):
     """Context manager: every mask layer of ``model`` computes with its (substituted) weights
-    as they are, so a :func:`masked_state` can be run with ``functional_call``."""
+    as they are, so a :func:`masked_weights` can be run with ``functional_call``."""
     # A pending force_resample stays pending: it would otherwise be spent (writing the layer's
     # key) by a forward that applies no mask.
     with _layer_settings(require_mask_layers(model).values(), use_masks=False, force_resample=False):
@@ -166,15 +233,47 @@ def _layer_settings(layers, **values):
                 setattr(m, name, value)
 
 
-def run_masked(model: nn.Module, state: Mapping[str, torch.Tensor], *args, **kwargs):
-    """Run ``model(*args, **kwargs)`` with the masked parameters ``state`` (from :func:`masked_state`).
+def run_masked(model: nn.Module, state: Mapping[str, torch.Tensor], *args, strict: bool = True, **kwargs):
+    """Run ``model(*args, **kwargs)`` with the masked parameters ``state`` (from :func:`masked_weights`).
 
     Uses ``torch.func.functional_call`` with ``tie_weights=False``, so a masked layer whose
     weight is tied to an unmasked module (an output layer tied to the embedding) changes only
-    itself, as in the module path.
+    itself, as in the module path. Masks are off during the call: ``state`` is what the mask
+    layers compute with.
+
+    Args:
+        model: a model with mask layers.
+        state: ``"<layer>.weight"`` / ``"<layer>.bias"`` of mask layers -> effective tensor.
+        *args, **kwargs: the model's inputs.
+        strict: keyword-only, and taken by ``run_masked`` itself (a model keyword of that name
+            cannot pass through). True (default): ``state`` must hold every mask layer's
+            weight, and its bias where the layer has one. False: a layer missing from
+            ``state`` runs with its base weights, unmasked.
+
+    Raises:
+        ValueError: a name in ``state`` that is no mask layer's weight or bias (a typo would
+            otherwise run that layer with its base weight), or, when ``strict``, a missing one.
     """
+    strict = check_bool("strict", strict)
+    known = _effective_names(require_mask_layers(model))
+    unknown = sorted(set(state) - set(known))
+    if unknown:
+        raise ValueError(f"state has name(s) {unknown} that are no mask layer's weight or bias; known: "
+                         f"{known[:6]}{'...' if len(known) > 6 else ''} (masked_weights(model, key) gives them all)")
+    missing = [name for name in known if name not in state]
+    if strict and missing:
+        raise ValueError(f"state lacks {len(missing)} mask-layer tensor(s): {missing[:8]}"
+                         f"{'...' if len(missing) > 8 else ''}; pass masked_weights(model, key) whole, or strict=False "
+                         "to run the layers missing from state with their base weights, unmasked")
     with masks_disabled(model):
         return functional_call(model, dict(state), args, kwargs, tie_weights=False, strict=False)
+
+
+def _effective_names(layers: Mapping[str, nn.Module]) -> list[str]:
+    """``"<layer>.weight"`` and, where the layer has one, ``"<layer>.bias"``: the names
+    :func:`masked_weights` returns, in layer order."""
+    return [f"{name}.{attr}" if name else attr for name, layer in layers.items()
+            for attr in ("weight", "bias") if getattr(layer, attr, None) is not None]
 
 
 #: Bytes a chunk's per-key tensors may take: about a last-level cache. A layer's draws for a chunk
@@ -278,14 +377,14 @@ def evaluate_baselines(
     require_unsharded(model, "evaluate_baselines", "; neurosurgeon.model.distributed.evaluate_baselines_split "
                       "then evaluates K keys over R ranks at K / R each")
     layers = require_mask_layers(model)
-    for name, layer in layers.items():  # as masked_state does: NaN/inf theta raises, never binarises
+    for name, layer in layers.items():  # as model_masks does: NaN/inf theta raises, never binarises
         layer.check_mask_params(name)
     if ablation == "complement_sampled":
         _check_complement_possible(model)
 
     def one(k):
         # Each layer draws inside its own forward from mask_key = fold_in(k, i): the masks of
-        # masked_state(model, k), bitwise, with one layer's effective weights alive at a time
+        # model_masks(model, k), bitwise, with one layer's effective weights alive at a time
         # (the memory figures are in the docstring; 4-10% faster than building the state first).
         keyed = {f"{name}.mask_key": nr.fold_in(k.to(layer.weight.device), i)
                  for i, (name, layer) in enumerate(layers.items())}

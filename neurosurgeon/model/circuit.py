@@ -163,14 +163,14 @@ class CircuitModel(nn.Module):
     def temperature(self) -> float | None:
         """The continuous-sparsification temperature shared by every layer; other strategies
         have none: reading gives None and setting is ignored, each with a warning (as in 0.1.0)."""
-        if self.config.mask_method != "continuous_sparsification":
+        if not schedule.anneals_temperature(self.config.mask_method):
             warnings.warn(f"temperature is ignored with mask_method={self.config.mask_method!r}", stacklevel=2)
             return None
         return schedule.get_temperature(self.wrapped_model)
 
     @temperature.setter
     def temperature(self, value: float) -> None:
-        if self.config.mask_method != "continuous_sparsification":
+        if not schedule.anneals_temperature(self.config.mask_method):
             warnings.warn(f"temperature is ignored with mask_method={self.config.mask_method!r}", stacklevel=2)
             return
         schedule.set_temperature(self.wrapped_model, value)

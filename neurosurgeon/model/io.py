@@ -20,7 +20,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from ._layers import layer_spec, require_mask_layers
-from .distributed import gathered, shard_like, sharded_mask_layers, writes_files
+from ._sharding import gathered, shard_like, sharded_mask_layers, writes_files
 
 __all__ = ["save_masks", "load_masks", "mask_state"]
 

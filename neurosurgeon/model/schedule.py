@@ -20,10 +20,20 @@ __all__ = ["TemperatureSchedule", "TemperatureCallback", "set_temperature", "get
 
 
 def _annealed(model: nn.Module):
-    layers = [m for m in require_mask_layers(model).values() if m.strategy == "continuous_sparsification"]
+    """The mask layers whose strategy's training schedule raises the temperature (the strategy
+    table's ``anneal``: continuous sparsification's beta)."""
+    all_layers = require_mask_layers(model).values()
+    layers = [m for m in all_layers if anneals_temperature(m.strategy)]
     if not layers:
-        raise ValueError("model has no continuous-sparsification layers: only they anneal a temperature")
+        annealing = " or ".join(name.replace("_", "-") for name in STRATEGIES if anneals_temperature(name))
+        raise ValueError(f"model has no {annealing} layers: only they anneal a temperature; its mask layers use "
+                         f"{sorted({m.strategy for m in all_layers})}")
     return layers
+
+
+def anneals_temperature(strategy: str) -> bool:
+    """Whether ``strategy``'s training schedule raises its temperature (its table row's ``anneal``)."""
+    return STRATEGIES[strategy].anneal == "temperature"
 
 
 def set_temperature(model: nn.Module, temperature: float) -> None:

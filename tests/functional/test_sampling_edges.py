@@ -43,9 +43,9 @@ def test_impossible_complement_sampling_names_the_layer_counts_and_the_remedy():
     model = dense_model()
     assert complement_shortfalls(model) == {"0.weight": (45, 15)}
     x, keys = torch.randn(4, 6), nr.split(nr.key(0), 2)
-    calls = [lambda: ns.masked_state(model, nr.key(0), ablation="complement_sampled"),
+    calls = [lambda: ns.masked_weights(model, nr.key(0), ablation="complement_sampled"),
              lambda: ns.evaluate_baselines(model, lambda f: f(x).sum(), keys, ablation="complement_sampled"),
-             lambda: torch.func.vmap(lambda k: ns.masked_state(model, k, ablation="complement_sampled"))(keys)]
+             lambda: torch.func.vmap(lambda k: ns.masked_weights(model, k, ablation="complement_sampled"))(keys)]
     for call in calls:
         with pytest.raises(ValueError, match=r"0\.weight keeps 45 of 60 units, 15 outside, may keep at most 30") as e:
             call()

@@ -1,4 +1,4 @@
-"""The functional path: masked_state is the modules' computation as a pure function of
+"""The functional path: masked_weights is the modules' computation as a pure function of
 (parameters, key), and evaluate_baselines' vmapped pass equals K separate evaluations."""
 
 import pytest
@@ -48,10 +48,10 @@ def set_layer_keys(model, k):
 
 @pytest.mark.parametrize("ablation", ["none", "zero_ablate", *RANDOM])
 @pytest.mark.parametrize("kwargs", [{}, {"mask_unit": "neuron", "mask_bias": True}, {"strategy": "hard_concrete"}])
-def test_masked_state_with_the_injection_key_equals_the_modules(ablation, kwargs):
+def test_masked_weights_with_the_injection_key_equals_the_modules(ablation, kwargs):
     model, layers = gpt2_masked(**kwargs)
     ns.set_ablation(model, ablation)
-    state = ns.masked_state(model, nr.key(11), ablation=ablation)
+    state = ns.masked_weights(model, nr.key(11), ablation=ablation)
     for name, layer in layers.items():
         p = layer.masked_parameters()
         assert torch.equal(state[f"{name}.weight"], p.weight)
@@ -60,9 +60,9 @@ def test_masked_state_with_the_injection_key_equals_the_modules(ablation, kwargs
             assert torch.equal(state[f"{name}.bias"], p.bias)
 
 
-def test_masked_state_of_magnitude_pruning_equals_the_modules():
+def test_masked_weights_of_magnitude_pruning_equals_the_modules():
     model, layers = mlp_masked(strategy="magnitude_pruning", prune_percentage=0.4, mask_bias=True)
-    state = ns.masked_state(model, None)
+    state = ns.masked_weights(model, None)
     for name, layer in layers.items():
         assert torch.equal(state[f"{name}.weight"], layer.masked_parameters().weight)
 
@@ -72,7 +72,7 @@ def test_run_masked_equals_the_module_forward():
     ns.set_ablation(model, "complement_sampled")
     batch = ZOO["gpt2"].batch()
     k = nr.key(4)
-    out = ns.run_masked(model, ns.masked_state(model, k, ablation="complement_sampled"), input_ids=batch["input_ids"])
+    out = ns.run_masked(model, ns.masked_weights(model, k, ablation="complement_sampled"), input_ids=batch["input_ids"])
     set_layer_keys(model, k)
     assert torch.equal(out.logits, model(input_ids=batch["input_ids"]).logits)
     assert all(m.use_masks for m in ns.mask_layers(model).values())
@@ -82,9 +82,9 @@ def test_run_masked_equals_the_module_forward():
 def test_vmapped_masks_equal_a_loop_over_the_same_keys(ablation):
     model, _ = gpt2_masked(mask_unit="neuron")
     keys = nr.split(nr.key(2), 5)
-    batched = vmap(lambda k: ns.masked_state(model, k, ablation=ablation))(keys)
+    batched = vmap(lambda k: ns.masked_weights(model, k, ablation=ablation))(keys)
     for i in range(len(keys)):
-        single = ns.masked_state(model, keys[i], ablation=ablation)
+        single = ns.masked_weights(model, keys[i], ablation=ablation)
         assert all(torch.equal(batched[n][i], single[n]) for n in single)
     assert not torch.equal(batched["lm_head.weight"][0], batched["lm_head.weight"][1])
 
@@ -122,7 +122,7 @@ def test_evaluate_baselines_chunked_equals_unchunked_and_restores_modes():
     assert torch.equal(whole, chunked)
     assert model.training and all(m.training for m in ns.mask_layers(model).values())
     for i, k in enumerate(keys):
-        single = ns.run_masked(model.eval(), ns.masked_state(model, k, ablation="randomly_sampled"), x).softmax(-1)
+        single = ns.run_masked(model.eval(), ns.masked_weights(model, k, ablation="randomly_sampled"), x).softmax(-1)
         torch.testing.assert_close(whole[i], single, rtol=1e-6, atol=1e-6)
 
 
@@ -131,10 +131,10 @@ def test_evaluate_baselines_rejects_malformed_keys():
     with pytest.raises(ValueError, match=r"\(K, 2\)"):
         ns.evaluate_baselines(model, lambda f: f(torch.zeros(1, 6)), nr.key(0), ablation="randomly_sampled")
     with pytest.raises(ValueError, match="needs a key"):
-        ns.masked_state(model, None, ablation="randomly_sampled")
+        ns.masked_weights(model, None, ablation="randomly_sampled")
 
 
-def test_soft_masked_state_is_differentiable_and_matches_autograd_through_the_modules():
+def test_soft_masked_weights_is_differentiable_and_matches_autograd_through_the_modules():
     model, layers = mlp_masked()
     model.train()
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
@@ -142,7 +142,7 @@ def test_soft_masked_state_is_differentiable_and_matches_autograd_through_the_mo
     thetas = {n: model.get_parameter(n).detach().clone() for n in names}
 
     def loss(thetas):
-        state = ns.masked_state(model, None, hard=False, params=thetas)
+        state = ns.masked_weights(model, None, hard=False, params=thetas)
         with ns.masks_disabled(model):
             out = functional_call(model, state, (x,), tie_weights=False)
         return nn.functional.cross_entropy(out, y)
@@ -169,7 +169,7 @@ def test_evaluate_baselines_with_inputs_passes_the_outputs_to_fn():
 @pytest.mark.parametrize("ablation", ["zero_ablate", *RANDOM])
 @pytest.mark.parametrize("kwargs", [{}, {"mask_unit": "neuron", "mask_bias": True}, {"strategy": "hard_concrete"},
                                     {"strategy": "magnitude_pruning", "prune_percentage": 0.6}])
-def test_evaluate_baselines_equals_vmapped_run_masked_of_masked_state_bitwise(ablation, kwargs):
+def test_evaluate_baselines_equals_vmapped_run_masked_of_masked_weights_bitwise(ablation, kwargs):
     # evaluate_baselines lets each layer draw inside its own forward (one layer's effective
     # weights alive at a time); the result must be exactly the explicit-state path's.
     model, _ = gpt2_masked(**kwargs)
@@ -177,7 +177,7 @@ def test_evaluate_baselines_equals_vmapped_run_masked_of_masked_state_bitwise(ab
     keys = nr.split(nr.key(5), 3)
     with torch.no_grad():
         lazy = ns.evaluate_baselines(model, lambda f: f(input_ids=ids).logits, keys, ablation=ablation, chunk_size=2)
-        explicit = vmap(lambda k: ns.run_masked(model, ns.masked_state(model, k, ablation=ablation), input_ids=ids).logits,
+        explicit = vmap(lambda k: ns.run_masked(model, ns.masked_weights(model, k, ablation=ablation), input_ids=ids).logits,
                         chunk_size=2)(keys)
     assert torch.equal(lazy, explicit)
     if ablation in ("randomly_sampled", "complement_sampled"):
@@ -191,8 +191,8 @@ def test_evaluate_baselines_restores_layer_settings_and_keys_even_when_fn_raises
     keys_before = [m.mask_key.clone() for m in layers.values()]
     x = torch.randn(4, 6)
     out = ns.evaluate_baselines(model, lambda f: f(x), nr.split(nr.key(0), 2), ablation="randomly_sampled")
-    # masked_state reads no layer setting, and run_masked leaves a pending resample pending
-    expected = vmap(lambda k: ns.run_masked(model, ns.masked_state(model, k, ablation="randomly_sampled"), x))(
+    # masked_weights reads no layer setting, and run_masked leaves a pending resample pending
+    expected = vmap(lambda k: ns.run_masked(model, ns.masked_weights(model, k, ablation="randomly_sampled"), x))(
         nr.split(nr.key(0), 2))
     assert torch.equal(out, expected)  # every layer masked and ablated as asked; no resample consumed
 

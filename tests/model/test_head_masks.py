@@ -1,5 +1,5 @@
 """Head masks on whole models: ``inject_masks(model, ns.attention_heads(model))`` on GPT-2 and
-BERT removes whole heads, trains, saves and loads; ``masked_state`` refuses unknown names."""
+BERT removes whole heads, trains, saves and loads; ``masked_weights`` refuses unknown names."""
 
 import pytest
 import torch
@@ -71,14 +71,14 @@ def test_head_masks_train_save_and_load_on_gpt2(tmp_path):
     assert stats["max_l0"] == sum(l.weight.numel() for l in ns.mask_layers(model).values())
 
 
-def test_masked_state_refuses_names_it_does_not_know():
+def test_masked_weights_refuses_names_it_does_not_know():
     model = _gpt2()
     ns.inject_masks(model, ns.attention_heads(model), key=0)
     name = "transformer.h.0.attn.c_proj.weight_mask_params"
     theta = model.get_submodule("transformer.h.0.attn.c_proj").weight_mask_params
-    ns.masked_state(model, None, params={name: theta})  # a known name is fine
+    ns.masked_weights(model, None, params={name: theta})  # a known name is fine
     with pytest.raises(ValueError, match="transformer.h.0.attn.c_proj.weight_mask_param'"):
-        ns.masked_state(model, nr.key(0), params={"transformer.h.0.attn.c_proj.weight_mask_param": theta})
+        ns.masked_weights(model, nr.key(0), params={"transformer.h.0.attn.c_proj.weight_mask_param": theta})
 
 
 def test_loading_head_masks_into_other_units_is_refused_naming_the_field(tmp_path):

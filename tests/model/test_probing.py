@@ -352,7 +352,7 @@ def test_baselines_equal_separate_evaluations_on_sampled_masks():
     assert list(probe.wrapped_model.vector_cache) == ["kept"]
     base = probe.circuit_model.wrapped_model
     for k, a in zip(keys, acc):
-        state = ns.masked_state(base, k, ablation="randomly_sampled")
+        state = ns.masked_weights(base, k, ablation="randomly_sampled")
         ns.run_masked(base, state, **x)
         logits = probe.probe(probe.wrapped_model.vector_cache["mlp_stream_1"][:, -1])
         assert a == (logits.argmax(-1) == LABELS).float().mean()
