@@ -34,7 +34,7 @@ import warnings
 
 import torch
 
-from .functional.units import _AXES
+from .functional.kinds import KINDS
 
 __all__ = ["to_v0_state_dict", "from_v0_state_dict", "V1_ONLY_BUFFERS", "V0_ABLATION_TENSORS", "V0_CONV_NEURON_UNITS"]
 
@@ -47,7 +47,7 @@ V0_ABLATION_TENSORS = ("sampled_weight_mask_params", "sampled_bias_mask_params",
                        "random_weight", "random_bias")
 #: 0.1.0's convolution ``mask_unit="neuron"`` as our einops unit, by layer kind: one mask entry per
 #: (output channel, kernel position), shared over the input channels; theta ``(out, 1, *kernel)``.
-V0_CONV_NEURON_UNITS = {kind: f"{_AXES[kind]} -> o 1 {_AXES[kind].split(' ', 2)[2]}" for kind in ("conv1d", "conv2d")}
+V0_CONV_NEURON_UNITS = {kind: f"{KINDS[kind].axes} -> o 1 {KINDS[kind].axes.split(' ', 2)[2]}" for kind in ("conv1d", "conv2d")}
 # Names no layer of ours or 0.1.0 uses for anything else: they mark a 0.1.0 mask layer.
 _V0_MARKERS = ("weight_mask_params", "sampled_weight_mask_params", "sampled_bias_mask_params", "random_weight")
 

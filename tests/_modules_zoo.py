@@ -13,7 +13,7 @@ from transformers.pytorch_utils import Conv1D
 
 import neurosurgeon as ns
 import neurosurgeon.functional as F
-from neurosurgeon.functional._checks import RANDOM_ABLATIONS
+from neurosurgeon.functional.ablation import RANDOM_ABLATIONS
 from neurosurgeon.functional.layer import noise_key
 
 STRATEGIES = ("continuous_sparsification", "hard_concrete", "magnitude_pruning")
@@ -141,7 +141,7 @@ def reference(layer: ns.MaskLayer, x: torch.Tensor, *, noise_step: int | None = 
                 hard = not layer.training or not wp.requires_grad
                 hparams = {"temperature": layer.temperature}
                 if strategy == "hard_concrete":
-                    hparams.update(left=layer.left_stretch, right=layer.right_stretch)
+                    hparams.update(left_stretch=layer.left_stretch, right_stretch=layer.right_stretch)
             if hard:
                 key = layer.mask_key if layer.ablation in RANDOM_ABLATIONS else None
             elif strategy == "hard_concrete":

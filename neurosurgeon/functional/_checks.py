@@ -6,15 +6,13 @@ allowed, and runs at the boundary only: kernels never re-parse strings.
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from typing import Any
 
 import torch
 
-ABLATIONS = ("none", "zero_ablate", "random_ablate", "randomly_sampled", "complement_sampled")
-RANDOM_ABLATIONS = ("random_ablate", "randomly_sampled", "complement_sampled")
-MASK_UNITS = ("weight", "neuron")
-LAYER_KINDS = ("linear", "gpt_conv1d", "conv1d", "conv2d")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
@@ -150,37 +148,17 @@ def check_broadcasts_to(name: str, t: torch.Tensor, target_name: str, shape: tup
         raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to {target_name}'s shape {shape}")
 
 
-def check_layer_tensors(kind: str, weight, bias, weight_mask_params, bias_mask_params, *, mask_unit="weight",
-                        unit_sizes=None, magnitude: bool = False) -> None:
-    """Shapes of one masked layer's tensors.
-
-    Theta of the weight has the unit shape of ``mask_unit`` (the weight's shape for
-    ``"weight"``, one entry per output unit for ``"neuron"``, the reduced shape of an einops
-    pattern); theta of the bias needs a bias and has its shape; the bias has one entry per
-    output unit. Magnitude pruning passes the weight/bias themselves.
-    """
-    from .units import unit_shape  # units imports this module
-
-    check_tensor("weight", weight)
-    w_shape = tuple(weight.shape)
-    out_axis = 1 if kind == "gpt_conv1d" else 0
-    dims = {"linear": 2, "gpt_conv1d": 2, "conv1d": 3, "conv2d": 4}[kind]
-    if len(w_shape) != dims:
-        raise ValueError(f"weight of a {kind} layer must have {dims} dimensions, got shape {w_shape}")
-    if bias is not None:
-        check_tensor("bias", bias)
-        if tuple(bias.shape) != (w_shape[out_axis],):
-            raise ValueError(f"bias must have shape {(w_shape[out_axis],)} (one entry per output unit of weight {w_shape}), got {tuple(bias.shape)}")
-    if weight_mask_params is not None:
-        check_tensor("weight_mask_params", weight_mask_params)
-        expected = w_shape if magnitude else unit_shape(w_shape, mask_unit, unit_sizes, kind=kind)
-        if tuple(weight_mask_params.shape) != expected:
-            what = "the weight's shape" if magnitude else f"the shape of mask_unit={mask_unit!r}"
-            raise ValueError(f"weight_mask_params must have {what}, {expected}, for a {kind} weight of shape {w_shape}, "
-                             f"got {tuple(weight_mask_params.shape)}")
-    if bias_mask_params is not None:
-        check_tensor("bias_mask_params", bias_mask_params)
-        if bias is None:
-            raise ValueError("bias_mask_params given but the layer has no bias (mask_bias=True needs a bias)")
-        if tuple(bias_mask_params.shape) != tuple(bias.shape):
-            raise ValueError(f"bias_mask_params must have the bias's shape {tuple(bias.shape)}, got {tuple(bias_mask_params.shape)}")
+def renamed_keywords(**renames: str):
+    """Decorator: keyword ``old`` is accepted for ``renames[old]`` with a DeprecationWarning."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def renamed(*args, **kwargs):
+            for old, new in renames.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{fn.__name__}() got both {old!r} and its new name {new!r}")
+                    warnings.warn(f"{fn.__name__}(): {old!r} is now {new!r}", DeprecationWarning, stacklevel=2)
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+        return renamed
+    return wrap

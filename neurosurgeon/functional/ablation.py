@@ -1,4 +1,4 @@
-"""Ablations of a discovered subnetwork.
+"""Ablations of a discovered subnetwork: one table, one row per ablation.
 
 All act on the hard mask h (1 = in the subnetwork), at mask-unit shape:
 
@@ -12,12 +12,50 @@ All act on the hard mask h (1 = in the subnetwork), at mask-unit shape:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 
-from ._checks import ABLATIONS, check_choice
 from .sampling import complement_sampled_mask, randomly_sampled_mask
 
-__all__ = ["ablate"]
+__all__ = ["Ablation", "ABLATION_ROWS", "ABLATIONS", "RANDOM_ABLATIONS", "ablation_row", "ablate"]
+
+
+class Ablation(NamedTuple):
+    """``mask(h, key)``: the mask applied in place of h. ``draws``: the mask is random (needs a
+    key); ``replaces``: the removed entries take fresh values drawn like the layer's own
+    initialisation (:mod:`.reinit`) instead of zeros."""
+
+    mask: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+    draws: bool = False
+    replaces: bool = False
+
+    @property
+    def random(self) -> bool:
+        """Whether anything is drawn from the layer's key."""
+        return self.draws or self.replaces
+
+
+ABLATION_ROWS: dict[str, Ablation] = {
+    "none": Ablation(lambda h, key: h),
+    "zero_ablate": Ablation(lambda h, key: 1 - h),
+    "random_ablate": Ablation(lambda h, key: 1 - h, replaces=True),
+    "randomly_sampled": Ablation(lambda h, key: randomly_sampled_mask(key, h), draws=True),
+    "complement_sampled": Ablation(lambda h, key: complement_sampled_mask(key, h), draws=True),
+}
+ABLATIONS = tuple(ABLATION_ROWS)
+RANDOM_ABLATIONS = tuple(name for name, row in ABLATION_ROWS.items() if row.random)
+
+
+def ablation_row(ablation: str) -> Ablation:
+    """The row of ``ablation``; ValueError (TypeError for a non-str) naming the ablations otherwise."""
+    if not isinstance(ablation, str):
+        raise TypeError(f"ablation must be a str, one of {list(ABLATIONS)}; got {ablation!r} ({type(ablation).__name__})")
+    try:
+        return ABLATION_ROWS[ablation]
+    except KeyError:
+        raise ValueError(f"ablation must be one of {list(ABLATIONS)}, got {ablation!r}") from None
 
 
 def ablate(hard_mask: torch.Tensor, key: torch.Tensor | None, *, ablation: str = "none") -> torch.Tensor:
@@ -32,14 +70,12 @@ def ablate(hard_mask: torch.Tensor, key: torch.Tensor | None, *, ablation: str =
 
     Returns:
         binary mask of h's shape and dtype.
+
+    Example:
+        >>> ablate(torch.tensor([1.0, 0.0]), None, ablation="zero_ablate")
+        tensor([0., 1.])
     """
-    check_choice("ablation", ablation, ABLATIONS)
-    if ablation == "none":
-        return hard_mask
-    if ablation in ("zero_ablate", "random_ablate"):
-        return 1 - hard_mask
-    if key is None:
+    row = ablation_row(ablation)
+    if row.draws and key is None:
         raise ValueError(f"ablation={ablation!r} draws a random mask and needs a key, got key=None")
-    if ablation == "randomly_sampled":
-        return randomly_sampled_mask(key, hard_mask)
-    return complement_sampled_mask(key, hard_mask)
+    return row.mask(hard_mask, key)

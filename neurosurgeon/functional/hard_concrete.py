@@ -15,7 +15,7 @@ import math
 import torch
 
 from . import random as nr
-from ._checks import check_fraction, check_stretch, check_temperature
+from ._checks import check_fraction, check_stretch, check_temperature, renamed_keywords
 
 __all__ = ["hard_concrete_init", "hard_concrete_mask", "hard_concrete_hard_mask", "hard_concrete_l0", "hard_concrete_noise"]
 
@@ -42,20 +42,21 @@ def hard_concrete_init(mask_init_percentage: float = MASK_INIT_PERCENTAGE) -> fl
     return math.log(p / (1.0 - p))
 
 
+@renamed_keywords(left="left_stretch", right="right_stretch")
 def hard_concrete_mask(
     log_alpha: torch.Tensor,
     key: torch.Tensor,
     *,
     temperature: float = TEMPERATURE,
-    left: float = LEFT,
-    right: float = RIGHT,
+    left_stretch: float = LEFT,
+    right_stretch: float = RIGHT,
 ) -> torch.Tensor:
     """Sampled gate z in [0, 1] (eq. 9-10), with u ~ U(eps, 1 - eps) drawn from ``key``.
 
     Args:
         log_alpha: theta, any shape.
         key: PRNG key ``(2,)``; vmap over a ``(K, 2)`` batch for K samples.
-        temperature, left, right: beta > 0, l < 0, r > 1.
+        temperature, left_stretch, right_stretch: beta > 0, l < 0, r > 1.
 
     Returns:
         z, theta's shape and dtype, differentiable in theta.
@@ -67,7 +68,7 @@ def hard_concrete_mask(
         True
     """
     beta = check_temperature(temperature)
-    lo, hi = check_stretch(left, right)
+    lo, hi = check_stretch(left_stretch, right_stretch)
     u = _gate_noise(key, log_alpha)
     # log u - log(1 - u) as one logarithm, at float32 at least: rounding u to a half-precision
     # theta first would send u = 1 - eps to 1 and the noise to inf.
@@ -133,9 +134,10 @@ def hard_concrete_noise(key: torch.Tensor, n: int, *, entries: tuple[int, int] |
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float32, device=device or key.device)
 
 
-def hard_concrete_threshold(left: float = LEFT, right: float = RIGHT) -> float:
+@renamed_keywords(left="left_stretch", right="right_stretch")
+def hard_concrete_threshold(left_stretch: float = LEFT, right_stretch: float = RIGHT) -> float:
     """tau = logit((0.5 - l) / (r - l)), in float64: the gate of eq. 13 exceeds 0.5 iff theta > tau."""
-    lo, hi = check_stretch(left, right)
+    lo, hi = check_stretch(left_stretch, right_stretch)
     if abs(lo + hi - 1.0) < 1e-12:
         # A symmetric stretch (l + r = 1, as the defaults) has tau = 0 exactly; decimal stretches
         # such as -0.1 and 1.1 are not exact floats, and would leave tau a rounding error off 0.
@@ -152,7 +154,8 @@ def _threshold_in(dtype: torch.dtype, tau: float, device) -> torch.Tensor:
     return t.to(device)
 
 
-def hard_concrete_hard_mask(log_alpha: torch.Tensor, *, left: float = LEFT, right: float = RIGHT) -> torch.Tensor:
+@renamed_keywords(left="left_stretch", right="right_stretch")
+def hard_concrete_hard_mask(log_alpha: torch.Tensor, *, left_stretch: float = LEFT, right_stretch: float = RIGHT) -> torch.Tensor:
     """Deterministic gate (eq. 13) binarised at 0.5: 1[theta > tau], in theta's dtype.
 
     tau is computed once in float64, so the mask is the same in every dtype (theta = tau is
@@ -163,14 +166,16 @@ def hard_concrete_hard_mask(log_alpha: torch.Tensor, *, left: float = LEFT, righ
         >>> hard_concrete_hard_mask(torch.tensor([-1e-17, 0.0, 1e-9], dtype=torch.bfloat16))
         tensor([0., 0., 1.], dtype=torch.bfloat16)
     """
-    tau = hard_concrete_threshold(left, right)
+    tau = hard_concrete_threshold(left_stretch, right_stretch)
     if log_alpha.dtype.is_floating_point and tau != 0.0:
         tau = _threshold_in(log_alpha.dtype, tau, log_alpha.device)
     return (log_alpha > tau).to(log_alpha.dtype)
 
 
+@renamed_keywords(left="left_stretch", right="right_stretch")
 def hard_concrete_l0(
-    log_alpha: torch.Tensor, *, temperature: float = TEMPERATURE, left: float = LEFT, right: float = RIGHT
+    log_alpha: torch.Tensor, *, temperature: float = TEMPERATURE, left_stretch: float = LEFT,
+    right_stretch: float = RIGHT,
 ) -> torch.Tensor:
     """Expected number of non-zero gates, sum sigma(theta - beta log(-l / r)) (eq. 12); 0-d tensor.
 
@@ -179,5 +184,5 @@ def hard_concrete_l0(
         3.3273
     """
     beta = check_temperature(temperature)
-    lo, hi = check_stretch(left, right)
+    lo, hi = check_stretch(left_stretch, right_stretch)
     return torch.sigmoid(log_alpha - beta * math.log(-lo / hi)).sum()

@@ -2,58 +2,131 @@
 
 A unit is an einops reduction from the weight's axes to the mask's axes; theta has the reduced
 shape and its mask is broadcast back over the weights it gates (``einops.repeat``). Two units
-are named, one pattern per layer kind:
+are named, derived from each layer kind's weight axes (:mod:`.kinds`):
 
 | kind       | weight            | "weight"            | "neuron" (one entry per output unit) |
 | linear     | (out, in)         | ``o i -> o i``      | ``o i -> o 1``                       |
 | gpt_conv1d | (in, out)         | ``i o -> i o``      | ``i o -> 1 o``                       |
 | conv1d     | (out, in/g, k)    | ``o i k -> o i k``  | ``o i k -> o 1 1``                   |
-| conv2d     | (out, in/g, h, w) | ``o i h w -> ...``  | ``o i h w -> o 1 1 1``               |
+| conv2d     | (out, in/g, h, w) | ``o i kh kw -> ...``| ``o i kh kw -> o 1 1 1``             |
 
 Any other pattern works too, with the sizes of split axes in ``unit_sizes``: the heads of a
 query projection (``nn.Linear``, weight (h d, in)) are ``"(h d) i -> h"`` with ``{"h": 12}``;
 GPT-2's fused ``c_attn`` (``Conv1D``, weight (in, 3 h d)) is ``"i (qkv h d) -> qkv h"``.
+
+A unit is resolved once against a weight's shape (:func:`resolve_unit`, which raises on any
+misfit); the kernels (:func:`expand`, :func:`reduce`) then never parse or check strings.
 """
 
 from __future__ import annotations
 
-import math
+import re
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import einops
 import torch
-from einops.parsing import ParsedExpression
 
-from ._checks import LAYER_KINDS, check_choice
+from .kinds import kind_row
 
-__all__ = ["unit_shape", "expand_mask"]
+__all__ = ["MaskUnit", "resolve_unit", "unit_shape", "expand_mask", "reduce_mask", "NAMED_UNITS"]
 
-_AXES = {"linear": "o i", "gpt_conv1d": "i o", "conv1d": "o i k", "conv2d": "o i kh kw"}
-_NEURON = {"linear": "o 1", "gpt_conv1d": "1 o", "conv1d": "o 1 1", "conv2d": "o 1 1 1"}
 NAMED_UNITS = ("weight", "neuron")
+
+
+class MaskUnit(NamedTuple):
+    """A mask unit resolved against one weight shape.
+
+    Attributes:
+        name: what the user gave: ``"weight"``, ``"neuron"`` or the pattern.
+        pattern: the einops pattern ``"weight axes -> mask axes"``.
+        sizes: every named axis of the weight side and its size.
+        weight_shape: the weight's shape.
+        shape: theta's shape.
+        aligned: the mask has the weight's axes (size 1 where a unit spans one), so broadcasting
+            does the repeat.
+    """
+
+    name: str
+    pattern: str
+    sizes: tuple[tuple[str, int], ...]
+    weight_shape: tuple[int, ...]
+    shape: tuple[int, ...]
+    aligned: bool
 
 
 def unit_pattern(kind: str, mask_unit: str) -> str:
     """The einops pattern of ``mask_unit`` for a ``kind`` layer (a pattern is returned as given)."""
-    check_choice("kind", kind, LAYER_KINDS)
+    row = kind_row(kind)
     if not isinstance(mask_unit, str):
-        raise TypeError(f"mask_unit must be 'weight', 'neuron' or an einops pattern (str), got {mask_unit!r}")
+        raise TypeError(f"mask_unit must be 'weight', 'neuron' or an einops pattern (str), got {mask_unit!r} "
+                        f"({type(mask_unit).__name__})")
     if mask_unit == "weight":
-        return f"{_AXES[kind]} -> {_AXES[kind]}"
+        return f"{row.axes} -> {row.axes}"
     if mask_unit == "neuron":
-        return f"{_AXES[kind]} -> {_NEURON[kind]}"
-    if "->" not in mask_unit:
+        return f"{row.axes} -> {row.neuron}"
+    if mask_unit.count("->") != 1:
         raise ValueError(f"mask_unit must be 'weight', 'neuron' or an einops pattern 'weight axes -> mask axes', "
                          f"got {mask_unit!r}")
     return mask_unit
 
 
-def _sizes(unit_sizes: Mapping[str, int] | None) -> dict[str, int]:
+def _groups(side: str) -> list[str]:
+    """The top-level axis groups of one side of a pattern: ``"(h d) i"`` -> ``["(h d)", "i"]``."""
+    return re.findall(r"\([^)]*\)|\S+", side)
+
+
+def _check_sizes(unit_sizes) -> dict[str, int]:
     if unit_sizes is None:
         return {}
     if not isinstance(unit_sizes, Mapping):
         raise TypeError(f"unit_sizes must be a dict of axis name -> int, got {type(unit_sizes).__name__}")
+    for name, size in unit_sizes.items():
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"unit_sizes[{name!r}] must be an int >= 1, got {size!r}")
     return dict(unit_sizes)
+
+
+def resolve_unit(kind: str, weight_shape, mask_unit: str = "weight",
+                 unit_sizes: Mapping[str, int] | None = None) -> MaskUnit:
+    """Check ``mask_unit`` against a ``kind`` weight of ``weight_shape`` once, for the kernels.
+
+    Raises:
+        TypeError: ``mask_unit`` is not a str, ``unit_sizes`` not a mapping.
+        ValueError: naming the pattern, the weight's shape and einops' reason when they do not fit.
+    """
+    pattern = unit_pattern(kind, mask_unit)
+    given = _check_sizes(unit_sizes)
+    weight_shape = tuple(int(s) for s in weight_shape)
+    lhs, rhs = (side.strip() for side in pattern.split("->"))
+    names = re.findall(r"[A-Za-z_]\w*", lhs)
+    meta = torch.empty(weight_shape, device="meta")
+    try:
+        shape = tuple(einops.reduce(meta, pattern, "max", **given).shape)
+        # Every weight-side axis sized by einops itself: the sizes einops.repeat needs to go back.
+        spread = " ".join(names) + (" ..." if "..." in lhs else "")
+        sizes = tuple(zip(names, einops.rearrange(meta, f"{lhs} -> {spread}", **given).shape))
+    except einops.EinopsError as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ValueError(f"mask_unit pattern {pattern!r} does not fit a weight of shape {weight_shape}"
+                         f" with unit_sizes {given}: {reason}") from None
+    left, right = _groups(lhs), _groups(rhs)
+    aligned = len(left) == len(right) and all(r in ("1", "()", g) for g, r in zip(left, right))
+    return MaskUnit(mask_unit, pattern, sizes, weight_shape, shape, aligned)
+
+
+def expand(mask: torch.Tensor, unit: MaskUnit) -> torch.Tensor:
+    """A unit-shaped mask broadcast back over the weights it gates (kernel: ``unit`` is resolved)."""
+    if unit.aligned:
+        return mask  # same axes as the weight, size 1 where a unit spans the axis: it broadcasts
+    lhs, rhs = unit.pattern.split("->")
+    return einops.repeat(mask, f"{rhs} -> {lhs}", **dict(unit.sizes))
+
+
+def reduce(mask: torch.Tensor, unit: MaskUnit) -> torch.Tensor:
+    """A weight-shaped mask of whole units back at theta's shape (kernel: ``unit`` is resolved).
+    Every weight of a unit carries the unit's value, so the maximum over the unit is that value."""
+    return einops.reduce(mask.expand(unit.weight_shape), unit.pattern, "max", **dict(unit.sizes))
 
 
 def unit_shape(weight_shape, mask_unit: str = "weight", unit_sizes: Mapping[str, int] | None = None, *,
@@ -69,34 +142,16 @@ def unit_shape(weight_shape, mask_unit: str = "weight", unit_sizes: Mapping[str,
         >>> unit_shape((768, 2304), "neuron", kind="gpt_conv1d")
         (1, 2304)
     """
-    pattern = unit_pattern(kind, mask_unit)
-    weight_shape = tuple(int(s) for s in weight_shape)
-    try:
-        return tuple(einops.reduce(torch.empty(weight_shape, device="meta"), pattern, "max", **_sizes(unit_sizes)).shape)
-    except einops.EinopsError as e:
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise ValueError(f"mask_unit pattern {pattern!r} does not fit a weight of shape {weight_shape}"
-                         f" with unit_sizes {_sizes(unit_sizes)}: {reason}") from None
-
-
-def _axis_sizes(lhs: str, weight_shape: tuple[int, ...], given: dict[str, int]) -> dict[str, int]:
-    """Every named axis of the weight side of a pattern, sized from the weight's shape."""
-    sizes = dict(given)
-    for group, dim in zip(ParsedExpression(lhs).composition, weight_shape):
-        names = [a for a in group if isinstance(a, str)]
-        unknown = [a for a in names if a not in sizes]
-        if len(unknown) == 1:
-            known = math.prod(sizes[a] for a in names if a in sizes)
-            sizes[unknown[0]] = dim // known
-    return sizes
+    return resolve_unit(kind, weight_shape, mask_unit, unit_sizes).shape
 
 
 def expand_mask(mask: torch.Tensor, weight_shape, mask_unit: str = "weight",
                 unit_sizes: Mapping[str, int] | None = None, *, kind: str = "linear") -> torch.Tensor:
     """A unit-shaped mask broadcast back over the weights it gates.
 
-    A mask whose shape already broadcasts against the weight (the named units) is returned as
-    it is; any other pattern is expanded with ``einops.repeat`` to the weight's shape.
+    A mask whose shape already broadcasts against the weight (the named units, and patterns
+    such as ``"o i -> o 1"``) is returned as it is; any other pattern is expanded with
+    ``einops.repeat`` to the weight's shape. :func:`reduce_mask` is its inverse.
 
     Example:
         >>> expand_mask(torch.tensor([1.0, 0.0]), (4, 3), "(h d) i -> h", {"h": 2})
@@ -105,19 +160,17 @@ def expand_mask(mask: torch.Tensor, weight_shape, mask_unit: str = "weight",
                 [0., 0., 0.],
                 [0., 0., 0.]])
     """
-    weight_shape = tuple(int(s) for s in weight_shape)
-    if mask_unit in NAMED_UNITS:
-        return mask  # same axes as the weight, size 1 where a unit spans the axis: it broadcasts
-    lhs, rhs = (side.strip() for side in unit_pattern(kind, mask_unit).split("->"))
-    left, right = ParsedExpression(lhs).composition, ParsedExpression(rhs).composition
-    if len(left) == len(right) and all(r == [] or r == g for g, r in zip(left, right)):
-        return mask  # an aligned pattern such as "o i -> o 1": broadcasting does the repeat
-    return einops.repeat(mask, f"{rhs} -> {lhs}", **_axis_sizes(lhs, weight_shape, _sizes(unit_sizes)))
+    return expand(mask, resolve_unit(kind, weight_shape, mask_unit, unit_sizes))
 
 
-def fan_in(kind: str, weight_shape: tuple[int, ...]) -> int:
-    """Inputs feeding one output unit, as ``torch.nn.init`` computes it."""
-    check_choice("kind", kind, LAYER_KINDS)
-    if kind == "gpt_conv1d":
-        return int(weight_shape[0])
-    return int(math.prod(weight_shape[1:]))
+def reduce_mask(mask: torch.Tensor, weight_shape, mask_unit: str = "weight",
+                unit_sizes: Mapping[str, int] | None = None, *, kind: str = "linear") -> torch.Tensor:
+    """The per-unit mask (theta's shape) of a mask at the weight's shape: the inverse of
+    :func:`expand_mask`, e.g. the heads of a ``MaskedParameters.weight_mask``.
+
+    Example:
+        >>> m = expand_mask(torch.tensor([1.0, 0.0]), (4, 3), "(h d) i -> h", {"h": 2})
+        >>> reduce_mask(m, (4, 3), "(h d) i -> h", {"h": 2})
+        tensor([1., 0.])
+    """
+    return reduce(mask, resolve_unit(kind, weight_shape, mask_unit, unit_sizes))

@@ -7,7 +7,8 @@ import torch.nn as nn
 
 from .. import functional as F
 from ..functional.units import expand_mask
-from ..functional._checks import ABLATIONS, check_bool, check_choice
+from ..functional._checks import check_bool, check_choice
+from ..functional.ablation import ABLATIONS
 from ._layers import layer_spec, require_mask_layers
 from ._sharding import gathered
 from .baselines import _check_complement_possible

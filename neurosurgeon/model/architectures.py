@@ -21,20 +21,21 @@ from dataclasses import dataclass, field
 import einops
 import torch
 import torch.nn as nn
-from transformers.pytorch_utils import Conv1D
 
-from ..modules.mask_layer import MaskLayer
+from ..functional.kinds import KINDS
+from ..modules import SUPPORTED_LAYERS, MaskLayer
 from .select import match_names
 
 __all__ = ["Architecture", "ARCHITECTURES", "architecture_of", "resolve_architecture", "attention_heads"]
 
-_HEAD_LAYERS = (nn.Linear, Conv1D)
+# Heads live in projections with a 2-d weight (from the layer-kind table: nn.Linear, GPT-2's Conv1D).
 # A mask layer counts as the layer it wraps, so heads are found before and after inject_masks.
-_HEAD_KINDS = ("linear", "gpt_conv1d")
+_HEAD_KINDS = tuple(kind for kind, row in KINDS.items() if row.dims == 2)
 
 
 def _is_head_layer(m: nn.Module) -> bool:
-    return type(m) in _HEAD_LAYERS or (isinstance(m, MaskLayer) and m.layer_kind in _HEAD_KINDS)
+    kind = m.layer_kind if isinstance(m, MaskLayer) else SUPPORTED_LAYERS.get(type(m))
+    return kind in _HEAD_KINDS
 
 # Configs without grouped-query attention may leave the key/value head count unset.
 _FALLBACK = {"num_key_value_heads": "num_attention_heads"}

@@ -20,7 +20,8 @@ from torch.func import functional_call, vmap
 
 from .. import functional as F
 from ..functional import random as nr
-from ..functional._checks import ABLATIONS, RANDOM_ABLATIONS, check_bool, check_choice, concrete_int
+from ..functional._checks import check_bool, check_choice, concrete_int
+from ..functional.ablation import ABLATIONS, RANDOM_ABLATIONS
 from ._layers import layer_spec, require_mask_layers
 from ._sharding import is_sharded, require_unsharded
 

@@ -2,49 +2,21 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 import torch.nn as nn
-from transformers.pytorch_utils import Conv1D
 
 from ..functional import random as nr
-from ..functional._checks import ABLATIONS, check_bool, check_choice, check_key
-from ..functional.strategies import STRATEGIES
-from ..modules import (
-    ContSparseConv1d,
-    ContSparseConv2d,
-    ContSparseGPTConv1D,
-    ContSparseLinear,
-    HardConcreteConv1d,
-    HardConcreteConv2d,
-    HardConcreteGPTConv1D,
-    HardConcreteLinear,
-    MagPruneConv1d,
-    MagPruneConv2d,
-    MagPruneGPTConv1D,
-    MagPruneLinear,
-    MaskLayer,
-)
+from ..functional._checks import check_bool, check_key
+from ..functional.ablation import ablation_row
+from ..functional.strategies import strategy_row
+from ..modules import MaskLayer, mask_class_for
 from .freeze import _GRAD, set_freeze_base
 from ._layers import set_module
 from .select import _glob_regex, resolve_targets
 
-__all__ = ["inject_masks", "MASK_CLASSES", "model_key"]
-
-#: strategy -> base layer type -> mask layer class.
-MASK_CLASSES: dict[str, dict[type, type[MaskLayer]]] = {
-    "continuous_sparsification": {nn.Linear: ContSparseLinear, Conv1D: ContSparseGPTConv1D,
-                                  nn.Conv1d: ContSparseConv1d, nn.Conv2d: ContSparseConv2d},
-    "hard_concrete": {nn.Linear: HardConcreteLinear, Conv1D: HardConcreteGPTConv1D,
-                      nn.Conv1d: HardConcreteConv1d, nn.Conv2d: HardConcreteConv2d},
-    "magnitude_pruning": {nn.Linear: MagPruneLinear, Conv1D: MagPruneGPTConv1D,
-                          nn.Conv1d: MagPruneConv1d, nn.Conv2d: MagPruneConv2d},
-}
-
-_COMMON = ("layer", "ablation", "mask_unit", "unit_sizes", "mask_bias", "key")
-
+__all__ = ["inject_masks", "model_key", "layer_hparams"]
 
 def model_key(key: torch.Tensor | int | None) -> torch.Tensor:
     """A model-level PRNG key from a key, an int seed, or (None) torch's global RNG.
@@ -60,9 +32,8 @@ def model_key(key: torch.Tensor | int | None) -> torch.Tensor:
 
 
 def layer_hparams(strategy: str) -> list[str]:
-    """The hyper-parameters the mask layers of ``strategy`` take (by their layer names)."""
-    cls = next(iter(MASK_CLASSES[strategy].values()))
-    return [n for n in inspect.signature(cls.from_layer).parameters if n not in _COMMON]
+    """The hyper-parameters the mask layers of ``strategy`` take (the row's, by their layer names)."""
+    return list(strategy_row(strategy).hparams)
 
 
 def inject_masks(
@@ -124,18 +95,17 @@ def inject_masks(
         >>> sorted(layers)
         ['0', '2']
     """
-    check_choice("strategy", strategy, tuple(STRATEGIES))
-    check_choice("ablation", ablation, ABLATIONS)
+    row = strategy_row(strategy)
+    ablation_row(ablation)
     units = _units_by_target(targets, mask_unit, unit_sizes)
     check_bool("mask_bias", mask_bias)
     check_bool("freeze_base", freeze_base)
-    if not STRATEGIES[strategy].has_params and any(unit != ("weight", None) for unit in units.values()):
-        raise ValueError(f"magnitude_pruning masks single weights only: mask_unit must be 'weight', got {mask_unit!r}")
-    classes = MASK_CLASSES[strategy]
-    allowed = layer_hparams(strategy)
-    unknown = sorted(set(hparams) - set(allowed))
+    if row.units is not None and any(unit[0] not in row.units for unit in units.values()):
+        bad = sorted({unit[0] for unit in units.values() if unit[0] not in row.units})
+        raise ValueError(f"strategy {strategy!r} supports mask_unit {list(row.units)} only, got {bad}")
+    unknown = sorted(set(hparams) - set(row.hparams))
     if unknown:
-        raise TypeError(f"unknown hyper-parameter(s) {unknown} for strategy {strategy!r}; valid: {allowed}")
+        raise TypeError(f"unknown hyper-parameter(s) {unknown} for strategy {strategy!r}; valid: {list(row.hparams)}")
     root_key = model_key(key)
     paths = resolve_targets(model, list(targets) if isinstance(targets, dict) else targets)
 
@@ -155,8 +125,10 @@ def inject_masks(
         if id(base) not in made:
             layer_key = nr.fold_in(root_key, index[id(base)]).to(base.weight.device)
             has_bias = getattr(base, "bias", None) is not None
-            unit = {} if not STRATEGIES[strategy].has_params else dict(zip(("mask_unit", "unit_sizes"), _unit_of(units, path)))
-            masked = classes[type(base)].from_layer(base, key=layer_key, mask_bias=mask_bias and has_bias, **common, **unit)
+            unit = dict(zip(("mask_unit", "unit_sizes"), _unit_of(units, path)))
+            masked = mask_class_for(strategy, type(base)).from_layer(base, key=layer_key, mask_bias=mask_bias and has_bias,
+                                                                     **common, **unit)
+            masked.label = path  # errors from its forward name it by its place in the model
             _carry_freeze_record(base, masked)
             tied = by_weight.get(id(base.weight))
             if tied is not None and type(tied) is type(masked):

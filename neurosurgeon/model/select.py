@@ -12,16 +12,11 @@ import re
 from collections.abc import Iterable
 
 import torch.nn as nn
-from transformers.pytorch_utils import Conv1D
 
 from ..modules import MaskLayer
-from ..modules._layer_types import UnsupportedLayerError
+from ..modules._layer_types import SUPPORTED_LAYERS, UnsupportedLayerError
 
 __all__ = ["SUPPORTED_LAYERS", "resolve_targets", "match_names"]
-
-#: The base layer types that can be masked, and their kind in :mod:`neurosurgeon.functional`.
-#: Matched by exact type: a subclass may compute something else with its weight.
-SUPPORTED_LAYERS: dict[type, str] = {nn.Linear: "linear", Conv1D: "gpt_conv1d", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d"}
 
 _GLOB_CHARS = set("*?[")
 

@@ -1,22 +1,17 @@
 """Stateful ``nn.Module`` shells with the reference's class names; all maths is in
-:mod:`neurosurgeon.functional`."""
+:mod:`neurosurgeon.functional`.
 
+The classes (``ContSparseLinear``, ``HardConcreteConv2d``, ``MagPruneGPTConv1D``, ...) are derived
+from the strategy table x the layer-kind table (:mod:`.shells`); a strategy added to the table
+gets its classes from :func:`mask_class` with no other change.
+"""
+
+from ._layer_types import SUPPORTED_LAYERS, UnsupportedLayerError
 from .cache import cached_masks, soft_masks_for_l0
-from .contsparse import ContSparseConv1d, ContSparseConv2d, ContSparseGPTConv1D, ContSparseLayer, ContSparseLinear
-from .hardconcrete import (
-    HardConcreteConv1d,
-    HardConcreteConv2d,
-    HardConcreteGPTConv1D,
-    HardConcreteLayer,
-    HardConcreteLinear,
-)
-from .magprune import MagPruneConv1d, MagPruneConv2d, MagPruneGPTConv1D, MagPruneLayer, MagPruneLinear
-from ._layer_types import UnsupportedLayerError
 from .mask_layer import MaskLayer
+from .shells import mask_class, mask_class_for, strategy_class, v0_classes
 
-__all__ = [
-    "MaskLayer", "cached_masks", "soft_masks_for_l0", "UnsupportedLayerError",
-    "ContSparseLayer", "ContSparseLinear", "ContSparseGPTConv1D", "ContSparseConv1d", "ContSparseConv2d",
-    "HardConcreteLayer", "HardConcreteLinear", "HardConcreteGPTConv1D", "HardConcreteConv1d", "HardConcreteConv2d",
-    "MagPruneLayer", "MagPruneLinear", "MagPruneGPTConv1D", "MagPruneConv1d", "MagPruneConv2d",
-]
+_CLASSES = v0_classes()
+globals().update(_CLASSES)  # ContSparseLayer, ContSparseLinear, ...: one name per class in the tables
+
+__all__ = ["MaskLayer", "cached_masks", "soft_masks_for_l0", "UnsupportedLayerError", "mask_class", *_CLASSES]

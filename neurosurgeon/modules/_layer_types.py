@@ -1,6 +1,9 @@
-"""What differs between the wrapped layer types: their configuration, initialisation and forward.
+"""The module side of the layer-kind table: for each kind of :data:`neurosurgeon.functional.KINDS`,
+the torch class it wraps, its constructor's arguments, and how to make, initialise and bake it.
 
-The mask layers hold one of these descriptors; the masking itself is layer-independent.
+The mask layers hold one of these descriptors; the masking itself is layer-independent. Every
+other table of layer types (the supported types of model surgery, the mask classes) is derived
+from :data:`LAYER_TYPES`.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ import torch.nn as nn
 from torch.nn.modules.utils import _pair, _single
 from transformers.pytorch_utils import Conv1D
 
-from .. import functional as F
 from ..functional._checks import PADDING_MODES, check_choice, check_positive_int
+from ..functional.kinds import KINDS
+
+#: A constructor argument without a default.
+REQUIRED = object()
 
 
 class UnsupportedLayerError(ValueError, TypeError):
@@ -23,11 +29,13 @@ class UnsupportedLayerError(ValueError, TypeError):
 
 class LayerType:
     """Describes one base layer type: ``kind`` for the functional core, the torch class it
-    wraps, the attribute names of its configuration, and how to make and initialise it."""
+    wraps, its constructor's arguments (in order, with defaults), the attribute names of its
+    configuration, and how to make and initialise it."""
 
     kind: str
     base: type
     config: tuple[str, ...]
+    arguments: tuple[tuple[str, Any], ...]
 
     def configure(self, module: nn.Module, **args: Any) -> None:
         for name in self.config:
@@ -49,7 +57,7 @@ class LayerType:
         raise NotImplementedError
 
     def forward(self, module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-        return F.layer_forward(self.kind, x, weight, bias)
+        return KINDS[self.kind].forward(x, weight, bias)
 
     def bake(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
         """A plain base-class layer holding the given weight and bias."""
@@ -58,6 +66,7 @@ class LayerType:
 
 class _Linear(LayerType):
     kind, base, config = "linear", nn.Linear, ("in_features", "out_features")
+    arguments = (("in_features", REQUIRED), ("out_features", REQUIRED), ("bias", True))
 
     def configure(self, m, **args):
         for name in self.config:
@@ -78,6 +87,7 @@ class _Linear(LayerType):
 
 class _GPTConv1D(LayerType):
     kind, base, config = "gpt_conv1d", Conv1D, ("nf", "nx")
+    arguments = (("nf", REQUIRED), ("nx", REQUIRED))
 
     def configure(self, m, **args):
         for name in self.config:
@@ -103,6 +113,9 @@ class _GPTConv1D(LayerType):
 
 class _ConvNd(LayerType):
     config = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
+    # NeuroSurgeon 0.1.0's order: padding before stride
+    arguments = (("in_channels", REQUIRED), ("out_channels", REQUIRED), ("kernel_size", REQUIRED), ("padding", 0),
+                 ("stride", 1), ("dilation", 1), ("groups", 1), ("bias", True), ("padding_mode", "zeros"))
 
     def __init__(self, kind: str, base: type, tup):
         self.kind, self.base, self._tup = kind, base, tup
@@ -142,7 +155,7 @@ class _ConvNd(LayerType):
         return dict(stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups, padding_mode=m.padding_mode)
 
     def forward(self, m, x, weight, bias):
-        return F.layer_forward(self.kind, x, weight, bias, **self.conv_args(m))
+        return KINDS[self.kind].forward(x, weight, bias, **self.conv_args(m))
 
     def bake(self, m, weight, bias):
         layer = self.base(
@@ -152,9 +165,10 @@ class _ConvNd(LayerType):
         return layer
 
 
-
-
-LINEAR = _Linear()
-GPT_CONV1D = _GPTConv1D()
-CONV1D = _ConvNd("conv1d", nn.Conv1d, _single)
-CONV2D = _ConvNd("conv2d", nn.Conv2d, _pair)
+#: kind -> its module-side descriptor, one per row of the layer-kind table.
+LAYER_TYPES: dict[str, LayerType] = {t.kind: t for t in (_Linear(), _GPTConv1D(), _ConvNd("conv1d", nn.Conv1d, _single),
+                                                         _ConvNd("conv2d", nn.Conv2d, _pair))}
+assert set(LAYER_TYPES) == set(KINDS), "every layer kind needs its module-side row"
+#: The torch classes the mask layers wrap, and their kind. Matched by exact type: a subclass may
+#: compute something else with its weight.
+SUPPORTED_LAYERS: dict[type, str] = {t.base: kind for kind, t in LAYER_TYPES.items()}

@@ -1,6 +1,10 @@
 """``MaskLayer``: the shell shared by every strategy and layer type. It owns the base weight and
-bias (shared, never copied), theta, a key and a few flags; every mask comes from the functional
+bias (shared, never copied), theta, a key and a few settings; every mask comes from the functional
 core. A forward is a function of parameters, buffers and input (see :class:`MaskLayer`).
+
+The settings (strategy, layer kind, mask unit, ablation, hyper-parameters) are checked once, at
+construction or in a setter, into one :class:`~neurosurgeon.functional.layer.LayerSettings` that
+every forward hands to the core's kernels.
 """
 
 from __future__ import annotations
@@ -11,12 +15,20 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .. import functional as F
 from ..functional import random as nr
-from ..functional._checks import ABLATIONS, RANDOM_ABLATIONS, check_bool, check_choice, check_key, in_transform
-from ..functional.layer import apply_unit_masks, check_finite_tensor, noise_key, unit_masks
-from ..functional.strategies import STRATEGIES
-from ..functional.units import unit_shape
+from ..functional._checks import check_bool, check_key, in_transform
+from ..functional.ablation import ABLATION_ROWS
+from ..functional.layer import (
+    LayerSettings,
+    MaskedParameters,
+    apply_unit_masks,
+    check_finite_tensor,
+    layer_settings,
+    mask_l0,
+    noise_key,
+    unit_masks,
+)
+from ..functional.strategies import STRATEGIES, Strategy
 from ._layer_types import LayerType, UnsupportedLayerError
 from ._v0 import V0Methods
 from .cache import cache_lookup, cache_store, soft_lookup, soft_store
@@ -34,11 +46,6 @@ def _initial_key(key: torch.Tensor | int | None, device) -> torch.Tensor:
     return check_key(key).clone().to(device)
 
 
-def _setting(attr: str, check, doc: str) -> property:
-    """A property stored in ``attr`` whose setter validates with ``check`` (which returns the value)."""
-    return property(lambda self: getattr(self, attr), lambda self, v: setattr(self, attr, check(v)), doc=doc)
-
-
 def _applied(field: str, doc: str) -> property:
     return property(lambda self: None if self._last is None else getattr(self._last, field), doc=doc)
 
@@ -46,8 +53,10 @@ def _applied(field: str, doc: str) -> property:
 class MaskLayer(V0Methods, nn.Module):
     """Abstract masked layer (reference: ``NeuroSurgeon.Masking.mask_layer.MaskLayer``).
 
-    Subclasses fix a strategy (``_strategy``, a row of
-    :data:`neurosurgeon.functional.STRATEGIES`) and a base layer type (``_layer``).
+    The concrete classes (``ContSparseLinear``, ``HardConcreteConv2d``, ...) are derived from
+    the strategy table and the layer-kind table (:mod:`neurosurgeon.modules.shells`): a class
+    fixes a strategy (``_strategy``, a row of :data:`neurosurgeon.functional.STRATEGIES`) and a
+    base layer type (``_layer``).
 
     Args:
         ablation: ``none``; ``zero_ablate`` (mask 1 - h: the subnetwork removed);
@@ -60,6 +69,8 @@ class MaskLayer(V0Methods, nn.Module):
         mask_bias: also mask the bias (per element).
         key: PRNG key ``(2,)`` or int seed for this layer's random draws; default: drawn from
             torch's global RNG at construction, so ``torch.manual_seed`` makes it reproducible.
+        **hparams: the strategy's hyper-parameters (``STRATEGIES[strategy].hparams``), each also
+            a property that validates when set.
 
     Randomness: ablation draws come from ``mask_key`` (setting ``force_resample = True``
     moves it to ``fold_in(mask_key, 1)`` at the next eager forward, so new masks are drawn).
@@ -75,16 +86,22 @@ class MaskLayer(V0Methods, nn.Module):
     _layer: LayerType
     _extra_buffers = ("mask_key", "noise_step")
 
-    def __init__(self, *, ablation: str, mask_unit: str, mask_bias: bool, layer_args: dict[str, Any],
-                 unit_sizes: dict[str, int] | None = None, key=None, device=None, dtype=None,
-                 base: nn.Module | None = None):
+    def __init__(self, *, ablation: str = "none", mask_unit: str | None = None, mask_bias: bool = False,
+                 layer_args: dict[str, Any], unit_sizes: dict[str, int] | None = None, key=None, device=None,
+                 dtype=None, base: nn.Module | None = None, **hparams: Any):
         super().__init__()
-        self._ablation = check_choice("ablation", ablation, ABLATIONS)
+        row = self._row
+        mask_unit = (row.units or ("weight",))[0] if mask_unit is None else mask_unit
         mask_bias = check_bool("mask_bias", mask_bias)
+        self._layer.configure(self, **layer_args)
         self._use_masks = True
         self._force_resample, self._draws = False, 0  # _draws: resamples so far (a cached_masks() key)
-        self._last: F.MaskedParameters | None = None  # what the last eager forward applied
-        self._layer.configure(self, **layer_args)
+        self._last: MaskedParameters | None = None  # what the last eager forward applied
+        self._hints = (None, None)  # what a strategy's hinted hard mask returned last (magnitude's threshold)
+        self.label = type(self).__name__  # how errors name this layer; inject_masks sets its module path
+        self._unit_sizes = None if unit_sizes is None else dict(unit_sizes)
+        self._settings_ = layer_settings(self._strategy, self._layer.kind, self._layer.shapes(self)[0],
+                                         mask_unit=mask_unit, unit_sizes=unit_sizes, ablation=ablation, **hparams)
         if base is None:
             w_shape, b_shape = self._layer.shapes(self)
             factory = dict(device=device, dtype=dtype)
@@ -94,11 +111,11 @@ class MaskLayer(V0Methods, nn.Module):
         else:
             self.weight, self.bias = base.weight, base.bias
             if mask_bias and self.bias is None:
-                warnings.warn(f"{type(base).__name__} has no bias; setting mask_bias=False", stacklevel=3)
+                warnings.warn(f"{type(base).__name__} has no bias; setting mask_bias=False", stacklevel=4)
                 mask_bias = False
         if mask_bias and self.bias is None:
             raise ValueError("mask_bias=True needs a bias, but the layer was built with bias=False")
-        (self._mask_unit, self._unit_sizes), self._mask_bias = self._checked_unit(mask_unit, unit_sizes), mask_bias
+        self._mask_bias = mask_bias
         self.register_buffer("mask_key", _initial_key(key, self.weight.device))
         self.register_buffer("noise_step", torch.zeros((), dtype=torch.int64, device=self.weight.device))
         self.reset_mask_parameters()
@@ -112,12 +129,20 @@ class MaskLayer(V0Methods, nn.Module):
             raise ValueError(f"{type(layer).__name__} is already sharded (DTensor weight): inject masks first, then fully_shard")
         return cls(**cls._layer.config_from(layer), **mask_args, key=key, _base=layer)
 
-    def _checked_unit(self, mask_unit, unit_sizes) -> tuple[str, dict[str, int] | None]:
-        unit_shape(self.weight.shape, mask_unit, unit_sizes, kind=self._layer.kind)  # raises if they do not fit
-        return mask_unit, None if unit_sizes is None else dict(unit_sizes)
+    _row: Strategy = property(lambda self: STRATEGIES[self._strategy])
 
-    _row = property(lambda self: STRATEGIES[self._strategy])
-    _settings = property(lambda s: (s._ablation, s._mask_unit, s._mask_bias, s._draws, tuple(sorted(s._hparams().items()))))
+    def _settle(self, **changes: Any) -> None:
+        """Check the settings with ``changes`` applied (a setter's new value); on success keep them."""
+        s = self._settings_
+        args = dict(mask_unit=s.unit.name, unit_sizes=self.unit_sizes, ablation=s.ablation, **s.hparams)
+        self._settings_ = layer_settings(self._strategy, self._layer.kind, tuple(self.weight.shape),
+                                         **{**args, **changes})
+
+    @property
+    def _settings(self) -> tuple:
+        """What a cached mask depends on besides the tensors (a ``cached_masks()`` key)."""
+        s = self._settings_
+        return (s.ablation, s.unit, self._mask_bias, self._draws, tuple(sorted(s.hparams.items())))
 
     def reset_mask_parameters(self) -> None:
         """(Re)create the mask parameters at their initial value."""
@@ -129,44 +154,65 @@ class MaskLayer(V0Methods, nn.Module):
         self._layer.reset(self)
         self.reset_mask_parameters()
 
-    def _init_hparams(self) -> dict[str, Any]:
-        return {}
-
     def _new_mask_params(self, shape: tuple[int, ...]) -> nn.Parameter:
         # Half-precision weights get float32 theta: sigma(beta * theta) needs the range.
-        dtype, value = torch.promote_types(self.weight.dtype, torch.float32), self._row.init(**self._init_hparams())
+        dtype = torch.promote_types(self.weight.dtype, torch.float32)
+        value = self._row.init(unit=self._settings_.unit, **self._settings_.hparams)
         return nn.Parameter(torch.full(shape, value, dtype=dtype, device=self.weight.device))
 
     def _make_weight_mask_params(self) -> None:
-        shape = unit_shape(self.weight.shape, self._mask_unit, self._unit_sizes, kind=self._layer.kind)
-        self.weight_mask_params = self._new_mask_params(shape)
+        self._hints = (None, None)
+        if self._row.has_params:
+            self.weight_mask_params = self._new_mask_params(self._settings_.unit.shape)
 
     def _make_bias_mask_params(self) -> None:
-        if self._mask_bias:
+        if self._mask_bias and self._row.has_params:
             self.bias_mask_params = self._new_mask_params(tuple(self.bias.shape))
         elif hasattr(self, "bias_mask_params"):  # as in 0.1.0: no attribute when the bias is not masked
             delattr(self, "bias_mask_params")
 
     # -- properties ----------------------------------------------------------------------
-    ablation = _setting("_ablation", lambda v: check_choice("ablation", v, ABLATIONS), "The ablation mode (see the class docstring).")
-    use_masks = _setting("_use_masks", lambda v: check_bool("use_masks", v), "Masks on (True) or the base layer as it is (False).")
-    force_resample = _setting("_force_resample", lambda v: check_bool("force_resample", v),
-                              "Set True to draw new random masks / replacement values at the next use; reads False after.")
+    @property
+    def ablation(self) -> str:
+        """The ablation mode (see the class docstring)."""
+        return self._settings_.ablation
+
+    @ablation.setter
+    def ablation(self, value: str) -> None:
+        self._settle(ablation=value)
+
+    @property
+    def use_masks(self) -> bool:
+        """Masks on (True) or the base layer as it is (False)."""
+        return self._use_masks
+
+    @use_masks.setter
+    def use_masks(self, value: bool) -> None:
+        self._use_masks = check_bool("use_masks", value)
+
+    @property
+    def force_resample(self) -> bool:
+        """Set True to draw new random masks / replacement values at the next use; reads False after."""
+        return self._force_resample
+
+    @force_resample.setter
+    def force_resample(self, value: bool) -> None:
+        self._force_resample = check_bool("force_resample", value)
 
     @property
     def mask_unit(self) -> str:
-        return self._mask_unit
+        return self._settings_.unit.name
 
     @mask_unit.setter
     def mask_unit(self, value: str) -> None:
-        unit, sizes = self._checked_unit(value, self._unit_sizes)
-        if unit != self._mask_unit:  # the weight mask changes shape and starts again; a bias mask is kept
-            self._mask_unit, self._unit_sizes = unit, sizes
+        before = self._settings_.unit
+        self._settle(mask_unit=value)
+        if self._settings_.unit != before:  # the weight mask changes shape and starts again; a bias mask is kept
             self._make_weight_mask_params()
 
     @property
     def unit_sizes(self) -> dict[str, int] | None:
-        """Sizes of the mask-unit pattern's split axes (None for ``weight`` and ``neuron``)."""
+        """Sizes of the mask-unit pattern's split axes as given (None for ``weight`` and ``neuron``)."""
         return None if self._unit_sizes is None else dict(self._unit_sizes)
 
     @property
@@ -187,28 +233,32 @@ class MaskLayer(V0Methods, nn.Module):
 
     @property
     def strategy(self) -> str:
-        """``continuous_sparsification``, ``hard_concrete`` or ``magnitude_pruning`` (read-only)."""
+        """The strategy: a row of :data:`neurosurgeon.functional.STRATEGIES` (read-only)."""
         return self._strategy
 
     @property
     def layer_kind(self) -> str:
-        """The wrapped layer type: ``linear``, ``gpt_conv1d``, ``conv1d`` or ``conv2d`` (read-only)."""
+        """The wrapped layer type: a row of :data:`neurosurgeon.functional.KINDS` (read-only)."""
         return self._layer.kind
 
     @property
     def mask_hparams(self) -> dict[str, Any]:
-        """The strategy's mask hyper-parameters as :func:`neurosurgeon.functional.mask_parameters` takes them."""
-        return dict(self._hparams())
+        """The strategy's hyper-parameters as :func:`neurosurgeon.functional.mask_parameters` takes them."""
+        return dict(self._settings_.hparams)
 
-    def _hparams(self) -> dict[str, Any]:
-        return {}
+    @property
+    def settings(self) -> LayerSettings:
+        """The checked settings every forward hands to the functional core."""
+        return self._settings_
 
     def mask_tensors(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(weight, bias) mask inputs of the core: theta (magnitude pruning: the weight and bias themselves)."""
+        if not self._row.has_params:
+            return self.weight, (self.bias if self._mask_bias else None)
         return self.weight_mask_params, getattr(self, "bias_mask_params", None)
 
     def _is_hard(self) -> bool:
-        return (not self.training) or (not self.weight_mask_params.requires_grad)
+        return not self._row.has_params or not self.training or not self.weight_mask_params.requires_grad
 
     def check_mask_params(self, label: str | None = None) -> None:
         """Raise ValueError if a mask parameter holds NaN or inf (a hard mask would silently
@@ -219,18 +269,35 @@ class MaskLayer(V0Methods, nn.Module):
 
     # -- forward -----------------------------------------------------------------------------
     def _subnetworks(self, wp, bp) -> tuple:
-        """Hard masks h of (weight, bias) already known, else None (computed by the core)."""
-        return None, None
+        """Hard masks h of (weight, bias) from a strategy's hinted path (the same h, faster given
+        the last call's hint; a hint certifies itself, so an edited tensor never gets a stale
+        mask), else None (computed by the core). Under transforms nothing is kept."""
+        hinted = self._row.hinted_hard
+        if hinted is None:
+            return None, None
+        s = self._settings_
+        out = [hinted(t, hint, unit=s.unit, **s.hparams) if t is not None else (None, None)
+               for t, hint in zip((wp, bp), self._hints)]
+        if not in_transform():
+            self._hints = tuple(hint for _, hint in out)
+        return tuple(h for h, _ in out)
 
     def _unit_masks(self, hard: bool, tensors=None, step=None):
-        key = ((self.mask_key if self._ablation in RANDOM_ABLATIONS else None) if hard  # ablation draws
+        s = self._settings_
+        key = ((self.mask_key if ABLATION_ROWS[s.ablation].random else None) if hard  # ablation draws
                else noise_key(self.mask_key, self.noise_step if step is None else step) if self._row.needs_key else None)
         weight, bias, wp, bp = tensors or (self.weight, self.bias, *self.mask_tensors())
-        return unit_masks(weight, bias, wp, bp, key, strategy=self._strategy, kind=self._layer.kind,
-                          hard=hard, ablation=self._ablation, hparams=self._hparams(),
+        return unit_masks(weight, bias, wp, bp, key, s, hard=hard,
                           subnetworks=self._subnetworks(wp, bp) if hard else (None, None))
 
-    def masked_parameters(self) -> F.MaskedParameters:
+    def _named_errors(self, hard: bool, step):
+        """The core's masks; an error (an impossible sampled ablation, say) names this layer."""
+        try:
+            return self._unit_masks(hard, step=step)
+        except ValueError as e:
+            raise ValueError(f"{self.label} ({type(self).__name__}, weight {tuple(self.weight.shape)}): {e}") from e
+
+    def masked_parameters(self) -> MaskedParameters:
         """The effective weight and bias this layer computes with now, and the masks applied."""
         tracing = in_transform()
         if self._force_resample and not tracing:
@@ -238,7 +305,7 @@ class MaskLayer(V0Methods, nn.Module):
                 self.mask_key.copy_(nr.fold_in(self.mask_key, 1))
             self._force_resample, self._draws = False, self._draws + 1
         if not self._use_masks:
-            return F.MaskedParameters(self.weight, self.bias)
+            return MaskedParameters(self.weight, self.bias)
         hard = self._is_hard()
         settings = self._settings
         if hard and not tracing:
@@ -249,9 +316,9 @@ class MaskLayer(V0Methods, nn.Module):
         # A forward inside backward is checkpointing's recompute: the first run's noise, no advance.
         redraw = advances and torch._C._current_graph_task_id() != -1
         step = self.noise_step - 1 if redraw else self.noise_step
-        masks = self._unit_masks(hard, step=step)
-        p = apply_unit_masks(self.weight, self.bias, masks, kind=self._layer.kind, mask_unit=self._mask_unit,
-                             unit_sizes=self._unit_sizes)
+        # Traced code keeps no try block: it is the same call, and errors surface eagerly first.
+        masks = self._unit_masks(hard, step=step) if tracing else self._named_errors(hard, step)
+        p = apply_unit_masks(self.weight, self.bias, masks, self._settings_.unit)
         if not (hard or tracing) and torch.is_grad_enabled():  # this step's L0 may sum these masks
             soft_store(self, self.mask_tensors(), settings, masks)
         if not tracing:
@@ -272,6 +339,7 @@ class MaskLayer(V0Methods, nn.Module):
         """L0 of the current mask at the weight's size (+ bias): the strategy's soft L0 term
         while training (differentiable), the count of ones of the applied mask when hard."""
         hard = self._is_hard()
+        s = self._settings_
         tensors = (self.weight, self.bias, *self.mask_tensors())
         if hard:  # sharded (DTensor) masks are counted whole: sampled ablations draw over every unit
             tensors = tuple(t.full_tensor() if hasattr(t, "full_tensor") else t for t in tensors)
@@ -279,7 +347,9 @@ class MaskLayer(V0Methods, nn.Module):
         total = None
         for params, base, applied in zip(tensors[2:], tensors[:2], masks[::2]):
             if params is not None:  # a sharded soft term is summed over ranks by the core
-                term = F.mask_l0(self._strategy, params, base.numel(), hard=hard, applied_mask=applied, **self._hparams())
+                unit = s.unit if params is tensors[2] and self._row.has_params else None
+                term = mask_l0(self._strategy, params, base.numel(), hard=hard, applied_mask=applied, unit=unit,
+                               **s.hparams)
                 total = term if total is None else total + term
         return total
 
@@ -340,5 +410,5 @@ class MaskLayer(V0Methods, nn.Module):
     def extra_repr(self) -> str:
         cfg = ", ".join(f"{n}={getattr(self, n)}" for n in self._layer.config)
         sizes = f", unit_sizes={self._unit_sizes}" if self._unit_sizes else ""
-        return (f"{cfg}, bias={self.bias is not None}, ablation={self._ablation!r}, mask_unit={self._mask_unit!r}"
+        return (f"{cfg}, bias={self.bias is not None}, ablation={self.ablation!r}, mask_unit={self.mask_unit!r}"
                 f"{sizes}, mask_bias={self._mask_bias}")

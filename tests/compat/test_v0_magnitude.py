@@ -84,7 +84,7 @@ def test_v0_rule_is_exact_on_the_sampled_selection_path_and_under_vmap():
 
 
 def test_rule_is_a_mask_hparam_of_layers_and_configs_and_is_checked():
-    assert F.STRATEGIES["magnitude_pruning"].mask_hparams["rule"] == "abs"
+    assert F.STRATEGIES["magnitude_pruning"].hparams["rule"] == "abs"
     layer = ns.MagPruneConv2d(2, 3, 3, rule="v0", key=0)
     assert layer.rule == "v0" and layer.mask_hparams["rule"] == "v0"
     for bad in ("signed", "V0"):

@@ -6,7 +6,7 @@ import torch
 
 import neurosurgeon.functional as F
 from neurosurgeon.functional import layer as FL
-from neurosurgeon.functional import layers as FLY
+from neurosurgeon.functional import forwards as FLY
 from neurosurgeon.functional import random as nr
 from neurosurgeon.functional import reinit as FR
 from neurosurgeon.functional import sampling as FS
@@ -43,7 +43,7 @@ FUNCTIONAL_CASES = [
     ("temperature nan", lambda: lm(hard=False, temperature=NAN), ValueError, ("temperature", "nan")),
     ("temperature inf hard", lambda: lm(temperature=INF), ValueError, ("temperature", "inf")),
     ("hc temperature", lambda: lm(strategy="hard_concrete", hard=False, temperature=-1.0), ValueError, ("temperature", "-1.0")),
-    ("stretch", lambda: lm(strategy="hard_concrete", left=0.2), ValueError, ("left_stretch", "0.2", "< 0")),
+    ("stretch", lambda: lm(strategy="hard_concrete", left_stretch=0.2), ValueError, ("left_stretch", "0.2", "< 0")),
     ("prune_percentage", lambda: lm(strategy="magnitude_pruning", args=(W, B, W, None, K), prune_percentage=1.5),
      ValueError, ("prune_percentage", "1.5", "[0, 1]")),
     ("theta shape", lambda: lm(args=(W, B, torch.randn(4, 3), None, K)), ValueError,
@@ -66,8 +66,8 @@ FUNCTIONAL_CASES = [
      ValueError, ("key", "None")),
     ("complement over half", lambda: lm(ablation="complement_sampled", args=(W, B, torch.ones(3, 4), None, K)),
      ValueError, ("complement", "12", "0")),
-    ("apply_mask shape", lambda: FLY.apply_mask(W, torch.ones(4, 3)), ValueError, ("mask", "(4, 3)", "(3, 4)")),
-    ("apply_mask replacement", lambda: FLY.apply_mask(W, torch.ones(3, 4), torch.ones(2, 2)), ValueError,
+    ("apply_mask shape", lambda: FL.apply_mask(W, torch.ones(4, 3)), ValueError, ("mask", "(4, 3)", "(3, 4)")),
+    ("apply_mask replacement", lambda: FL.apply_mask(W, torch.ones(3, 4), torch.ones(2, 2)), ValueError,
      ("replacement", "(2, 2)", "(3, 4)")),
     ("hc mask key", lambda: F.hard_concrete_mask(TH, torch.zeros(2)), ValueError, ("key", "torch.float32")),
     ("hard_mask strategy", lambda: F.hard_mask("x", TH), ValueError, ("strategy", "'x'")),

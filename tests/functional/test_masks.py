@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import neurosurgeon.functional as F
 from neurosurgeon.functional import random as nr
+from neurosurgeon.functional import kinds as FK
 from neurosurgeon.functional import units as FU
 from neurosurgeon.functional import reinit as FR
 from neurosurgeon.functional import magnitude as FM
@@ -26,10 +27,10 @@ def _weight_shape(kind, out, inp, k=3):
 
 
 def test_fan_in_matches_torch_init():
-    assert FU.fan_in("linear", (5, 7)) == 7
-    assert FU.fan_in("gpt_conv1d", (7, 5)) == 7
-    assert FU.fan_in("conv2d", (5, 2, 3, 4)) == 24
-    assert FU.fan_in("conv1d", (5, 2, 3)) == torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(5, 2, 3))[0]
+    assert FK.fan_in("linear", (5, 7)) == 7
+    assert FK.fan_in("gpt_conv1d", (7, 5)) == 7
+    assert FK.fan_in("conv2d", (5, 2, 3, 4)) == 24
+    assert FK.fan_in("conv1d", (5, 2, 3)) == torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(5, 2, 3))[0]
 
 
 # -- continuous sparsification ---------------------------------------------------------------------------
@@ -94,7 +95,7 @@ def test_hard_concrete_l0_is_sum_sigmoid_theta_minus_beta_log_ratio():
 @pytest.mark.parametrize("left, right", [(0.0, 1.1), (-0.1, 1.0), (0.1, 1.1)])
 def test_hard_concrete_rejects_stretch_not_straddling_unit_interval(left, right):
     with pytest.raises(ValueError, match="stretch"):
-        F.hard_concrete_hard_mask(torch.zeros(2), left=left, right=right)
+        F.hard_concrete_hard_mask(torch.zeros(2), left_stretch=left, right_stretch=right)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -191,7 +192,7 @@ def test_sampled_masks_at_exact_count_in_bfloat16_beyond_256_ones():
 @pytest.mark.parametrize("kind", ["linear", "conv1d", "conv2d"])
 def test_random_ablate_values_drawn_like_kaiming_uniform_init(kind):
     w = torch.empty(_weight_shape(kind, 64, 32))
-    bound = 1 / math.sqrt(FU.fan_in(kind, tuple(w.shape)))
+    bound = 1 / math.sqrt(FK.fan_in(kind, tuple(w.shape)))
     r = FR.reinit_weight(nr.key(0), kind, w)
     assert r.shape == w.shape and (r.abs() <= bound).all()
     assert abs(r.std() - bound / math.sqrt(3)) < 0.05 * bound
@@ -271,7 +272,8 @@ def test_property_hard_masks_binary_and_soft_masks_in_unit_interval(shape, unit,
     h = F.hard_mask(strategy, theta)
     assert h.dtype == dtype and h.shape == theta.shape and ((h == 0) | (h == 1)).all()
     assert torch.equal(h, (theta > 0).to(dtype))
-    s = F.STRATEGIES[strategy].soft(theta, nr.key(seed), **{**F.STRATEGIES[strategy].mask_hparams, "temperature": 0.7})
+    row = F.STRATEGIES[strategy]
+    s = row.soft(theta, nr.key(seed), unit=FL.elementwise_unit(theta.shape), **{**row.hparams, "temperature": 0.7})
     assert s.dtype == dtype and s.shape == theta.shape and ((s >= 0) & (s <= 1)).all()
 
 
@@ -378,7 +380,7 @@ def test_masks_computed_in_theta_dtype_and_cast_to_weight_dtype(w_dtype, hard):
     theta = torch.randn(4, 6)
     masks = FL.layer_masks(w, b, theta, torch.randn(4), nr.key(0), strategy="hard_concrete", kind="linear", hard=hard)
     assert masks.weight_mask.dtype == torch.float32 and masks.bias_mask.dtype == torch.float32
-    p = FL.apply_unit_masks(w, b, masks, kind="linear", mask_unit="weight", unit_sizes=None)
+    p = FL.apply_unit_masks(w, b, masks, FU.resolve_unit("linear", tuple(w.shape)))
     assert p.weight.dtype == w_dtype and p.bias.dtype == w_dtype and p.weight_mask.dtype == w_dtype
     assert torch.equal(p.weight, w * masks.weight_mask.to(w_dtype))
 

@@ -115,8 +115,9 @@ def test_from_layer_rejects_the_wrong_base_type(strategy, kind):
 
 
 def test_magnitude_pruning_has_only_weight_units(make_layer):
-    with pytest.raises(TypeError, match="mask_unit"):
-        make_layer("magnitude_pruning", "linear", mask_unit="neuron")
+    for unit in ("neuron", "o i -> o"):  # the same error as the functional core's
+        with pytest.raises(ValueError, match=names_value("mask_unit", repr(unit), "weight")):
+            make_layer("magnitude_pruning", "linear", mask_unit=unit)
     layer = make_layer("magnitude_pruning", "linear")
     with pytest.raises(ValueError, match=names_value("mask_unit", "'neuron'", "weight")):
         layer.mask_unit = "neuron"

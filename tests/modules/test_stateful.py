@@ -21,7 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 import neurosurgeon as ns
 import neurosurgeon.functional as F
-from neurosurgeon.functional._checks import RANDOM_ABLATIONS
+from neurosurgeon.functional.ablation import RANDOM_ABLATIONS
 
 
 def is_hard(layer):
@@ -33,7 +33,7 @@ def hard_mask_hparams(layer, strategy):
     if strategy == "magnitude_pruning":
         return {"prune_percentage": layer.prune_percentage}
     if strategy == "hard_concrete":
-        return {"left": layer.left_stretch, "right": layer.right_stretch}
+        return {"left_stretch": layer.left_stretch, "right_stretch": layer.right_stretch}
     return {}
 
 

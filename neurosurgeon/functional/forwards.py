@@ -1,7 +1,7 @@
 """Layer forwards with explicit (possibly masked) weights, so masks compose without modules.
 
 Each function is the base layer's computation with ``weight``/``bias`` supplied by the caller;
-``masked_forward`` applies a mask (and optional replacement values) first.
+the layer-kind table (:mod:`.kinds`) names one per kind.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair, _single
 
-from ._checks import LAYER_KINDS, PADDING_MODES, check_broadcasts_to, check_choice, check_same_shape
+from ._checks import PADDING_MODES, check_choice
 
-__all__ = ["layer_forward"]
+__all__ = ["linear", "gpt_conv1d", "conv1d", "conv2d"]
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -57,32 +57,3 @@ def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, p
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
     """``nn.Conv2d``'s forward with explicit weights, every ``padding_mode`` included."""
     return _conv(F.conv2d, 2, x, weight, bias, stride, padding, dilation, groups, padding_mode)
-
-
-_FORWARDS = {"linear": linear, "gpt_conv1d": gpt_conv1d, "conv1d": conv1d, "conv2d": conv2d}
-
-
-def layer_forward(kind: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, **conv_args):
-    """Dispatch to the forward of layer ``kind`` (conv arguments only for convolutions)."""
-    check_choice("kind", kind, LAYER_KINDS)
-    return _FORWARDS[kind](x, weight, bias, **conv_args)
-
-
-def apply_mask(
-    param: torch.Tensor, mask: torch.Tensor | None, replacement: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``param * mask`` (+ ``replacement * (1 - mask)``), the mask cast to ``param``'s dtype.
-
-    With ``mask=None`` the parameter is returned untouched, so an unmasked path is bitwise the
-    base layer. The mask broadcasts from its mask-unit shape.
-    """
-    if mask is None:
-        return param
-    check_broadcasts_to("mask", mask, "param", tuple(param.shape))
-    if replacement is not None:
-        check_same_shape("replacement", replacement, "param", param)
-    m = mask.to(param.dtype)
-    out = param * m
-    if replacement is not None:
-        out = out + replacement * (1 - m)
-    return out
