@@ -166,10 +166,16 @@ def mask_l0(strategy: str, params: torch.Tensor, param_numel: int, *, hard: bool
         >>> mask_l0("continuous_sparsification", torch.zeros(3, 1), 12, hard=False).item()
         6.0
     """
-    row, hp = strategy_row(strategy), resolve_hparams(strategy, hparams)
-    unit = unit or elementwise_unit(params.shape)
+    return l0_term(strategy_row(strategy), params, param_numel, hard=check_bool("hard", hard), applied_mask=applied_mask,
+                   unit=unit or elementwise_unit(params.shape), hparams=resolve_hparams(strategy, hparams))
+
+
+def l0_term(row: Strategy, params: torch.Tensor, param_numel: int, *, hard: bool, applied_mask: torch.Tensor | None,
+            unit: MaskUnit, hparams: Mapping[str, Any]) -> torch.Tensor:
+    """:func:`mask_l0`'s kernel: every argument checked already."""
+    hp = hparams
     scale = param_numel // max(params.numel(), 1)
-    if check_bool("hard", hard) or row.l0 is None:
+    if hard or row.l0 is None:
         m = applied_mask if applied_mask is not None else row.hard(params, unit=unit, **hp)
         # Counted in int64 (a half-precision sum is inexact above 256), reported as a float.
         return ((m != 0).sum() * scale).to(torch.promote_types(params.dtype, torch.float32))

@@ -86,7 +86,8 @@ def subnetwork(model: nn.Module, *, broadcast: bool = True) -> dict[str, torch.T
             if params is None or (suffix == "bias" and not spec.mask_bias):
                 continue
             # A sharded (DTensor) theta is gathered: h is the whole subnetwork on every rank.
-            h = F.hard_mask(spec.strategy, gathered(params), **spec.hparams).bool()
+            unit = layer.settings.unit if suffix == "weight" else None  # a row may choose h per unit
+            h = F.hard_mask(spec.strategy, gathered(params), unit=unit, **spec.hparams).bool()
             if broadcast:
                 if suffix == "weight":
                     h = expand_mask(h, base.shape, spec.mask_unit, spec.unit_sizes, kind=spec.kind)

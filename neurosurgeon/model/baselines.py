@@ -55,7 +55,8 @@ def complement_shortfalls(model: nn.Module,
             theta = params.get(prefix + (f"{attr}_mask_params" if spec.has_params else attr), theta)
             if is_sharded(theta):  # counting it would all-reduce, which every rank would have to join
                 continue
-            kept = concrete_int(torch.count_nonzero(F.hard_mask(spec.strategy, theta.detach(), **spec.hparams)))
+            unit = layer.settings.unit if attr == "weight" else None
+            kept = concrete_int(torch.count_nonzero(F.hard_mask(spec.strategy, theta.detach(), unit=unit, **spec.hparams)))
             if kept is not None and kept > theta.numel() - kept:  # None: batched or traced, left to the sampler
                 out[prefix + attr] = (kept, theta.numel() - kept)
     return out

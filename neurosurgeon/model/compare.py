@@ -21,6 +21,8 @@ import torch.nn as nn
 from .. import functional as F
 from ..functional.overlap import expected_overlap, hypergeometric_sf
 from ..functional.strategies import STRATEGIES
+from ..functional import units
+from ..functional.units import resolve_unit
 from .analysis import subnetwork
 from .architectures import architecture_of, attention_heads
 from .circuit import CircuitModel
@@ -252,15 +254,17 @@ def _file_masks(path, model: nn.Module | None, label: str) -> tuple[dict[str, to
             params = tensors.get(f"{prefix}{suffix}_mask_params") if row.has_params else base
             if params is None:
                 raise ValueError(f"{label}: {path} lacks {prefix}{suffix}_mask_params")
-            h = F.hard_mask(d["strategy"], params, **d["hparams"]).bool()
-            if base is not None:
-                try:
-                    if suffix == "weight":
-                        h = F.expand_mask(h, base.shape, d["mask_unit"], d["unit_sizes"], kind=d["kind"])
-                    h = h.expand_as(base)
-                except (RuntimeError, ValueError) as e:
-                    raise ValueError(f"{label}: {path} mask of {prefix}{suffix} does not fit the model's tensor of "
-                                     f"shape {tuple(base.shape)}; the masks are from a different model ({e})") from None
+            try:
+                unit = None if base is None or suffix == "bias" else resolve_unit(
+                    d["kind"], tuple(base.shape), d["mask_unit"], d["unit_sizes"])
+                h = F.hard_mask(d["strategy"], params, unit=unit, **d["hparams"]).bool()
+                if base is not None:
+                    h = (units.expand(h, unit) if unit is not None else h).expand_as(base)
+            except (RuntimeError, ValueError) as e:
+                if base is None:
+                    raise
+                raise ValueError(f"{label}: {path} mask of {prefix}{suffix} does not fit the model's tensor of "
+                                 f"shape {tuple(base.shape)}; the masks are from a different model ({e})") from None
             out[prefix + suffix] = h
     return out, ("weight" if model is not None else "mask unit")
 

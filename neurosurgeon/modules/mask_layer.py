@@ -23,8 +23,9 @@ from ..functional.layer import (
     MaskedParameters,
     apply_unit_masks,
     check_finite_tensor,
+    elementwise_unit,
+    l0_term,
     layer_settings,
-    mask_l0,
     noise_key,
     unit_masks,
 )
@@ -347,9 +348,9 @@ class MaskLayer(V0Methods, nn.Module):
         total = None
         for params, base, applied in zip(tensors[2:], tensors[:2], masks[::2]):
             if params is not None:  # a sharded soft term is summed over ranks by the core
-                unit = s.unit if params is tensors[2] and self._row.has_params else None
-                term = mask_l0(self._strategy, params, base.numel(), hard=hard, applied_mask=applied, unit=unit,
-                               **s.hparams)
+                unit = s.unit if params is tensors[2] else elementwise_unit(params.shape)
+                term = l0_term(self._row, params, base.numel(), hard=hard, applied_mask=applied, unit=unit,
+                               hparams=s.hparams)
                 total = term if total is None else total + term
         return total
 
