@@ -1,8 +1,8 @@
 """Mask units as einops patterns: which weights one mask entry gates.
 
 A unit is an einops reduction from the weight's axes to the mask's axes; theta has the reduced
-shape and its mask is broadcast back over the weights it gates (``einops.repeat``). Two units
-are named, derived from each layer kind's weight axes (:mod:`.kinds`):
+shape and its mask is broadcast back over the weights it gates (``einops.repeat``). Named units
+are rows of :data:`NAMED_UNITS`, derived from each layer kind's weight axes (:mod:`.kinds`):
 
 | kind       | weight            | "weight"            | "neuron" (one entry per output unit) |
 | linear     | (out, in)         | ``o i -> o i``      | ``o i -> o 1``                       |
@@ -21,17 +21,22 @@ misfit); the kernels (:func:`expand`, :func:`reduce`) then never parse or check 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import einops
 import torch
 
-from .kinds import kind_row
+from .kinds import LayerKind, kind_row
 
 __all__ = ["MaskUnit", "resolve_unit", "unit_shape", "expand_mask", "reduce_mask", "NAMED_UNITS"]
 
-NAMED_UNITS = ("weight", "neuron")
+#: Named units, one row each: the mask's axes for a layer kind's row (its weight axes, ``o i`` for a
+#: Linear). A name is a shorthand for the pattern ``"<weight axes> -> <mask axes>"``.
+NAMED_UNITS: dict[str, Callable[[LayerKind], str]] = {
+    "weight": lambda kind: kind.axes,  # one entry per weight
+    "neuron": lambda kind: kind.neuron,  # one entry per output unit
+}
 
 
 class MaskUnit(NamedTuple):
@@ -59,14 +64,12 @@ def unit_pattern(kind: str, mask_unit: str) -> str:
     """The einops pattern of ``mask_unit`` for a ``kind`` layer (a pattern is returned as given)."""
     row = kind_row(kind)
     if not isinstance(mask_unit, str):
-        raise TypeError(f"mask_unit must be 'weight', 'neuron' or an einops pattern (str), got {mask_unit!r} "
+        raise TypeError(f"mask_unit must be one of {list(NAMED_UNITS)} or an einops pattern (str), got {mask_unit!r} "
                         f"({type(mask_unit).__name__})")
-    if mask_unit == "weight":
-        return f"{row.axes} -> {row.axes}"
-    if mask_unit == "neuron":
-        return f"{row.axes} -> {row.neuron}"
+    if mask_unit in NAMED_UNITS:
+        return f"{row.axes} -> {NAMED_UNITS[mask_unit](row)}"
     if mask_unit.count("->") != 1:
-        raise ValueError(f"mask_unit must be 'weight', 'neuron' or an einops pattern 'weight axes -> mask axes', "
+        raise ValueError(f"mask_unit must be one of {list(NAMED_UNITS)} or an einops pattern 'weight axes -> mask axes', "
                          f"got {mask_unit!r}")
     return mask_unit
 
