@@ -8,6 +8,7 @@ from :data:`LAYER_TYPES`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ class LayerType:
     base: type
     config: tuple[str, ...]
     arguments: tuple[tuple[str, Any], ...]
+    bias: bool = True  # whether a layer built without a "bias" argument has one
 
     def configure(self, module: nn.Module, **args: Any) -> None:
         for name in self.config:
@@ -48,7 +50,7 @@ class LayerType:
     def config_from(self, layer: nn.Module) -> dict[str, Any]:
         """Constructor arguments that rebuild ``layer``'s configuration."""
         args = {name: getattr(layer, name) for name in self.config}
-        if self.kind != "gpt_conv1d":
+        if "bias" in dict(self.arguments):
             args["bias"] = layer.bias is not None
         return args
 
@@ -168,7 +170,27 @@ class _ConvNd(LayerType):
 #: kind -> its module-side descriptor, one per row of the layer-kind table.
 LAYER_TYPES: dict[str, LayerType] = {t.kind: t for t in (_Linear(), _GPTConv1D(), _ConvNd("conv1d", nn.Conv1d, _single),
                                                          _ConvNd("conv2d", nn.Conv2d, _pair))}
-assert set(LAYER_TYPES) == set(KINDS), "every layer kind needs its module-side row"
-#: The torch classes the mask layers wrap, and their kind. Matched by exact type: a subclass may
-#: compute something else with its weight.
-SUPPORTED_LAYERS: dict[type, str] = {t.base: kind for kind, t in LAYER_TYPES.items()}
+
+
+class _SupportedLayers(Mapping):
+    """The torch classes the mask layers wrap -> their kind: a live view of :data:`LAYER_TYPES`,
+    so a row added there is supported everywhere. Matched by exact type: a subclass may compute
+    something else with its weight."""
+
+    def __getitem__(self, base: type) -> str:
+        for kind, layer_type in LAYER_TYPES.items():
+            if layer_type.base is base:
+                return kind
+        raise KeyError(base)
+
+    def __iter__(self):
+        return (layer_type.base for layer_type in LAYER_TYPES.values())
+
+    def __len__(self) -> int:
+        return len(LAYER_TYPES)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+SUPPORTED_LAYERS: Mapping[type, str] = _SupportedLayers()

@@ -107,10 +107,10 @@ class MaskLayer(V0Methods, nn.Module):
             w_shape, b_shape = self._layer.shapes(self)
             factory = dict(device=device, dtype=dtype)
             self.weight = nn.Parameter(torch.empty(w_shape, **factory))
-            self.bias = nn.Parameter(torch.empty(b_shape, **factory)) if layer_args.get("bias", True) else None
+            self.bias = nn.Parameter(torch.empty(b_shape, **factory)) if layer_args.get("bias", self._layer.bias) else None
             self._layer.reset(self)
         else:
-            self.weight, self.bias = base.weight, base.bias
+            self.weight, self.bias = base.weight, getattr(base, "bias", None)
             if mask_bias and self.bias is None:
                 warnings.warn(f"{type(base).__name__} has no bias; setting mask_bias=False", stacklevel=4)
                 mask_bias = False
