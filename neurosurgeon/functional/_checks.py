@@ -25,6 +25,16 @@ def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def table_row(name: str, value: Any, table: dict):
+    """``table[value]`` for a row's name; ValueError naming the rows otherwise (TypeError for a non-str)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, one of {list(table)}; got {value!r} ({type(value).__name__})")
+    try:
+        return table[value]
+    except KeyError:
+        raise ValueError(f"{name} must be one of {list(table)}, got {value!r}") from None
+
+
 def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, (bool,)) and not (isinstance(value, torch.Tensor) and value.dtype == torch.bool and value.numel() == 1):
         raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")

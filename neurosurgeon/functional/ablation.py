@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import torch
 
+from ._checks import table_row
+
 from .sampling import complement_sampled_mask, randomly_sampled_mask
 
 __all__ = ["Ablation", "ABLATION_ROWS", "ABLATIONS", "RANDOM_ABLATIONS", "ablation_row", "ablate"]
@@ -50,12 +52,7 @@ RANDOM_ABLATIONS = tuple(name for name, row in ABLATION_ROWS.items() if row.rand
 
 def ablation_row(ablation: str) -> Ablation:
     """The row of ``ablation``; ValueError (TypeError for a non-str) naming the ablations otherwise."""
-    if not isinstance(ablation, str):
-        raise TypeError(f"ablation must be a str, one of {list(ABLATIONS)}; got {ablation!r} ({type(ablation).__name__})")
-    try:
-        return ABLATION_ROWS[ablation]
-    except KeyError:
-        raise ValueError(f"ablation must be one of {list(ABLATIONS)}, got {ablation!r}") from None
+    return table_row("ablation", ablation, ABLATION_ROWS)
 
 
 def ablate(hard_mask: torch.Tensor, key: torch.Tensor | None, *, ablation: str = "none") -> torch.Tensor:

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 
 from . import forwards
+from ._checks import table_row
 
 __all__ = ["LayerKind", "KINDS", "kind_row", "layer_forward", "fan_in"]
 
@@ -53,12 +54,7 @@ KINDS: dict[str, LayerKind] = {
 
 def kind_row(kind: str) -> LayerKind:
     """The row of ``kind``; ValueError (TypeError for a non-str) naming the kinds otherwise."""
-    if not isinstance(kind, str):
-        raise TypeError(f"kind must be a str, one of {list(KINDS)}; got {kind!r} ({type(kind).__name__})")
-    try:
-        return KINDS[kind]
-    except KeyError:
-        raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}") from None
+    return table_row("kind", kind, KINDS)
 
 
 def layer_forward(kind: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, **conv_args):

@@ -25,7 +25,7 @@ import torch
 from . import continuous_sparsification as cs
 from . import hard_concrete as hc
 from . import magnitude as mp
-from ._checks import check_choice, check_finite, check_fraction, check_stretch, check_temperature
+from ._checks import check_choice, check_finite, check_fraction, check_stretch, check_temperature, table_row
 
 __all__ = ["Strategy", "STRATEGIES", "strategy_row", "resolve_hparams", "knobs"]
 
@@ -140,12 +140,7 @@ STRATEGIES: dict[str, Strategy] = {
 
 def strategy_row(strategy: str) -> Strategy:
     """The table row of ``strategy``; ValueError (TypeError for a non-str) naming the strategies otherwise."""
-    if not isinstance(strategy, str):
-        raise TypeError(f"strategy must be a str, one of {list(STRATEGIES)}; got {strategy!r} ({type(strategy).__name__})")
-    try:
-        return STRATEGIES[strategy]
-    except KeyError:
-        raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}") from None
+    return table_row("strategy", strategy, STRATEGIES)
 
 
 def resolve_hparams(strategy: str, hparams: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ injection key reproduces the modules' own draws.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -190,14 +191,8 @@ def masked_weights(
     return out
 
 
-def masked_state(
-    model: nn.Module,
-    key: torch.Tensor | None,
-    *,
-    ablation: str = "none",
-    hard: bool = True,
-    params: Mapping[str, torch.Tensor] | None = None,
-) -> dict[str, torch.Tensor]:
+@functools.wraps(masked_weights, assigned=("__module__", "__annotations__"))
+def masked_state(*args, **kwargs) -> dict[str, torch.Tensor]:
     """Deprecated alias of :func:`masked_weights`, kept for one release: the name read like
     :func:`~neurosurgeon.mask_state` (the mask parameters' state dict) but gives effective weights.
 
@@ -206,7 +201,7 @@ def masked_state(
     warnings.warn("neurosurgeon.masked_state is deprecated and will be removed in the next release; use "
                   "neurosurgeon.masked_weights (same arguments, same result). neurosurgeon.mask_state is the mask "
                   "parameters' state dict", DeprecationWarning, stacklevel=2)
-    return masked_weights(model, key, ablation=ablation, hard=hard, params=params)
+    return masked_weights(*args, **kwargs)
 
 
 @contextlib.contextmanager
