@@ -47,3 +47,11 @@ FILES = [p for p in sorted(ROOT.rglob("*.py")) if "functional" not in p.relative
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_no_module_outside_the_functional_core_compares_a_strategy_name(path):
     assert strategy_name_comparisons(path.read_text(encoding="utf-8"), STRATEGIES) == []
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_no_module_outside_the_functional_core_reads_a_signature(path):
+    """Hyper-parameters come from the strategy rows, never from reading a shell's signature."""
+    calls = {ast.unparse(node.func) for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Call)}
+    assert not {c for c in calls if c.endswith(("signature", "getfullargspec", "getargspec"))}
