@@ -222,6 +222,7 @@ def unit_masks(weight, bias, weight_mask_params, bias_mask_params, key, settings
     def one(params, unit, h, k_draw, k_fresh, part, base):
         if params is None:
             return None, None
+        unit = unit or elementwise_unit(params.shape)  # a bias is masked entry by entry
         if hard or not row.has_params:
             if h is None:
                 h = row.hard(params, unit=unit, **hp)
@@ -232,8 +233,7 @@ def unit_masks(weight, bias, weight_mask_params, bias_mask_params, key, settings
         return row.soft(params, k_draw, unit=unit, **hp), None
 
     wm, wr = one(weight_mask_params, settings.unit, subnetworks[0], keys[0], keys[2], "weight", weight)
-    bm, br = (None, None) if bias is None else one(bias_mask_params, elementwise_unit(bias.shape), subnetworks[1],
-                                                   keys[1], keys[3], "bias", bias)
+    bm, br = (None, None) if bias is None else one(bias_mask_params, None, subnetworks[1], keys[1], keys[3], "bias", bias)
     return LayerMasks(wm, wr, bm, br)
 
 
