@@ -1,10 +1,7 @@
 """``MaskLayer``: the shell shared by every strategy and layer type. It owns the base weight and
-bias (shared, never copied), theta, a key and a few settings; every mask comes from the functional
-core. A forward is a function of parameters, buffers and input (see :class:`MaskLayer`).
-
-The settings (strategy, layer kind, mask unit, ablation, hyper-parameters) are checked once, at
-construction or in a setter, into one :class:`~neurosurgeon.functional.layer.LayerSettings` that
-every forward hands to the core's kernels.
+bias (shared, never copied), theta, a key and its settings, checked once (at construction or in a
+setter) into the :class:`~neurosurgeon.functional.layer.LayerSettings` every forward hands to the
+functional core. A forward is a function of parameters, buffers and input.
 """
 
 from __future__ import annotations
@@ -30,7 +27,8 @@ from ..functional.layer import (
     unit_masks,
 )
 from ..functional.strategies import STRATEGIES, Strategy
-from ._layer_types import LayerType, UnsupportedLayerError
+from ._checkpoint import Checkpointed
+from ._layer_types import LayerType
 from ._v0 import V0Methods
 from .cache import cache_lookup, cache_store, soft_lookup, soft_store
 
@@ -47,11 +45,16 @@ def _initial_key(key: torch.Tensor | int | None, device) -> torch.Tensor:
     return check_key(key).clone().to(device)
 
 
+def _flag(attr: str, doc: str) -> property:
+    """A bool setting stored in ``attr``, checked when set."""
+    return property(lambda self: getattr(self, attr), lambda self, v: setattr(self, attr, check_bool(attr[1:], v)), doc=doc)
+
+
 def _applied(field: str, doc: str) -> property:
     return property(lambda self: None if self._last is None else getattr(self._last, field), doc=doc)
 
 
-class MaskLayer(V0Methods, nn.Module):
+class MaskLayer(Checkpointed, V0Methods, nn.Module):
     """Abstract masked layer (reference: ``NeuroSurgeon.Masking.mask_layer.MaskLayer``).
 
     The concrete classes (``ContSparseLinear``, ``HardConcreteConv2d``, ...) are derived from
@@ -60,10 +63,8 @@ class MaskLayer(V0Methods, nn.Module):
     base layer type (``_layer``).
 
     Args:
-        ablation: ``none``; ``zero_ablate`` (mask 1 - h: the subnetwork removed);
-            ``random_ablate`` (the subnetwork's weights re-initialised); ``randomly_sampled`` /
-            ``complement_sampled`` (as many units as the subnetwork has removed, drawn from all
-            units / from the units outside it). Ablations act on the hard mask h.
+        ablation: a row of :data:`neurosurgeon.functional.ABLATIONS`, acting on the hard mask h:
+            ``none``, ``zero_ablate``, ``random_ablate``, ``randomly_sampled``, ``complement_sampled``.
         mask_unit: ``weight``, ``neuron`` (one entry per output unit) or an einops pattern from
             the weight's axes to theta's, e.g. ``"(h d) i -> h"`` for attention heads.
         unit_sizes: sizes of the pattern's split axes, e.g. ``{"h": 12}``.
@@ -73,14 +74,12 @@ class MaskLayer(V0Methods, nn.Module):
         **hparams: the strategy's hyper-parameters (``STRATEGIES[strategy].hparams``), each also
             a property that validates when set.
 
-    Randomness: ablation draws come from ``mask_key`` (setting ``force_resample = True``
-    moves it to ``fold_in(mask_key, 1)`` at the next eager forward, so new masks are drawn).
-    Hard-concrete training noise of step s comes from ``fold_in(fold_in(mask_key, NOISE), s)``
-    with s = ``noise_step``; each eager training forward (a checkpointed recompute redraws) advances s by one.
-    Under ``torch.func`` transforms (``functional_call`` inside ``grad``/``vmap``/``jacrev``) and
-    ``torch.compile`` a forward mutates nothing: the step stays where it is, so advance it
-    yourself between compiled steps (``layer.noise_step += 1``, or pass ``noise_step`` to
-    ``functional_call``), and a pending ``force_resample`` waits for the next eager forward.
+    Randomness: ablation draws come from ``mask_key`` (``force_resample = True`` moves it to
+    ``fold_in(mask_key, 1)`` at the next eager forward). Hard-concrete noise of step s comes from
+    ``fold_in(fold_in(mask_key, NOISE), s)``, s = ``noise_step``, advanced by each eager training
+    forward (a checkpointed recompute redraws). Under ``torch.func`` transforms and ``torch.compile``
+    a forward mutates nothing: advance the step yourself between compiled steps
+    (``layer.noise_step += 1``), and a pending ``force_resample`` waits for the next eager forward.
     """
 
     _strategy: str = ""
@@ -121,15 +120,6 @@ class MaskLayer(V0Methods, nn.Module):
         self.register_buffer("noise_step", torch.zeros((), dtype=torch.int64, device=self.weight.device))
         self.reset_mask_parameters()
 
-    # -- construction ------------------------------------------------------------------
-    @classmethod
-    def _wrap(cls, layer: nn.Module, key=None, **mask_args):
-        if not isinstance(layer, cls._layer.base):
-            raise UnsupportedLayerError(f"{cls.__name__}.from_layer needs a {cls._layer.base.__name__}, got {type(layer).__name__}")
-        if hasattr(layer.weight, "device_mesh"):  # theta would be a plain tensor beside a sharded weight
-            raise ValueError(f"{type(layer).__name__} is already sharded (DTensor weight): inject masks first, then fully_shard")
-        return cls(**cls._layer.config_from(layer), **mask_args, key=key, _base=layer)
-
     _row: Strategy = property(lambda self: STRATEGIES[self._strategy])
 
     def _settle(self, **changes: Any) -> None:
@@ -140,7 +130,7 @@ class MaskLayer(V0Methods, nn.Module):
                                          **{**args, **changes})
 
     @property
-    def _settings(self) -> tuple:
+    def _cache_key(self) -> tuple:
         """What a cached mask depends on besides the tensors (a ``cached_masks()`` key)."""
         s = self._settings_
         return (s.ablation, s.unit, self._mask_bias, self._draws, tuple(sorted(s.hparams.items())))
@@ -182,23 +172,9 @@ class MaskLayer(V0Methods, nn.Module):
     def ablation(self, value: str) -> None:
         self._settle(ablation=value)
 
-    @property
-    def use_masks(self) -> bool:
-        """Masks on (True) or the base layer as it is (False)."""
-        return self._use_masks
-
-    @use_masks.setter
-    def use_masks(self, value: bool) -> None:
-        self._use_masks = check_bool("use_masks", value)
-
-    @property
-    def force_resample(self) -> bool:
-        """Set True to draw new random masks / replacement values at the next use; reads False after."""
-        return self._force_resample
-
-    @force_resample.setter
-    def force_resample(self, value: bool) -> None:
-        self._force_resample = check_bool("force_resample", value)
+    use_masks = _flag("_use_masks", "Masks on (True) or the base layer as it is (False).")
+    force_resample = _flag("_force_resample", "Set True to draw new random masks / replacement values at the next "
+                                              "use; reads False after.")
 
     @property
     def mask_unit(self) -> str:
@@ -308,7 +284,7 @@ class MaskLayer(V0Methods, nn.Module):
         if not self._use_masks:
             return MaskedParameters(self.weight, self.bias)
         hard = self._is_hard()
-        settings = self._settings
+        settings = self._cache_key
         if hard and not tracing:
             cached = cache_lookup(self, settings)
             if cached is not None:
@@ -344,7 +320,7 @@ class MaskLayer(V0Methods, nn.Module):
         tensors = (self.weight, self.bias, *self.mask_tensors())
         if hard:  # sharded (DTensor) masks are counted whole: sampled ablations draw over every unit
             tensors = tuple(t.full_tensor() if hasattr(t, "full_tensor") else t for t in tensors)
-        masks = self._unit_masks(True, tensors) if hard else soft_lookup(self, tensors[2:], self._settings) or (None,) * 4
+        masks = self._unit_masks(True, tensors) if hard else soft_lookup(self, tensors[2:], self._cache_key) or (None,) * 4
         total = None
         for params, base, applied in zip(tensors[2:], tensors[:2], masks[::2]):
             if params is not None:  # a sharded soft term is summed over ranks by the core
@@ -374,39 +350,6 @@ class MaskLayer(V0Methods, nn.Module):
             w = p.weight.detach().clone()
             b = None if p.bias is None else p.bias.detach().clone()
         return self._layer.bake(self, w, b)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # State dicts written by NeuroSurgeon 0.1.0 carry no key or noise step: keep ours.
-        for name in self._extra_buffers:
-            state_dict.setdefault(prefix + name, getattr(self, name))
-        # 0.1.0's conv layers also save their wrapped layer, whose weight/bias are the same
-        # Parameters as ``weight``/``bias``: accept those duplicate keys and drop them.
-        for name in ("weight", "bias"):
-            dup = state_dict.pop(prefix + "_base_layer." + name, None)
-            if dup is not None:
-                state_dict.setdefault(prefix + name, dup)
-        # All or nothing: with any shape mismatch, report every one and change no tensor
-        # (torch alone would copy the matching entries before raising).
-        mismatches = [
-            f"size mismatch for {prefix}{name}: copying a param with shape {tuple(state_dict[prefix + name].shape)} "
-            f"from checkpoint, the shape in current model is {tuple(t.shape)}."
-            for name, t in (*self._parameters.items(), *self._buffers.items())
-            if t is not None and isinstance(state_dict.get(prefix + name), torch.Tensor)
-            and tuple(state_dict[prefix + name].shape) != tuple(t.shape)
-        ]
-        if mismatches:
-            error_msgs.extend(mismatches)
-            return
-        if self._is_hard() and self._row.has_params:  # new parameters that will make a hard mask
-            for name in ("weight_mask_params", "bias_mask_params"):
-                if isinstance(state_dict.get(prefix + name), torch.Tensor):
-                    check_finite_tensor(state_dict[prefix + name], f"{prefix or type(self).__name__ + '.'}{name}")
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-
-    def __getstate__(self):
-        # The last forward's masks may be non-leaf tensors (training), which copy.deepcopy refuses.
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {**state, "_last": None}
 
     def extra_repr(self) -> str:
         cfg = ", ".join(f"{n}={getattr(self, n)}" for n in self._layer.config)

@@ -62,6 +62,15 @@ def _bind(sig: Signature, owner: str, args: tuple, kwargs: dict) -> dict[str, An
     return dict(bound.arguments)
 
 
+def _wrap(cls: type[MaskLayer], layer: nn.Module, key=None, **mask_args) -> MaskLayer:
+    """A ``cls`` mask layer sharing ``layer``'s weight and bias Parameters."""
+    if not isinstance(layer, cls._layer.base):
+        raise UnsupportedLayerError(f"{cls.__name__}.from_layer needs a {cls._layer.base.__name__}, got {type(layer).__name__}")
+    if hasattr(layer.weight, "device_mesh"):  # theta would be a plain tensor beside a sharded weight
+        raise ValueError(f"{type(layer).__name__} is already sharded (DTensor weight): inject masks first, then fully_shard")
+    return cls(**cls._layer.config_from(layer), **mask_args, key=key, _base=layer)
+
+
 def _hparam_property(name: str) -> property:
     def get(self):
         return self._settings_.hparams[name]
@@ -88,7 +97,7 @@ def strategy_class(strategy: str) -> type[MaskLayer]:
                     raise UnsupportedLayerError(f"{cls.__name__}.from_layer cannot wrap a {type(layer).__name__}; "
                                                 f"supported: {[t.__name__ for t in SUPPORTED_LAYERS]}")
                 cls = mask_class(strategy, SUPPORTED_LAYERS[type(layer)])
-            return cls._wrap(layer, **given)
+            return _wrap(cls, layer, **given)
 
         from_layer.__signature__ = Signature([Parameter("cls", Parameter.POSITIONAL_OR_KEYWORD),
                                               *from_layer_sig.parameters.values()])
