@@ -91,8 +91,9 @@ def test_per_unit_masks_of_a_layers_masked_parameters_are_its_subnetwork_per_hea
 def test_hard_concretes_old_stretch_names_still_work_with_a_deprecation_warning():
     theta = torch.tensor([-0.5, 0.0, 0.3, 1.0])
     want = F.hard_concrete_hard_mask(theta, left_stretch=-0.5, right_stretch=1.2)
-    with pytest.warns(DeprecationWarning, match="left_stretch"):
+    with pytest.warns(DeprecationWarning) as caught:
         got = F.hard_concrete_hard_mask(theta, left=-0.5, right=1.2)
+    assert [str(w.message).split("is now ")[1] for w in caught] == ["'left_stretch'", "'right_stretch'"]
     assert torch.equal(got, want) and not torch.equal(want, F.hard_concrete_hard_mask(theta))
     with pytest.warns(DeprecationWarning, match="right_stretch"):
         h = F.hard_mask("hard_concrete", theta, left_stretch=-0.5, right=1.2)
