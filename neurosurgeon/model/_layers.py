@@ -44,7 +44,7 @@ def mask_layers(model: nn.Module) -> dict[str, MaskLayer]:
 
     The position of a layer in this dict is its *layer index*: layer ``i`` draws its random
     masks from ``fold_in(key, i)`` (see :func:`neurosurgeon.inject_masks` and
-    :func:`neurosurgeon.masked_state`). A layer registered at two paths is listed once.
+    :func:`neurosurgeon.masked_weights`). A layer registered at two paths is listed once.
 
     Args:
         model: any ``nn.Module`` (the model itself may be a mask layer, named ``""``).
