@@ -1,5 +1,5 @@
 """The library starts no process or thread, compiles nothing, and a fresh process's first masked
-calls do not import the compiler (``torch._dynamo`` costs seconds to import)."""
+calls do not import the compiler (``torch._dynamo``, a slow import the user did not ask for)."""
 
 import ast
 import pathlib

@@ -273,7 +273,7 @@ def _sampled_mask(key: torch.Tensor, eligible: torch.Tensor, num_zeros, num_elig
         raise ValueError(f"cannot sample over {eligible.numel()} mask units (at most {_MAX_UNITS})")
     if not transformed(key, eligible, *(t for t in (num_zeros, num_eligible) if isinstance(t, torch.Tensor))):
         # Eager: the kernel itself. Calling the op would run torch's dispatcher wrapper, whose
-        # first call imports the compiler (seconds of cold start) for nothing.
+        # first call imports the compiler, a cold start the user never asked for.
         out = torch.empty(eligible.shape, dtype=dtype, device=eligible.device)
         return _mask_kernel(key, eligible, _count_int(num_zeros), _count_int(num_eligible), out)
     return _sampled_mask_op(key, eligible, _count_tensor(num_zeros), _count_tensor(num_eligible), dtype)
