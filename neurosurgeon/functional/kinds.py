@@ -38,11 +38,6 @@ class LayerKind(NamedTuple):
     def dims(self) -> int:
         return len(self.axes.split())
 
-    @property
-    def neuron(self) -> str:
-        """The neuron unit's mask axes: the output axis kept, every other axis of size 1."""
-        return " ".join(a if i == self.out_axis else "1" for i, a in enumerate(self.axes.split()))
-
 
 KINDS: dict[str, LayerKind] = {
     "linear": LayerKind("o i", 0, forwards.linear, "kaiming_uniform", "Linear"),

@@ -25,7 +25,7 @@ from ._checks import check_bool, check_broadcasts_to, check_same_shape, check_te
 from .ablation import ABLATION_ROWS, ablation_row
 from .kinds import KINDS, fan_in, kind_row
 from .reinit import INITS
-from .strategies import STRATEGIES, Strategy, resolve_hparams, strategy_row
+from .strategies import STRATEGIES, Strategy, check_unit, resolve_hparams, strategy_row
 from .units import MaskUnit, expand, resolve_unit
 
 __all__ = ["MaskedParameters", "LayerSettings", "layer_settings", "mask_parameters", "hard_mask", "mask_l0",
@@ -122,11 +122,9 @@ def layer_settings(strategy: str, kind: str, weight_shape, *, mask_unit: str = "
             strategy, kind or ablation; a unit the strategy does not support; a pattern that does
             not fit the weight (naming the pattern, the shape and why); a bad hyper-parameter.
     """
-    row = strategy_row(strategy)
     kind_row(kind)
     ablation_row(ablation)
-    if row.units is not None and mask_unit not in row.units:
-        raise ValueError(f"strategy {strategy!r} supports mask_unit {list(row.units)} only, got {mask_unit!r}")
+    check_unit(strategy, mask_unit)
     unit = resolve_unit(kind, weight_shape, mask_unit, unit_sizes)
     return LayerSettings(strategy, kind, unit, ablation, resolve_hparams(strategy, hparams))
 

@@ -27,7 +27,7 @@ from . import hard_concrete as hc
 from . import magnitude as mp
 from ._checks import check_choice, check_finite, check_fraction, check_stretch, check_temperature, table_row
 
-__all__ = ["Strategy", "STRATEGIES", "strategy_row", "resolve_hparams", "knobs"]
+__all__ = ["Strategy", "STRATEGIES", "strategy_row", "resolve_hparams", "check_unit", "knobs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +71,11 @@ class Strategy:
     def has_params(self) -> bool:
         """Whether theta exists (magnitude pruning masks the weight by its own values)."""
         return self.init is not None
+
+    @property
+    def default_unit(self) -> str:
+        """The mask unit a layer gets unless told: ``weight``, or the first the row supports."""
+        return (self.units or ("weight",))[0]
 
 
 def knobs(fn: Callable[..., Any], *names: str) -> Callable[..., Any]:
@@ -160,3 +165,11 @@ def resolve_hparams(strategy: str, hparams: Mapping[str, Any]) -> dict[str, Any]
     if unknown:
         raise ValueError(f"unknown hyper-parameter(s) {unknown} for strategy {strategy!r}; allowed: {sorted(row.hparams)}")
     return row.check({**row.hparams, **hparams})
+
+
+def check_unit(strategy: str, mask_unit: str) -> str:
+    """``mask_unit`` if ``strategy`` supports it; ValueError naming the units it does otherwise."""
+    row = strategy_row(strategy)
+    if row.units is not None and mask_unit not in row.units:
+        raise ValueError(f"strategy {strategy!r} supports mask_unit {list(row.units)} only, got {mask_unit!r}")
+    return mask_unit

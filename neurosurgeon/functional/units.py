@@ -35,7 +35,8 @@ __all__ = ["MaskUnit", "resolve_unit", "unit_shape", "expand_mask", "reduce_mask
 #: Linear). A name is a shorthand for the pattern ``"<weight axes> -> <mask axes>"``.
 NAMED_UNITS: dict[str, Callable[[LayerKind], str]] = {
     "weight": lambda kind: kind.axes,  # one entry per weight
-    "neuron": lambda kind: kind.neuron,  # one entry per output unit
+    # one entry per output unit: the output axis kept, every other axis of size 1
+    "neuron": lambda kind: " ".join(a if i == kind.out_axis else "1" for i, a in enumerate(kind.axes.split())),
 }
 
 

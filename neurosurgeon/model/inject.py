@@ -10,7 +10,7 @@ import torch.nn as nn
 from ..functional import random as nr
 from ..functional._checks import check_bool, check_key
 from ..functional.ablation import ablation_row
-from ..functional.strategies import strategy_row
+from ..functional.strategies import check_unit, strategy_row
 from ..modules import MaskLayer, mask_class_for
 from .freeze import _GRAD, set_freeze_base
 from ._layers import set_module
@@ -100,9 +100,8 @@ def inject_masks(
     units = _units_by_target(targets, mask_unit, unit_sizes)
     check_bool("mask_bias", mask_bias)
     check_bool("freeze_base", freeze_base)
-    if row.units is not None and any(unit[0] not in row.units for unit in units.values()):
-        bad = sorted({unit[0] for unit in units.values() if unit[0] not in row.units})
-        raise ValueError(f"strategy {strategy!r} supports mask_unit {list(row.units)} only, got {bad}")
+    for unit in units.values():  # before any layer is replaced
+        check_unit(strategy, unit[0])
     unknown = sorted(set(hparams) - set(row.hparams))
     if unknown:
         raise TypeError(f"unknown hyper-parameter(s) {unknown} for strategy {strategy!r}; valid: {list(row.hparams)}")

@@ -90,8 +90,7 @@ class MaskLayer(Checkpointed, V0Methods, nn.Module):
                  layer_args: dict[str, Any], unit_sizes: dict[str, int] | None = None, key=None, device=None,
                  dtype=None, base: nn.Module | None = None, **hparams: Any):
         super().__init__()
-        row = self._row
-        mask_unit = (row.units or ("weight",))[0] if mask_unit is None else mask_unit
+        mask_unit = self._row.default_unit if mask_unit is None else mask_unit
         mask_bias = check_bool("mask_bias", mask_bias)
         self._layer.configure(self, **layer_args)
         self._use_masks = True

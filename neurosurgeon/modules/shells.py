@@ -38,9 +38,7 @@ def _prefix(strategy: str) -> str:
 def _mask_arguments(strategy: str) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
     """(positional, keyword-only) mask arguments of ``strategy``'s constructors, with defaults."""
     row = strategy_row(strategy)
-    defaults = {**_MASK_OPTIONS, **row.hparams}
-    if row.units is not None:
-        defaults["mask_unit"] = row.units[0]
+    defaults = {**_MASK_OPTIONS, "mask_unit": row.default_unit, **row.hparams}
     positional = [(name, defaults[name]) for name in row.v0_positional]
     keyword = [(n, v) for n, v in defaults.items() if n not in row.v0_positional] + list(_KEYWORD_ONLY.items())
     return positional, keyword
