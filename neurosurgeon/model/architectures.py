@@ -15,8 +15,9 @@ feature within a head (inferred), ``qkv`` the query/key/value part of a fused pr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import einops
 import torch
@@ -60,6 +61,25 @@ class Architecture:
             where that stream is the block's input plus the attention update.
         mlp_update: module (relative to the block) whose output is what the MLP adds to the
             residual stream; default ``mlp``. The stream after the MLP is the block's output.
+
+    The circuit graph (:mod:`neurosurgeon.circuits`) reads these too; module names ending a
+    path (``"ln_f"`` finds ``transformer.ln_f``), so one row serves a base model and its heads:
+
+    Attributes:
+        embeddings: the embedding modules, token first, then (if learned) position.
+        norms: a block's two norms, before attention and before the MLP (pre-norm), or after
+            each sublayer's residual add (post-norm), relative to the block.
+        final_norm: the norm after the last block, if any.
+        unembed: the module mapping the final stream to logits, if the model has one.
+        rotary: the module giving rotary (cos, sin) for position ids, if positions are rotary.
+        parallel_residual: the config attribute that, when true, makes a block's MLP read the
+            same stream as its attention (GPT-NeoX); None: always sequential.
+        attention_scale: ``(config, layer index, head dim) -> float`` multiplying the query-key
+            scores; None: ``head_dim ** -0.5``.
+        causal: whether a position attends only to itself and earlier positions (decoders).
+        circuit_types: the ``model_type`` values whose blocks the circuit forward reproduces
+            exactly from these fields (Gemma scales its embeddings and Qwen3 normalises queries
+            and keys inside the model's own code, so the llama row leaves them out).
     """
 
     name: str
@@ -71,6 +91,20 @@ class Architecture:
     attention_update: str | None = None
     attention_stream: str | None = None
     mlp_update: str | None = None
+    embeddings: tuple[str, ...] = ()
+    norms: tuple[str, str] | None = None
+    final_norm: str | None = None
+    unembed: str | None = None
+    rotary: str | None = None
+    parallel_residual: str | None = None
+    attention_scale: Callable[[Any, int, int], float] | None = field(default=None, hash=False)
+    causal: bool = True
+    circuit_types: tuple[str, ...] = ()
+
+    @property
+    def post_norm(self) -> bool:
+        """Whether the residual stream is re-normalised after each sublayer (BERT)."""
+        return self.attention_stream is not None
 
     def __post_init__(self):
         # Frozen dataclass: fill the defaults that name another field through object.__setattr__.
@@ -90,6 +124,12 @@ def _qkvo(prefix: str, q: str, k: str, v: str, o: str, kv_heads: str = "num_atte
     }
 
 
+def _gpt2_scale(config, layer: int, head_dim: int) -> float:
+    # GPT2Attention divides the scores by sqrt(head_dim) and, if asked, by the layer's number.
+    scale = head_dim ** -0.5 if config.scale_attn_weights else 1.0
+    return scale / (layer + 1) if config.scale_attn_by_inverse_layer_idx else scale
+
+
 _ROWS = [
     # BertModel, RobertaModel, ...: attention.self.{query,key,value} and attention.output.dense.
     # The MLP is split over two sibling modules; "intermediate" holds the first Linear, while
@@ -100,6 +140,8 @@ _ROWS = [
         layers="**encoder.layer.*", attention="attention", mlp="intermediate",
         heads=_qkvo("**encoder.layer.*.attention", "self.query", "self.key", "self.value", "output.dense"),
         attention_update="attention.output.dense", attention_stream="attention.output", mlp_update="output.dense",
+        embeddings=("embeddings",), norms=("attention.output.LayerNorm", "output.LayerNorm"),
+        causal=False, circuit_types=("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie"),
     ),
     # Post-norm too: sa_layer_norm(attention + input), then output_layer_norm(ffn + that).
     Architecture(
@@ -114,6 +156,8 @@ _ROWS = [
             "**h.*.attn.c_attn": ("i (qkv h d) -> qkv h", "num_attention_heads"),
             "**h.*.attn.c_proj": ("(h d) o -> h", "num_attention_heads"),
         },
+        embeddings=("wte", "wpe"), norms=("ln_1", "ln_2"), final_norm="ln_f", unembed="lm_head",
+        attention_scale=_gpt2_scale, circuit_types=("gpt2",),
     ),
     # GPTNeoXAttention views query_key_value's output as (h, 3 * d) and chunks the last axis,
     # so the features are head-major: [q_0 k_0 v_0 | q_1 k_1 v_1 | ...], not GPT-2's [q | k | v].
@@ -125,6 +169,9 @@ _ROWS = [
             "**layers.*.attention.query_key_value": ("(h qkv d) i -> qkv h", "num_attention_heads"),
             "**layers.*.attention.dense": ("o (h d) -> h", "num_attention_heads"),
         },
+        embeddings=("embed_in",), norms=("input_layernorm", "post_attention_layernorm"),
+        final_norm="final_layer_norm", unembed="lm_head", rotary="rotary_emb",
+        parallel_residual="use_parallel_residual", circuit_types=("gpt_neox",),
     ),
     Architecture(
         "vit", ("vit",), layers="**layers.*", attention="attention", mlp="mlp",
@@ -135,6 +182,8 @@ _ROWS = [
     Architecture(
         "llama", ("llama", "mistral", "qwen2", "qwen3", "gemma"), layers="**layers.*", attention="self_attn", mlp="mlp",
         heads=_qkvo("**layers.*.self_attn", "q_proj", "k_proj", "v_proj", "o_proj", kv_heads="num_key_value_heads"),
+        embeddings=("embed_tokens",), norms=("input_layernorm", "post_attention_layernorm"),
+        final_norm="norm", unembed="lm_head", rotary="rotary_emb", circuit_types=("llama", "mistral", "qwen2"),
     ),
 ]
 

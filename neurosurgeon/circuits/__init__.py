@@ -1,0 +1,21 @@
+"""Circuits: edge and node masks over a transformer's computational graph, with activation ablations.
+
+The graph (:func:`circuit_graph`) comes from the architecture table and ``model.config``; the
+forward (:func:`circuit_forward`) reads the user's own model; the edge formula lives once in
+:mod:`neurosurgeon.functional.edges`.
+"""
+
+from .ablations import ABLATION_KINDS, ablation_values, learned_ablation
+from .discover import TrainedCircuit, task_loss, train_circuit
+from .forward import CircuitOutput, circuit_forward
+from .graph import CircuitGraph, circuit_graph
+from .masks import CircuitMask
+from .metrics import METRICS, edge_attribution, faithfulness, metric_values
+from .null import NULLS, evaluate_circuits, null_summary, random_circuits
+
+__all__ = [
+    "CircuitGraph", "circuit_graph", "CircuitOutput", "circuit_forward", "CircuitMask",
+    "ABLATION_KINDS", "ablation_values", "learned_ablation", "METRICS", "metric_values", "faithfulness",
+    "edge_attribution", "NULLS", "random_circuits", "evaluate_circuits", "null_summary",
+    "train_circuit", "TrainedCircuit", "task_loss",
+]

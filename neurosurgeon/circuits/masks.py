@@ -1,0 +1,88 @@
+"""``CircuitMask``: the trainable mask parameters of a graph's edges (or nodes), one strategy row.
+
+The strategy is any row of :data:`neurosurgeon.functional.STRATEGIES` with parameters: its soft
+mask, hard mask and L0 term are the row's own functions, applied entry by entry. A node mask has
+one parameter per writer and reaches the forward as its tied edge mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..functional import random as nr
+from ..functional.edges import tie_nodes, top_k_circuit
+from ..functional.layer import elementwise_unit
+from ..functional.strategies import resolve_hparams, strategy_row
+from .graph import CircuitGraph
+
+__all__ = ["CircuitMask", "LEVELS"]
+
+#: What one parameter gates: one edge, or every outgoing edge of one writer.
+LEVELS = ("edge", "node")
+
+
+class CircuitMask(nn.Module):
+    """Mask parameters theta over ``graph``'s edges or nodes.
+
+    Args:
+        graph: the circuit graph.
+        strategy: a strategy with parameters (``hard_concrete``, ``continuous_sparsification``, ...).
+        level: ``"edge"`` (one theta per edge) or ``"node"`` (one per writer, tied over its edges).
+        hparams: the strategy's hyper-parameters (defaults from its row).
+
+    Example:
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> from neurosurgeon.circuits import circuit_graph
+        >>> graph = circuit_graph(GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=32)))
+        >>> CircuitMask(graph).theta.shape
+        torch.Size([110])
+    """
+
+    def __init__(self, graph: CircuitGraph, *, strategy: str = "hard_concrete", level: str = "edge", **hparams: Any):
+        super().__init__()
+        row = strategy_row(strategy)
+        if not row.has_params:
+            raise ValueError(f"strategy {strategy!r} has no trainable parameters; circuits train theta")
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+        self.graph, self.strategy, self.level = graph, strategy, level
+        self.hparams = resolve_hparams(strategy, hparams)
+        n = graph.num_edges if level == "edge" else len(graph.writers)
+        self._unit = elementwise_unit((n,))
+        self.theta = nn.Parameter(torch.full((n,), float(row.init(unit=self._unit, **self.hparams))))
+        self.register_buffer("_writer_of_edge", graph.writer_of_edge(), persistent=False)
+
+    def _edges(self, values: torch.Tensor) -> torch.Tensor:
+        return values if self.level == "edge" else tie_nodes(values, self._writer_of_edge)
+
+    def soft(self, key: torch.Tensor | None = None) -> torch.Tensor:
+        """The training mask over edges ``(edges,)``; a strategy that draws noise needs ``key``."""
+        row = strategy_row(self.strategy)
+        if row.needs_key and key is None:
+            raise ValueError(f"strategy {self.strategy!r} draws noise: pass key= (e.g. fold_in(key, step))")
+        return self._edges(row.soft(self.theta, key, unit=self._unit, **self.hparams))
+
+    def hard(self) -> torch.Tensor:
+        """The strategy's binary mask over edges ``(edges,)``."""
+        return self._edges(strategy_row(self.strategy).hard(self.theta.detach(), unit=self._unit, **self.hparams))
+
+    def top_k(self, k: int) -> torch.Tensor:
+        """The circuit of exactly ``k`` edges (node level: ``k`` writers) of largest theta, over edges."""
+        return self._edges(top_k_circuit(self.theta.detach(), k))
+
+    def l0(self) -> torch.Tensor:
+        """The strategy's expected number of kept edges (node level: each writer counts its edges)."""
+        row = strategy_row(self.strategy)
+        if self.level == "edge":
+            return row.l0(self.theta, unit=self._unit, **self.hparams)
+        # A writer's L0 term counts once per edge it gates: its out-degree.
+        out_degree = torch.bincount(self._writer_of_edge, minlength=self.theta.shape[0]).to(self.theta.dtype)
+        one = elementwise_unit((1,))
+        per_writer = torch.func.vmap(lambda t: row.l0(t[None], unit=one, **self.hparams))(self.theta)
+        return (per_writer * out_degree).sum()
+
+    def extra_repr(self) -> str:
+        return f"{self.level}s={self.theta.shape[0]}, strategy={self.strategy!r}"

@@ -1,0 +1,75 @@
+"""Random circuits of a circuit's size: the null every circuit number is read against.
+
+Two nulls: ``uniform`` keeps k edges drawn uniformly from all edges; ``in_degree`` keeps, for
+each reader, as many of its in-edges as the circuit does, drawn uniformly among them. Circuit i
+of K draws from ``split(key, K)[i]``, so a vmapped call equals a loop over the same keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from ..functional import random as nr
+from ..functional.edges import in_degree_circuit, random_circuit
+from .forward import circuit_forward
+from .graph import CircuitGraph
+
+__all__ = ["NULLS", "random_circuits", "evaluate_circuits", "null_summary"]
+
+NULLS = ("uniform", "in_degree")
+
+
+def random_circuits(key: torch.Tensor, graph: CircuitGraph, circuit: torch.Tensor, num: int, *,
+                    null: str = "uniform") -> torch.Tensor:
+    """``num`` random circuits ``(num, edges)`` of ``circuit``'s size, one vmapped draw.
+
+    Args:
+        key: PRNG key; circuit i draws from ``split(key, num)[i]``.
+        circuit: the binary ``(edges,)`` circuit whose size (and, for ``in_degree``, whose
+            readers' in-degrees) the null keeps.
+        null: ``"uniform"`` or ``"in_degree"``.
+    """
+    if null not in NULLS:
+        raise ValueError(f"null must be one of {NULLS}, got {null!r}")
+    if circuit.shape != (graph.num_edges,):
+        raise ValueError(f"circuit must have shape ({graph.num_edges},), got {tuple(circuit.shape)}")
+    if not isinstance(num, int) or num < 1:
+        raise ValueError(f"num must be a positive int, got {num!r}")
+    keys = nr.split(key, num)
+    if null == "uniform":
+        k = int(circuit.sum())
+        return torch.func.vmap(lambda kk: random_circuit(kk, graph.num_edges, k, dtype=circuit.dtype))(keys)
+    sizes = torch.tensor(graph.in_degrees, device=circuit.device)
+    kept = torch.segment_reduce(circuit, "sum", lengths=sizes).round().long()
+    return torch.func.vmap(lambda kk: in_degree_circuit(kk, sizes, kept, dtype=circuit.dtype))(keys)
+
+
+def evaluate_circuits(model: nn.Module, graph: CircuitGraph, circuits: torch.Tensor, input_ids: torch.Tensor,
+                      score: Callable[[torch.Tensor], torch.Tensor], *, ablated: torch.Tensor | None = None,
+                      attention_mask: torch.Tensor | None = None, chunk_size: int | None = None) -> torch.Tensor:
+    """``score`` of each circuit ``(K, edges)`` in one vmapped call: ``(K,)``.
+
+    Args:
+        score: logits -> 0-d tensor (e.g. a mean metric).
+        chunk_size: circuits evaluated at once (memory); default all.
+    """
+    def one(mask):
+        return score(circuit_forward(model, graph, input_ids, mask=mask, ablated=ablated,
+                                     attention_mask=attention_mask).output)
+
+    with torch.no_grad():
+        return torch.func.vmap(one, chunk_size=chunk_size)(circuits)
+
+
+def null_summary(ours: float | torch.Tensor, null: torch.Tensor, *, higher_is_better: bool = True) -> dict[str, float]:
+    """The null's median and 5-95% band, and the p-value of ``ours`` against it:
+    (1 + #{null at least as good}) / (K + 1)."""
+    null = null.detach().double().flatten()
+    ours = float(ours)
+    as_good = (null >= ours) if higher_is_better else (null <= ours)
+    q = torch.quantile(null, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64))
+    return {"value": ours, "null_median": float(q[1]), "null_q05": float(q[0]), "null_q95": float(q[2]),
+            "p_value": (1 + int(as_good.sum())) / (len(null) + 1), "null_size": len(null)}
