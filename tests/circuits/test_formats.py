@@ -13,10 +13,9 @@ import re
 
 import pytest
 import torch
-from circuit_zoo import build
 from hypothesis import given
 from hypothesis import strategies as st
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from neurosurgeon.circuits import circuit_graph
 from neurosurgeon.circuits.formats import (
@@ -24,21 +23,33 @@ from neurosurgeon.circuits.formats import (
 )
 
 EXAMPLE = pathlib.Path(__file__).parent / "data" / "eap_ig_example.json"
-FAMILIES = ["gpt2", "gpt_neox", "gpt_neox_sequential", "llama_gqa"]
+_SMALL = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=50,
+              bos_token_id=0, eos_token_id=0)
+# Only the config matters to the graph; meta weights keep these free.
+MODELS = {
+    "gpt2": lambda: GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=50, n_positions=16,
+                                               bos_token_id=0, eos_token_id=0)),
+    "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(**_SMALL)),  # parallel residual
+    "gpt_neox_sequential": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(use_parallel_residual=False, **_SMALL)),
+    "llama_gqa": lambda: LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **_SMALL)),  # H = 4, G = 2
+}
+FAMILIES = list(MODELS)
 _GRAPHS = {}
-
-
-def tiny_gpt2_graph(embeddings="joint"):
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=50, n_positions=16,
-                                       bos_token_id=0, eos_token_id=0))
-    return circuit_graph(model, embeddings=embeddings)
 
 
 def graph_of(family, embeddings="joint"):
     key = (family, embeddings)
     if key not in _GRAPHS:
-        _GRAPHS[key] = circuit_graph(build(family), embeddings=embeddings)
+        with torch.device("meta"):
+            model = MODELS[family]()
+        _GRAPHS[key] = circuit_graph(model, embeddings=embeddings)
     return _GRAPHS[key]
+
+
+def tiny_gpt2_graph(embeddings="joint"):
+    """The example's model: GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=50,
+    n_positions=16))."""
+    return graph_of("gpt2", embeddings)
 
 
 def random_circuit(graph, seed, p=0.3):
@@ -303,7 +314,9 @@ def test_eap_ig_files_for_another_graph_or_with_bad_names_are_refused():
     with pytest.raises(ValueError, match=r"missing \['nodes'\]"):
         from_eap_ig(graph, {"cfg": data["cfg"], "edges": {}})
     with pytest.raises(ValueError, match="cfg n_heads=4 does not match the graph's 3"):
-        from_eap_ig(circuit_graph(GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=3, n_embd=12))), data)
+        with torch.device("meta"):
+            three_heads = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=3, n_embd=12))
+        from_eap_ig(circuit_graph(three_heads), data)
     with pytest.raises(ValueError, match="parallel_attn_mlp=False does not match the graph's True"):
         from_eap_ig(graph_of("gpt_neox"), data)
     for name in ["m1->a0.h0<q>", "input->a0.h0", "input->m0<q>", "a0.h9->logits"]:
