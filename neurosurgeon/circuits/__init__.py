@@ -7,6 +7,10 @@ forward (:func:`circuit_forward`) reads the user's own model; the edge formula l
 
 from .ablations import ABLATION_KINDS, ablation_values, learned_ablation
 from .discover import TrainedCircuit, task_loss, train_circuit
+from .formats import (
+    CIRCUIT_FORMAT, KV_MERGES, from_auto_circuit, from_circuit_json, from_eap_ig, to_auto_circuit, to_circuit_json,
+    to_eap_ig,
+)
 from .forward import CircuitOutput, circuit_forward
 from .graph import CircuitGraph, circuit_graph
 from .masks import CircuitMask
@@ -18,4 +22,6 @@ __all__ = [
     "ABLATION_KINDS", "ablation_values", "learned_ablation", "METRICS", "metric_values", "faithfulness",
     "edge_attribution", "NULLS", "random_circuits", "evaluate_circuits", "null_summary",
     "train_circuit", "TrainedCircuit", "task_loss",
+    "CIRCUIT_FORMAT", "KV_MERGES", "to_circuit_json", "from_circuit_json", "to_eap_ig", "from_eap_ig",
+    "to_auto_circuit", "from_auto_circuit",
 ]

@@ -102,7 +102,7 @@ def train_circuit(model: nn.Module, graph: CircuitGraph, batches: Iterable[Mappi
         params.append(learned)
     optimizer = torch.optim.Adam(params, lr=lr)
     lambdas = torch.zeros(2, dtype=p.dtype, device=p.device, requires_grad=True)
-    ascent = torch.optim.Adam([lambdas], lr=lambda_lr, maximize=True)
+    ascent = torch.optim.SGD([lambdas], lr=lambda_lr, maximize=True)
     result = TrainedCircuit(mask, ablation=learned)
     steps_iter = range(steps)
     if progress:
@@ -117,8 +117,8 @@ def train_circuit(model: nn.Module, graph: CircuitGraph, batches: Iterable[Mappi
         a = learned if learned is not None else ablation_values(
             model, graph, ablation, ids, reference=reference, corrupted=batch.get("corrupted"),
             attention_mask=batch.get("attention_mask"))
-        soft = mask.soft(nr.fold_in(key, step))
-        logits = circuit_forward(model, graph, ids, mask=soft, ablated=a, attention_mask=batch.get("attention_mask")).output
+        logits = circuit_forward(model, graph, ids, ablated=a, attention_mask=batch.get("attention_mask"),
+                                 **mask.forward_masks(nr.fold_in(key, step))).output
         task = task_loss(metric, logits, batch, full)
         kept = mask.l0()
         loss = task
@@ -131,9 +131,10 @@ def train_circuit(model: nn.Module, graph: CircuitGraph, batches: Iterable[Mappi
             record.update(sparsity=sparsity.item(), target=t)
         elif l0_lambda:
             loss = loss + l0_lambda * kept
-        optimizer.zero_grad()
-        ascent.zero_grad()
-        loss.backward()
+        # Gradients of the trained tensors only: the model's own weights get no .grad.
+        trained = [*params, lambdas]
+        for p_, g_ in zip(trained, torch.autograd.grad(loss, trained, allow_unused=True)):
+            p_.grad = g_
         optimizer.step()
         ascent.step()
         record["loss"] = loss.item()

@@ -58,12 +58,23 @@ class CircuitMask(nn.Module):
     def _edges(self, values: torch.Tensor) -> torch.Tensor:
         return values if self.level == "edge" else tie_nodes(values, self._writer_of_edge)
 
-    def soft(self, key: torch.Tensor | None = None) -> torch.Tensor:
-        """The training mask over edges ``(edges,)``; a strategy that draws noise needs ``key``."""
+    def gates(self, key: torch.Tensor | None = None) -> torch.Tensor:
+        """The training mask, one value per parameter (edge or writer); a strategy that draws
+        noise needs ``key``."""
         row = strategy_row(self.strategy)
         if row.needs_key and key is None:
             raise ValueError(f"strategy {self.strategy!r} draws noise: pass key= (e.g. fold_in(key, step))")
-        return self._edges(row.soft(self.theta, key, unit=self._unit, **self.hparams))
+        return row.soft(self.theta, key, unit=self._unit, **self.hparams)
+
+    def soft(self, key: torch.Tensor | None = None) -> torch.Tensor:
+        """The training mask over edges ``(edges,)`` (a node mask tied over its edges)."""
+        return self._edges(self.gates(key))
+
+    def forward_masks(self, key: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The training mask as :func:`~neurosurgeon.circuits.circuit_forward`'s keyword:
+        ``mask=`` over edges, or ``node_mask=`` over writers (cheaper, and the only one a
+        post-norm model takes)."""
+        return {"mask" if self.level == "edge" else "node_mask": self.gates(key)}
 
     def hard(self) -> torch.Tensor:
         """The strategy's binary mask over edges ``(edges,)``."""

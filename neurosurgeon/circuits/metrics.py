@@ -90,7 +90,7 @@ def faithfulness(circuit: torch.Tensor | float, full: torch.Tensor | float, abla
     gap = full - ablated
     if bool((gap == 0).any()):
         warnings.warn("the full and the ablated model score the same: faithfulness is undefined (NaN)", stacklevel=2)
-    return (circuit - ablated) / gap
+    return torch.where(gap == 0, torch.nan, (circuit - ablated) / gap)
 
 
 def edge_attribution(model: nn.Module, graph: CircuitGraph, input_ids: torch.Tensor,

@@ -140,7 +140,7 @@ _ROWS = [
         layers="**encoder.layer.*", attention="attention", mlp="intermediate",
         heads=_qkvo("**encoder.layer.*.attention", "self.query", "self.key", "self.value", "output.dense"),
         attention_update="attention.output.dense", attention_stream="attention.output", mlp_update="output.dense",
-        embeddings=("embeddings",), norms=("attention.output.LayerNorm", "output.LayerNorm"),
+        embeddings=("embeddings",), norms=("attention.output.LayerNorm", "output.LayerNorm"), unembed="cls",
         causal=False, circuit_types=("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie"),
     ),
     # Post-norm too: sa_layer_norm(attention + input), then output_layer_norm(ffn + that).
