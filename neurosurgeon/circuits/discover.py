@@ -58,7 +58,7 @@ def train_circuit(model: nn.Module, graph: CircuitGraph, batches: Iterable[Mappi
                   key: torch.Tensor, steps: int, metric: str = "kl", ablation: str = "zero",
                   reference: torch.Tensor | None = None, strategy: str = "hard_concrete", level: str = "edge",
                   target_sparsity: float | None = None, l0_lambda: float = 0.0, warmup: int | None = None,
-                  lr: float = 0.1, lambda_lr: float = 0.01, mask: CircuitMask | None = None,
+                  lr: float = 0.1, lambda_lr: float | None = None, mask: CircuitMask | None = None,
                   progress: bool = False, **hparams: Any) -> TrainedCircuit:
     """Train mask parameters over ``graph`` so the masked model does the task with few edges.
 
@@ -73,7 +73,11 @@ def train_circuit(model: nn.Module, graph: CircuitGraph, batches: Iterable[Mappi
         strategy, level, hparams: the :class:`CircuitMask` to create (ignored if ``mask`` is given).
         target_sparsity: the fraction of edges to remove, in (0, 1]: trains with the Lagrangian.
         l0_lambda: weight of the expected L0 (edges kept) otherwise.
-        warmup: steps over which the target rises from 0 (default: half of ``steps``).
+        warmup: steps over which the target rises from 0 (default: four fifths of ``steps``, as
+            Edge Pruning's runs; the mask must be able to follow the target, or the multipliers wind up
+            and the sparsity overshoots before it settles).
+        lr: Adam's step for theta (and learned ablation values).
+        lambda_lr: Adam's ascent step for the multipliers (default ``lr``).
         progress: show a progress bar (tqdm).
 
     Returns:
@@ -88,7 +92,8 @@ def train_circuit(model: nn.Module, graph: CircuitGraph, batches: Iterable[Mappi
         raise ValueError(f"unknown metric {metric!r}; allowed: {list(METRICS)}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    warmup = max(1, steps // 2 if warmup is None else warmup)
+    warmup = max(1, steps * 4 // 5 if warmup is None else warmup)
+    lambda_lr = lr if lambda_lr is None else lambda_lr
     mask = mask if mask is not None else CircuitMask(graph, strategy=strategy, level=level, **hparams)
     p = next(model.parameters())
     mask = mask.to(device=p.device, dtype=p.dtype)
@@ -102,7 +107,7 @@ def train_circuit(model: nn.Module, graph: CircuitGraph, batches: Iterable[Mappi
         params.append(learned)
     optimizer = torch.optim.Adam(params, lr=lr)
     lambdas = torch.zeros(2, dtype=p.dtype, device=p.device, requires_grad=True)
-    ascent = torch.optim.SGD([lambdas], lr=lambda_lr, maximize=True)
+    ascent = torch.optim.Adam([lambdas], lr=lambda_lr, maximize=True)
     result = TrainedCircuit(mask, ablation=learned)
     steps_iter = range(steps)
     if progress:

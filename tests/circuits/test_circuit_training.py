@@ -54,11 +54,11 @@ def test_mask_refusals():
 def test_target_sparsity_is_reached():
     model = build("gpt2")
     g = circuit_graph(model)
-    out = train_circuit(model, g, [_task()], key=nr.key(0), steps=120, metric="logit_diff", ablation="resample",
-                        target_sparsity=0.8, warmup=60, lr=0.1, lambda_lr=0.05)
+    out = train_circuit(model, g, [_task()], key=nr.key(0), steps=150, metric="logit_diff", ablation="resample",
+                        target_sparsity=0.8, warmup=120, lr=0.1, lambda_lr=0.1)
     last = out.history[-1]
-    assert last["target"] == 0.8 and abs(last["sparsity"] - 0.8) < 0.05
-    assert out.history[0]["target"] < 0.8
+    assert last["target"] == 0.8 and abs(last["sparsity"] - 0.8) < 0.06
+    assert out.history[0]["target"] < 0.01 and out.history[60]["target"] == pytest.approx(0.8 * 61 / 120)
 
 
 def test_training_is_keyed():
@@ -113,3 +113,14 @@ def test_node_masks_train_a_post_norm_model_and_leave_its_weights_alone():
                         level="node", metric="cross_entropy", l0_lambda=1e-2)
     assert out.mask.theta.shape == (len(g.writers),) and len(out.history) == 2
     assert all(p.grad is None for p in bert.parameters())
+
+
+def test_soft_masks_vmapped_over_keys_equal_a_loop():
+    g = circuit_graph(build("gpt2"))
+    m = CircuitMask(g)
+    keys = nr.split(nr.key(0), 5)
+    vmapped = torch.func.vmap(m.soft)(keys)
+    loop = torch.stack([m.soft(k) for k in keys])
+    # The uniform draws are bitwise equal; the gate's log and sigmoid may round one ulp apart
+    # (of a value near 1) between a batched and an unbatched kernel.
+    assert torch.allclose(vmapped, loop, rtol=0, atol=2.5e-7) and not torch.equal(loop[0], loop[1])

@@ -145,7 +145,9 @@ def test_ddp_circuit_training_matches_one_process_on_the_global_batch():
     model, (batch, reference) = _model(), _data()
     graph = circuit_graph(model)
     for case, cfg in CASES.items():
-        single = train_circuit(model, graph, [batch], key=nr.key(SEED), steps=STEPS, reference=reference, **cfg)
+        # The worker's own loop uses this warm-up and ascent step; pass them rather than rely on defaults.
+        options = {"lambda_lr": 0.01, **cfg, "warmup": max(1, STEPS // 2)}
+        single = train_circuit(model, graph, [batch], key=nr.key(SEED), steps=STEPS, reference=reference, **options)
         theta = single.mask.theta.detach()
         init = CircuitMask(graph, strategy=cfg.get("strategy", "hard_concrete"), level=cfg.get("level", "edge")).theta
         assert theta.dtype == torch.float64
