@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Without a subcommand, runs 'demo'.",
     )
     parser.add_argument("--version", action="version", version=f"neurosurgeon {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,analyze,compare}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,analyze,compare,circuit}")
     demo = sub.add_parser(
         "demo", help="train a small GPT-2 on a two-sub-task problem, then find and test a subnetwork (< 1 min on CPU)",
         description="Train a 2-layer GPT-2 on an embedded two-sub-task problem ('add' and 'copy'), discover a "
@@ -152,6 +152,52 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--label-b", default=None, help="legend label of B (default: its directory name)")
     cmp.add_argument("--out", default="neurosurgeon-out", help="output directory (default ./neurosurgeon-out)")
     cmp.add_argument("-q", "--quiet", action="store_true", help="no log lines; still prints the table")
+
+    from ..circuits import METRICS, NULLS
+
+    cir = sub.add_parser(
+        "circuit", help="find a circuit (edges between heads and MLPs) of your causal LM for paired prompts, with "
+                        "its faithfulness curve, random-circuit nulls and p-values",
+        description="Train edge masks of a local Hugging Face causal LM on a CSV of paired prompts (columns "
+                    "clean,corrupted,answer,wrong; see docs/cli.md), keep exactly --edges edges, and judge them: "
+                    "faithfulness at a ladder of sizes, random circuits of every size as the null, p-values and "
+                    "warnings. Writes circuit.json, circuit.png, faithfulness.png and results.json into --out.")
+    cir.add_argument("--model", required=True, metavar="DIR", help="model directory (save_pretrained output, with tokenizer)")
+    cir.add_argument("--data", required=True, metavar="FILE",
+                     help=".csv with the columns clean,corrupted,answer,wrong (single-token answers; the two prompts "
+                          "of a row of equal token length)")
+    cir.add_argument("--edges", required=True, type=_positive_int, metavar="K", help="edges the circuit keeps")
+    cir.add_argument("--metric", choices=list(METRICS), default="logit_diff", help="task metric (default logit_diff)")
+    cir.add_argument("--ablation", choices=("resample", "mean", "zero"), default="resample",
+                     help="what a removed edge carries: the corrupted prompt's value (resample, default), the mean "
+                          "over the corrupted prompts, or zero")
+    g = cir.add_argument_group("training")
+    g.add_argument("--steps", type=_positive_int, default=200, help="mask-training steps (default 200)")
+    g.add_argument("--strategy", choices=_TRAINED, default="hard_concrete", help="mask strategy (default hard_concrete)")
+    g.add_argument("--target-sparsity", type=float, default=None,
+                   help="fraction of edges training removes, in (0, 1) (default 1 - edges / all edges)")
+    g.add_argument("--lr", type=_positive_float, default=0.1, help="Adam learning rate of theta (default 0.1)")
+    g.add_argument("--lambda-lr", type=_positive_float, default=None,
+                   help="learning rate of the sparsity Lagrangian's multipliers (default: train_circuit's)")
+    g.add_argument("--batch-size", type=_positive_int, default=32, help="pairs per batch (default 32)")
+    g.add_argument("--restarts", type=int, default=0, metavar="R",
+                   help="train R more circuits from other seeds and bootstrap resamples of the pairs and report "
+                        "their Jaccard overlap (default 0)")
+    g = cir.add_argument_group("evidence and output")
+    g.add_argument("--null-size", type=_positive_int, default=100, metavar="K",
+                   help="random circuits per size and null (default 100)")
+    g.add_argument("--nulls", nargs="+", choices=NULLS, default=list(NULLS), help="which nulls (default both)")
+    g.add_argument("--sizes", nargs="+", type=_positive_int, default=None, metavar="K",
+                   help="circuit sizes of the faithfulness curve (default: MIB's fractions of the edges, and --edges)")
+    g.add_argument("--chunk-size", type=_positive_int, default=None,
+                   help="circuits evaluated at once (bounds memory; default all K)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the PRNG key of training and nulls (default 0)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
+    g.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch intra-op threads while the command runs (default: torch's; 1 is fastest for a tiny "
+                        "model on a busy machine)")
+    g.add_argument("--out", default="neurosurgeon-out", help="output directory (default ./neurosurgeon-out)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines; still prints the summary")
     return parser
 
 
@@ -166,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) is None:
             setattr(args, name, value)
     try:
-        if args.command == "compare":
+        if args.command == "circuit":
+            from .circuit import run_circuit
+
+            run_circuit(args)
+        elif args.command == "compare":
             from .compare import run_compare
 
             run_compare(args)
