@@ -7,6 +7,10 @@ forward (:func:`circuit_forward`) reads the user's own model; the edge formula l
 
 from .ablations import ABLATION_KINDS, ablation_values, learned_ablation
 from .discover import TrainedCircuit, task_loss, train_circuit
+from .evidence import (
+    LADDER, CircuitEvidenceWarning, CircuitScorer, chance_check, chance_level, circuit_evidence, circuit_overlap,
+    faithfulness_curve, null_curve, size_ladder, stability,
+)
 from .formats import (
     CIRCUIT_FORMAT, KV_MERGES, from_auto_circuit, from_circuit_json, from_eap_ig, to_auto_circuit, to_circuit_json,
     to_eap_ig,
@@ -24,4 +28,6 @@ __all__ = [
     "train_circuit", "TrainedCircuit", "task_loss",
     "CIRCUIT_FORMAT", "KV_MERGES", "to_circuit_json", "from_circuit_json", "to_eap_ig", "from_eap_ig",
     "to_auto_circuit", "from_auto_circuit",
+    "LADDER", "CircuitEvidenceWarning", "CircuitScorer", "chance_check", "chance_level", "circuit_evidence",
+    "circuit_overlap", "faithfulness_curve", "null_curve", "size_ladder", "stability",
 ]

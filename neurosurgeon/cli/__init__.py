@@ -5,7 +5,9 @@ two-sub-task problem, finds a subnetwork for one sub-task with differentiable ma
 it against K random ablation baselines (vmapped) and writes a PNG, ``masks.safetensors`` and
 ``results.json``. ``neurosurgeon analyze --model DIR --data FILE`` does the same on a local
 Hugging Face model and a CSV/JSONL of labelled examples. ``neurosurgeon compare A B`` reports
-how two saved subnetworks overlap against chance. See ``docs/cli.md``.
+how two saved subnetworks overlap against chance. ``neurosurgeon circuit --model DIR --data pairs.csv
+--edges K`` finds the edges of a causal LM that do a task of paired prompts, beside random circuits of
+the same size. See ``docs/cli.md``.
 """
 
 from __future__ import annotations

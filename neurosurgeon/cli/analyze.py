@@ -84,7 +84,7 @@ def read_examples(path: Path) -> list[dict]:
     return rows
 
 
-def _load_model(model_dir: Path, kind: str):
+def load_model(model_dir: Path, kind: str):
     if not model_dir.exists():
         raise CLIError(f"--model {str(model_dir)!r}: no such directory")
     if not (model_dir / "config.json").is_file():
@@ -198,7 +198,7 @@ def run_analyze(args) -> dict:
     if args.quiet:
         hf_logging.disable_progress_bar()
     try:
-        model, tokenizer, kind = _load_model(model_dir, args.task)
+        model, tokenizer, kind = load_model(model_dir, args.task)
     finally:
         if bars:
             hf_logging.enable_progress_bar()

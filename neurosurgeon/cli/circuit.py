@@ -416,13 +416,13 @@ def _run(args) -> dict:
     device = resolve_device(args.device)
     from transformers.utils import logging as hf_logging
 
-    from .analyze import _load_model
+    from .analyze import load_model
 
     bars = hf_logging.is_progress_bar_enabled()
     if args.quiet:
         hf_logging.disable_progress_bar()
     try:
-        model, tokenizer, _ = _load_model(model_dir, "causal-lm")
+        model, tokenizer, _ = load_model(model_dir, "causal-lm")
     finally:
         if bars:
             hf_logging.enable_progress_bar()
