@@ -113,12 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="train a small GPT-2 on a two-sub-task problem, then find and test a subnetwork (< 1 min on CPU)",
         description="Train a 2-layer GPT-2 on an embedded two-sub-task problem ('add' and 'copy'), discover a "
                     "subnetwork for 'add', test it on both sub-tasks against K random baselines, and write "
-                    "subnetwork.png, masks.safetensors and results.json into --out.")
+                    "subnetwork.png, masks.safetensors and results.json into --out. Its circuit part finds the edges "
+                    "of a shipped induction model that copy in context, against random circuits of the same size, "
+                    "and writes them into --out/circuit.")
     demo.add_argument("--train-steps", type=_positive_int, default=300,
                       help="training steps of the embedded model (default 300)")
     demo.add_argument("--threads", type=_positive_int, default=min(2, os.cpu_count() or 1),
                       help="torch intra-op threads (default: 2, or 1 on a one-core machine; more only add "
                            "synchronisation on this tiny model, and 1 is faster on a busy machine)")
+    demo.add_argument("--circuit-steps", type=_positive_int, default=150,
+                      help="training steps of the circuit part's edge masks (default 150)")
+    demo.add_argument("--circuit-edges", type=_positive_int, default=12,
+                      help="edges the circuit part keeps, of the induction model's 110 (default 12)")
+    demo.add_argument("--circuit-null", type=_positive_int, default=100,
+                      help="random circuits per size and null in the circuit part (default 100)")
+    demo.add_argument("--no-circuit", action="store_true",
+                      help="skip the circuit part (the induction model's edges, written to OUT/circuit)")
     _common(demo, epochs=10, steps=30,
             targets_help="layers to mask: module names or globs (default: transformer.h.*.attn.* transformer.h.*.mlp.*)")
 

@@ -440,7 +440,24 @@ def _run(args) -> dict:
     reference = _mean_reference(batches) if args.ablation == "mean" else None
     console.log(f"neurosurgeon {__version__} circuit: {type(model).__name__} from {str(model_dir)!r} ({device}); "
                 f"{graph.num_edges:,} edges; {len(pairs)} pairs in {len(batches)} batch(es)")
+    data = {"pairs": len(pairs), "batches": len(batches), "lengths": sorted({len(p["clean"]) for p in pairs})}
 
+    def again(key):  # another circuit, from a bootstrap resample of the pairs
+        return pair_batches(_resampled(pairs, key), args.batch_size, device)
+
+    return judge_circuit(model, graph, batches, args=args, target=target, sizes=sizes, reference=reference,
+                         console=console, out=out, data=data, resample=again, device=device)
+
+
+def judge_circuit(model, graph, batches, *, args, target, sizes, reference, console, out: Path, data: dict,
+                  device, resample=None) -> dict:
+    """Train edge masks, keep exactly ``args.edges`` edges, judge them against their nulls, print the
+    summary and write :data:`OUTPUT_FILES` into ``out`` (all or nothing).
+
+    ``args`` carries the command's options (metric, ablation, edges, steps, lr, lambda_lr, strategy,
+    null_size, nulls, restarts, seed, chunk_size, ...); ``resample(key)`` gives the batches of a
+    restart (needed when ``args.restarts`` > 0).
+    """
     key_train, key_null, key_restarts = nr.split(nr.key(args.seed), 3)
     console.log(f"\n[1/3] Training edge masks ({args.strategy}, {args.steps} steps, target sparsity "
                 f"{'none' if target is None else f'{target:.4f}'})")
@@ -468,7 +485,7 @@ def _run(args) -> dict:
                   "vocab_size": int(model.config.vocab_size)},
         "graph": {"edges": graph.num_edges, "writers": len(graph.writers), "readers": len(graph.readers),
                   "layers": graph.layers, "heads": graph.heads, "kv_heads": graph.kv_heads},
-        "data": {"pairs": len(pairs), "batches": len(batches), "lengths": sorted({len(p["clean"]) for p in pairs})},
+        "data": data,
         "circuit": {"edges": args.edges, "names": graph.edge_names(circuit), "score": evidence["curve"]["score"][i],
                     "faithfulness": evidence["curve"]["faithfulness"][i],
                     "null": {n: v["sizes"][i] for n, v in evidence["null"].items()}},
@@ -481,8 +498,7 @@ def _run(args) -> dict:
         found = [circuit]
         for r in range(args.restarts):
             key_data, key_fit = nr.split(nr.fold_in(key_restarts, r), 2)
-            again = _train(model, graph, pair_batches(_resampled(pairs, key_data), args.batch_size, device), key_fit,
-                           args, reference, target, console)
+            again = _train(model, graph, resample(key_data), key_fit, args, reference, target, console)
             found.append(top_k_circuit(again.mask.theta.detach().float().cpu(), args.edges))
         results["stability"] = stability(found)
     results["warnings"] = evidence.pop("warnings")  # once, at the top

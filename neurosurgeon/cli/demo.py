@@ -67,6 +67,12 @@ def _run_demo(args) -> dict:
                   "train_steps": args.train_steps, "final_train_loss": final_loss},
         "timing": {"train_model_s": t_train},
     }
+    if not args.no_circuit:
+        from .demo_circuit import run_circuit_demo
+
+        t = time.perf_counter()
+        results["circuit"] = run_circuit_demo(args, console, device)
+        results["timing"]["circuit_s"] = time.perf_counter() - t
     return run_analysis(model=model, names=names, mask_train=mask_train, monitor=monitor, test=test,
                         logits_fn=T.classify, args=args, console=console, results=results, t_start=t_start,
                         other=other)

@@ -17,6 +17,7 @@ from neurosurgeon.cli import task as T
 
 # Reduced settings: a few training steps and baselines; the checks are about the outputs' contents.
 FAST = ["--train-steps", "150", "--epochs", "3", "--steps-per-epoch", "8", "--batch-size", "64", "--seeds", "6",
+        "--circuit-null", "20",
         "--l0-lambda", "2", "--quiet"]
 SEEDS = 6
 
@@ -85,6 +86,22 @@ def test_demo_results_json_contents(demo_run):
     assert r["files"]["plot"].endswith("subnetwork.png")
 
 
+def test_demo_circuit_part_finds_the_induction_circuit(demo_run):
+    out, r = demo_run
+    c = r["circuit"]
+    # The shipped model's circuit: the previous-token head A0.1 feeds the induction head A1.3's key.
+    assert c["edges"] == 12 and len(c["names"]) == 12 and c["of"] == 110
+    assert "A0.1->A1.3.K" in c["names"] and "A1.3->Resid End" in c["names"]
+    assert c["faithfulness"] > 0.9
+    for null in ("uniform", "in_degree"):
+        assert c["null"][null]["null_size"] == 20 and c["null"][null]["p_value"] == 1 / 21
+    inner = json.loads((out / "circuit" / "results.json").read_text())
+    assert inner["circuit"]["names"] == c["names"] and inner["command"] == "circuit"
+    for name in ("circuit.png", "faithfulness.png"):
+        _check_png(out / "circuit" / name)
+    assert r["timing"]["circuit_s"] > 0
+
+
 def test_demo_trains_the_base_model(demo_run):
     _, r = demo_run
     # even 150 steps learn the copy sub-task well above chance (0.1)
@@ -110,7 +127,7 @@ def test_demo_png_is_an_image(demo_run):
 
 
 def test_demo_prints_table(tmp_path, capsys):
-    args = ["demo", "--train-steps", "20", "--epochs", "1", "--steps-per-epoch", "2", "--seeds", "3",
+    args = ["demo", "--no-circuit", "--train-steps", "20", "--epochs", "1", "--steps-per-epoch", "2", "--seeds", "3",
             "--method", "hard_concrete", "--targets", "transformer.h.1.mlp.*", "--out", str(tmp_path)]
     assert main(args) == 0
     text = capsys.readouterr().out
@@ -271,7 +288,7 @@ def test_python_dash_m_entry_point():
 
 
 def test_demo_is_reproducible(tmp_path):
-    tiny = ["demo", "--train-steps", "20", "--epochs", "2", "--steps-per-epoch", "2", "--seeds", "3", "-q"]
+    tiny = ["demo", "--no-circuit", "--train-steps", "20", "--epochs", "2", "--steps-per-epoch", "2", "--seeds", "3", "-q"]
     runs = []
     for name in ("a", "b"):
         assert main([*tiny, "--out", str(tmp_path / name)]) == 0

@@ -96,7 +96,7 @@ def test_compare_block_granularity_on_an_unknown_architecture_says_so(tmp_path, 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", *FAST, "--out", str(out)]) == 0
+    assert main(["demo", "--no-circuit", *FAST, "--out", str(out)]) == 0
     return out, json.loads((out / "results.json").read_text())
 
 

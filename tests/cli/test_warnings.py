@@ -272,7 +272,7 @@ def test_analyze_warns_on_console_and_in_results_json(collapsed_bert, tmp_path, 
 
 def test_demo_marks_exactly_the_subtasks_and_p_values_the_warnings_name(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--train-steps", "1", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "8",
+    assert main(["demo", "--no-circuit", "--train-steps", "1", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "8",
                  "--seeds", "3", "--targets", "transformer.h.1.mlp.c_proj", "--quiet", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     r = json.loads((out / "results.json").read_text())
