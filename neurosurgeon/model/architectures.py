@@ -185,6 +185,15 @@ _ROWS = [
         embeddings=("embed_tokens",), norms=("input_layernorm", "post_attention_layernorm"),
         final_norm="norm", unembed="lm_head", rotary="rotary_emb", circuit_types=("llama", "mistral", "qwen2"),
     ),
+    # Tracr's compiled transformers (neurosurgeon.circuits.tracr.TracrModel; Lindner et al. 2023, arXiv
+    # 2301.05062): no layer norm (identity modules fill the norm slots), a ReLU MLP, learned positions,
+    # no final norm, and every position attended (tracr compiles non-causal unless asked otherwise).
+    Architecture(
+        "tracr", ("tracr",), layers="**layers.*", attention="self_attn", mlp="mlp",
+        heads=_qkvo("**layers.*.self_attn", "q_proj", "k_proj", "v_proj", "o_proj"),
+        embeddings=("embed_tokens", "embed_positions"), norms=("attn_norm", "mlp_norm"), unembed="unembed",
+        causal=False, circuit_types=("tracr",),
+    ),
 ]
 
 #: Every known architecture by name.
