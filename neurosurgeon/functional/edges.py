@@ -26,26 +26,63 @@ from .sampling import randomly_sampled_mask
 __all__ = ["reader_inputs", "tie_nodes", "random_circuit", "in_degree_circuit", "top_k_circuit"]
 
 
+class _ReaderSum(torch.autograd.Function):
+    """sum_w mask[r, w] * deltas[w], chunk by chunk: each GEMM adds the running sum as it writes
+    (addmm), so the forward neither joins the writers nor adds a readers-sized tensor per chunk in
+    a pass of its own, and the backward pass reads the chunks it was given (held anyway by the
+    writers' own graphs)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(mask, *chunks):
+        # Each chunk's product is added by the GEMM itself (beta = 1): no join, no separate add.
+        out, start = None, 0
+        for chunk in chunks:
+            stop = start + chunk.shape[0]
+            flat = chunk.reshape(chunk.shape[0], -1)
+            if out is None:
+                out = mask[:, start:stop] @ flat
+            else:
+                out = torch.addmm(out, mask[:, start:stop], flat)
+            start = stop
+        return out.view(mask.shape[0], *chunks[0].shape[1:])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        mask, *chunks = ctx.saved_tensors
+        out, start, parts = [None], 0, []
+        for i, chunk in enumerate(chunks):
+            stop = start + chunk.shape[0]
+            if ctx.needs_input_grad[0]:
+                parts.append(torch.einsum("r...,w...->rw", grad, chunk))
+            out.append(torch.einsum("rw,r...->w...", mask[:, start:stop], grad) if ctx.needs_input_grad[i + 1] else None)
+            start = stop
+        if ctx.needs_input_grad[0]:
+            out[0] = torch.cat(parts, 1)
+        return tuple(out)
+
+
 def reader_inputs(mask: torch.Tensor, deltas: Sequence[torch.Tensor], ablated_sum: torch.Tensor) -> torch.Tensor:
     """Inputs of a group of readers by (2): ``ablated_sum + sum_w mask[r, w] * deltas[w]``.
 
     Args:
         mask: m, ``(readers, n)``, for the first n writers (a reader reads a prefix of them).
         deltas: h_w - a_w of those writers in chunks of ``(n_c, ...)`` that sum to n along the
-            first axis (kept apart so no stack of all writers is ever copied).
+            first axis.
         ablated_sum: sum_w a_w over the same n writers, broadcastable to a reader's input.
 
     Returns:
         ``(readers, ...)``: each reader's input.
     """
-    out, start = None, 0
-    for chunk in deltas:
-        part = torch.einsum("rw,w...->r...", mask[:, start:start + chunk.shape[0]], chunk)
-        out = part if out is None else out + part
-        start += chunk.shape[0]
-    if start != mask.shape[1]:
-        raise ValueError(f"mask reads {mask.shape[1]} writers but deltas hold {start}")
-    return ablated_sum + out
+    n = sum(chunk.shape[0] for chunk in deltas)
+    if n != mask.shape[1]:
+        raise ValueError(f"mask reads {mask.shape[1]} writers but deltas hold {n}")
+    return ablated_sum + _ReaderSum.apply(mask, *deltas)
 
 
 def tie_nodes(node_mask: torch.Tensor, writer_of_edge: torch.Tensor) -> torch.Tensor:
