@@ -85,7 +85,7 @@ def run(*, smoke: bool = False, only=None, threads: int = 2, memory: str | None 
         t0 = time.perf_counter()
         log(f"[benchmarks] workload {wid} ...")
         try:
-            if wid == 5:
+            if wid in (5, 9):
                 res = fn(cfg, orig, memory=memory, threads=threads)
             elif wid == 8:  # fresh processes, each at the run's thread count
                 res = fn(cfg, orig, threads=threads)

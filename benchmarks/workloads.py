@@ -36,14 +36,16 @@ FULL = dict(
     gpt2=dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
     gpt2_batch=(2, 256), gpt2_batch_default=(4, 256), baselines=50, baseline_batch=(16, 32), baseline_chunk=2, orig_baselines=5,
     w2_batches=10, repeats=dict(w1=61, w2=31, w3=5, w4=3, w5=15, w5_default=14, w6=5, w7=5, w7_layer=21), compile_backend="inductor", warmup=1,
-    cold_start_processes=3,
+    cold_start_processes=3, circuit_batch=(8, 64), circuits=32, circuit_chunk=8,
+    circuit_repeats=dict(train=7, forward=9, evaluate=3),
 )
 SMOKE = dict(
     smoke=True, d_in=16, d_out=32, tokens=8, n_masks=4, density=0.1, mag_shape=(64, 32),
     gpt2=dict(n_layer=2, n_embd=32, n_head=2, vocab_size=101, n_positions=64),
     gpt2_batch=(2, 8), gpt2_batch_default=(4, 8), baselines=3, baseline_batch=(2, 8), baseline_chunk=2, orig_baselines=2,
     w2_batches=2, repeats=dict(w1=1, w2=1, w3=1, w4=1, w5=1, w5_default=1, w6=1, w7=1, w7_layer=1), compile_backend="eager", warmup=0,
-    cold_start_processes=1,
+    cold_start_processes=1, circuit_batch=(2, 8), circuits=3, circuit_chunk=None,
+    circuit_repeats=dict(train=1, forward=1, evaluate=1),
 )
 
 
@@ -716,4 +718,211 @@ def w8(cfg, orig, *, threads: int = 2):
             "timings": timings, "ratios": rows, "info": info}
 
 
-WORKLOADS = {1: w1, 2: w2, 3: w3, 4: w4, 5: w5, 6: w6, 7: w7, 8: w8}
+
+# -- workload 9: circuits: edge masks over GPT-2's graph -------------------------------------------
+def circuit_setup(cfg):
+    """What every workload-9 contender shares: GPT-2 (random weights, eval mode, weights trainable),
+    a frozen copy, its circuit graph, a batch, the batch's resample ablation values
+    ``(writers, B, T, D)`` and the full model's logits (the KL loss's reference)."""
+    from types import SimpleNamespace
+
+    from neurosurgeon import circuits as nc
+
+    model, _ = _gpt2(cfg)
+    model.eval()
+    frozen = copy.deepcopy(model).requires_grad_(False)
+    graph = nc.circuit_graph(model)
+    ids = _gpt2_input(cfg, "circuit_batch")
+    corrupted = torch.randint(0, cfg["gpt2"]["vocab_size"], ids.shape, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = frozen(input_ids=ids, use_cache=False).logits
+    ablated = nc.ablation_values(frozen, graph, "resample", ids, corrupted=corrupted)
+    return SimpleNamespace(model=model, frozen=frozen, graph=graph, ids=ids, ablated=ablated, full=full)
+
+
+def _kl(logits, full):
+    from neurosurgeon.circuits import task_loss
+
+    return task_loss("kl", logits, {}, full)
+
+
+def _reader_sums(graph, tokens: int, width: int, *, backward: bool):
+    """The reader sums alone, as cheap as they get: every writer's output stacked once in a
+    ``(writers, tokens * width)`` tensor, one GEMM per reader group (its block of the mask times
+    the prefix of writers it reads) and, with ``backward``, their backward into the mask and the
+    writers (two more GEMMs a group). No model: what an edge mask adds at least."""
+    g = torch.Generator().manual_seed(3)
+    stack = torch.randn(len(graph.writers), tokens * width, generator=g).requires_grad_(backward)
+    mask = torch.rand(graph.num_edges, generator=g).requires_grad_(backward)
+    grads = torch.randn(max(r for r, _ in graph.segments), tokens * width, generator=g)
+    sizes = [r * n for r, n in graph.segments]
+
+    def run():
+        with torch.set_grad_enabled(backward):
+            outs = [b.view(r, n) @ stack[:n] for b, (r, n) in zip(torch.split(mask, sizes), graph.segments)]
+            if backward:
+                mask.grad = stack.grad = None
+                torch.autograd.backward(outs, [grads[:r] for r, _ in graph.segments])
+
+    return run
+
+
+def circuit_train_step(contender: str, cfg, setup=None):
+    """One workload-9 train step: ``plain`` (the model's own forward and backward, all weights
+    trainable), ``plain_frozen`` (weights frozen, backward to the input embeddings only), ``edge``
+    (a hard-concrete ``CircuitMask``'s soft mask under a fresh key, ``circuit_forward`` with the
+    resample ablation, KL plus the L0 term, backward into theta), ``node`` (a soft mask per
+    writer: the node path) or ``sums`` (:func:`_reader_sums`). Every loss is the KL of the last
+    position against the full model's."""
+    from neurosurgeon.circuits import CircuitMask, circuit_forward
+
+    s = setup if setup is not None else circuit_setup(cfg)
+    b, t = cfg["circuit_batch"]
+    if contender == "sums":
+        return _reader_sums(s.graph, b * t, cfg["gpt2"]["n_embd"], backward=True)
+    if contender == "plain":
+        params = list(s.model.parameters())
+
+        def step():
+            for p in params:
+                p.grad = None
+            _kl(s.model(input_ids=s.ids, use_cache=False).logits, s.full).backward()
+
+        return step
+    if contender == "plain_frozen":
+        embed = s.frozen.get_input_embeddings()
+
+        def step():
+            x = embed(s.ids).requires_grad_()
+            _kl(s.frozen(inputs_embeds=x, use_cache=False).logits, s.full).backward()
+
+        return step
+    if contender == "node":
+        theta = torch.zeros(len(s.graph.writers), requires_grad=True)
+
+        def step():
+            theta.grad = None
+            out = circuit_forward(s.frozen, s.graph, s.ids, node_mask=torch.sigmoid(theta), ablated=s.ablated).output
+            _kl(out, s.full).backward()
+
+        return step
+    if contender != "edge":
+        raise ValueError(f"unknown workload-9 step {contender!r}")
+    mask = CircuitMask(s.graph, strategy="hard_concrete")
+    key, counter = nr.key(0), iter(range(1 << 62))
+
+    def step():
+        mask.theta.grad = None
+        soft = mask.soft(nr.fold_in(key, next(counter)))
+        out = circuit_forward(s.frozen, s.graph, s.ids, mask=soft, ablated=s.ablated).output
+        (_kl(out, s.full) + 1e-4 * mask.l0()).backward()
+
+    return step
+
+
+def w9(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
+    from neurosurgeon import circuits as nc
+    from neurosurgeon.functional.edges import random_circuit
+
+    s = circuit_setup(cfg)
+    graph, (b, n_pos), width = s.graph, cfg["circuit_batch"], cfg["gpt2"]["n_embd"]
+    reps = cfg["circuit_repeats"]
+    W, E, K = len(graph.writers), graph.num_edges, cfg["circuits"]
+    # Train steps.
+    steps = {f"train:{n}": circuit_train_step(n, cfg, s) for n in ("plain", "plain_frozen", "edge", "node", "sums")}
+    node, sums = steps["train:node"], steps["train:sums"]
+
+    def node_and_sums():
+        node()
+        sums()
+
+    steps["train:node+sums"] = node_and_sums
+    _ready(steps)
+    t = interleaved(steps, repeats=reps["train"], warmup=max(1, cfg["warmup"]))
+    del steps, node, sums
+    # Forwards with one binary circuit, and the floors under them.
+    circuit = random_circuit(nr.key(1), E, round(cfg["density"] * E))
+    fsums = _reader_sums(graph, b * n_pos, width, backward=False)
+
+    def forward(mask=None, plain=False):
+        def run():
+            with torch.no_grad():
+                if plain:
+                    return s.frozen(input_ids=s.ids, use_cache=False).logits
+                return nc.circuit_forward(s.frozen, graph, s.ids, mask=mask, ablated=s.ablated).output
+        return run
+
+    fwd = {"forward:plain": forward(plain=True), "forward:edge": forward(circuit), "forward:node": forward(),
+           "forward:sums": fsums}
+    node_fwd = fwd["forward:node"]
+    fwd["forward:node+sums"] = lambda: (node_fwd(), fsums())
+    _ready(fwd)
+    t.update(interleaved(fwd, repeats=reps["forward"], warmup=max(1, cfg["warmup"])))
+    del fwd
+    # K random circuits of the circuit's size: one vmapped call against a loop of K forwards.
+    circuits = nc.random_circuits(nr.key(2), graph, circuit, K)
+
+    def score(logits):
+        return _kl(logits, s.full)
+
+    def vmapped():
+        return nc.evaluate_circuits(s.frozen, graph, circuits, s.ids, score, ablated=s.ablated,
+                                    chunk_size=cfg["circuit_chunk"])
+
+    def loop():
+        with torch.no_grad():
+            return torch.stack([score(nc.circuit_forward(s.frozen, graph, s.ids, mask=c, ablated=s.ablated).output)
+                                for c in circuits])
+
+    # No warm-up round: each contender runs K forwards whose kernels the forwards above have warmed.
+    t.update(interleaved({"evaluate:vmapped": vmapped, "evaluate:loop": loop}, repeats=reps["evaluate"], warmup=0))
+    rows = [
+        _ratio_row("edge-masked train step (hard-concrete soft mask, circuit_forward, resample ablation, KL + L0, "
+                   "backward into theta) / plain train step (all weights trainable)", t, "train:edge", "train:plain",
+                   2.5, guard=True),
+        _ratio_row("edge-masked train step / plain step with frozen weights (backward to the input embeddings only)",
+                   t, "train:edge", "train:plain_frozen"),
+        _ratio_row("floor: node path (per-writer outputs, one stream, soft node mask) train step / plain train step",
+                   t, "train:node", "train:plain"),
+        _ratio_row("floor: reader sums alone, one GEMM per reader group over stacked writers, forward and backward / "
+                   "plain train step", t, "train:sums", "train:plain"),
+        _ratio_row("floor: node path step and reader-sum GEMMs / plain train step", t, "train:node+sums",
+                   "train:plain"),
+        _ratio_row("edge-masked train step / floor (node path step and reader-sum GEMMs)", t, "train:edge",
+                   "train:node+sums"),
+        _ratio_row(f"edge-masked forward, binary circuit ({cfg['density']:.0%} of edges) / plain forward", t,
+                   "forward:edge", "forward:plain", 1.6, guard=True),
+        _ratio_row("floor: node path forward (mask=None) / plain forward", t, "forward:node", "forward:plain"),
+        _ratio_row("floor: reader-sum GEMMs forward / plain forward", t, "forward:sums", "forward:plain"),
+        _ratio_row("floor: node path forward and reader-sum GEMMs / plain forward", t, "forward:node+sums",
+                   "forward:plain"),
+        _ratio_row(f"{K} random circuits: evaluate_circuits (vmapped) / the same {K} circuit_forward calls in a loop",
+                   t, "evaluate:vmapped", "evaluate:loop", 1.0, guard=True),
+    ]
+    # Peak memory of a train step against the writers' outputs it must hold: W x B x T x D floats.
+    floor_mib = W * b * n_pos * width * s.ablated.element_size() / 2**20
+    mem = {}
+    from . import _memory
+
+    del s, circuits
+    if memory == "subprocess" and _memory.can_measure():
+        for n in ("edge", "plain"):
+            try:
+                mem[n] = _memory.measure_in_subprocess(n, cfg, threads, builder="circuit_train_step")
+            except Exception as e:  # pragma: no cover - environment dependent
+                mem[n] = {"error": str(e)[-300:]}
+        for n, label in (("edge", "edge-masked train step"), ("plain", "plain train step")):
+            if "step_peak_above_before_mib" in mem[n]:
+                v = mem[n]["step_peak_above_before_mib"]
+                rows.append({"name": f"{label}: peak RSS above pre-step RSS / writers x batch x positions x width x "
+                                     f"4 bytes ({W} x {b} x {n_pos} x {width}: {floor_mib:.0f} MiB)",
+                             "value": v / floor_mib, "target": None, "met": None, "interval": None,
+                             "info": {"peak_above_before_mib": v, **mem[n]}})
+    return {"id": 9, "title": f"circuits: edge masks over GPT-2 ({graph.layers} layers, {E} edges, {W} writers) on a "
+                              f"{b}x{n_pos}-token batch",
+            "timings": t, "ratios": rows,
+            "info": {"edges": E, "writers": W, "circuit_edges": int(circuit.sum()), "circuits": K,
+                     "chunk_size": cfg["circuit_chunk"], "writers_floor_mib": floor_mib, "memory_mib": mem}}
+
+
+WORKLOADS = {1: w1, 2: w2, 3: w3, 4: w4, 5: w5, 6: w6, 7: w7, 8: w8, 9: w9}

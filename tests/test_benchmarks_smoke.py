@@ -17,8 +17,8 @@ def smoke_report():
     return run_mod.run(smoke=True, threads=1, log=lambda *a: None)
 
 
-def test_smoke_report_covers_workloads_1_to_8(smoke_report):
-    assert [w["id"] for w in smoke_report["workloads"]] == [1, 2, 3, 4, 5, 6, 7, 8]
+def test_smoke_report_covers_workloads_1_to_9(smoke_report):
+    assert [w["id"] for w in smoke_report["workloads"]] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert smoke_report["config"]["smoke"] is True
     for key in ("cpu", "torch", "threads"):
         assert key in smoke_report["env"]
@@ -60,7 +60,7 @@ def test_guard_rows_are_the_limits_the_library_is_held_to(smoke_report):
     # Each guard has its target, so RESULTS.md says met / not met for every one of them.
     guards = sorted((w["id"], r["target"]) for w in smoke_report["workloads"] for r in w["ratios"] if r.get("guard"))
     assert guards == [(1, "<= 1.06"), (1, "<= 1.4"), (2, "<= 1.02"), (2, "<= 1.08"), (3, ">= 25"), (5, "<= 1.05"),
-                      (8, "<= 0.3"), (8, "<= 0.3")]
+                      (8, "<= 0.3"), (8, "<= 0.3"), (9, "<= 1"), (9, "<= 1.6"), (9, "<= 2.5")]
     md = run_mod.to_markdown(smoke_report)
     assert md.count("(guard) |") == len(guards)
 
@@ -94,6 +94,25 @@ def test_workload_5_is_also_timed_at_1024_tokens(smoke_report):
     row = next(r for r in w5["ratios"] if r["name"].endswith("CS train step: ours / floor") and r["name"].startswith("at "))
     assert row["value"] is not None
 
+
+def test_circuits_workload_times_every_contender_against_its_floor(smoke_report):
+    # Workload 9: the edge-masked train step, a binary-circuit forward and K vmapped circuits,
+    # each beside the plain model and the floors that bound it (NOTES.md).
+    w9 = next(w for w in smoke_report["workloads"] if w["id"] == 9)
+    assert {f"train:{n}" for n in ("plain", "plain_frozen", "edge", "node", "sums", "node+sums")} <= set(w9["timings"])
+    assert {f"forward:{n}" for n in ("plain", "edge", "node", "sums", "node+sums")} <= set(w9["timings"])
+    assert {"evaluate:vmapped", "evaluate:loop"} <= set(w9["timings"])
+    assert all(r["value"] is not None for r in w9["ratios"])
+    assert w9["info"]["writers_floor_mib"] > 0
+
+
+def test_circuits_train_step_memory_is_measured_in_a_fresh_process():
+    from benchmarks import _memory
+
+    if not _memory.can_measure():
+        pytest.skip("peak RSS needs Linux /proc")
+    mem = _memory.measure_in_subprocess("edge", run_mod.workloads.SMOKE, 1, builder="circuit_train_step")
+    assert mem["peak_rss_mib"] > 0 and mem["rss_before_mib"] > 0 and "step_peak_above_before_mib" in mem
 
 # -- the ratio's bootstrap interval -------------------------------------------------------------------
 
