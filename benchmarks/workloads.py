@@ -37,7 +37,7 @@ FULL = dict(
     gpt2_batch=(2, 256), gpt2_batch_default=(4, 256), baselines=50, baseline_batch=(16, 32), baseline_chunk=2, orig_baselines=5,
     w2_batches=10, repeats=dict(w1=61, w2=31, w3=5, w4=3, w5=15, w5_default=14, w6=5, w7=5, w7_layer=21), compile_backend="inductor", warmup=1,
     cold_start_processes=3, circuit_batch=(8, 64), circuits=32, circuit_chunk=8,
-    circuit_repeats=dict(train=7, forward=9, evaluate=3),
+    circuit_repeats=dict(train=7, forward=15, evaluate=3),
 )
 SMOKE = dict(
     smoke=True, d_in=16, d_out=32, tokens=8, n_masks=4, density=0.1, mag_shape=(64, 32),
@@ -749,20 +749,30 @@ def _kl(logits, full):
 def _reader_sums(graph, tokens: int, width: int, *, backward: bool):
     """The reader sums alone, as cheap as they get: every writer's output stacked once in a
     ``(writers, tokens * width)`` tensor, one GEMM per reader group (its block of the mask times
-    the prefix of writers it reads) and, with ``backward``, their backward into the mask and the
-    writers (two more GEMMs a group). No model: what an edge mask adds at least."""
+    the prefix of writers it reads) and, with ``backward``, two more a group, by hand: the mask's
+    gradient and the writers' gradients accumulated in place (GEMMs with beta = 1). No model and
+    no autograd: the least an edge mask adds to a forward (and backward)."""
     g = torch.Generator().manual_seed(3)
-    stack = torch.randn(len(graph.writers), tokens * width, generator=g).requires_grad_(backward)
-    mask = torch.rand(graph.num_edges, generator=g).requires_grad_(backward)
+    stack = torch.randn(len(graph.writers), tokens * width, generator=g)
+    mask = torch.rand(graph.num_edges, generator=g)
     grads = torch.randn(max(r for r, _ in graph.segments), tokens * width, generator=g)
+    d_stack, d_mask = torch.empty_like(stack), torch.empty_like(mask)
     sizes = [r * n for r, n in graph.segments]
+    groups = [(b.view(r, n), d.view(r, n), n) for b, d, (r, n) in
+              zip(torch.split(mask, sizes), torch.split(d_mask, sizes), graph.segments)]
 
     def run():
-        with torch.set_grad_enabled(backward):
-            outs = [b.view(r, n) @ stack[:n] for b, (r, n) in zip(torch.split(mask, sizes), graph.segments)]
-            if backward:
-                mask.grad = stack.grad = None
-                torch.autograd.backward(outs, [grads[:r] for r, _ in graph.segments])
+        with torch.no_grad():
+            outs = [block @ stack[:n] for block, _, n in groups]
+            if backward:  # in reverse, as autograd would; the logits read every writer: they start d_stack
+                for i, (block, d_block, n) in enumerate(reversed(groups)):
+                    gy = grads[:block.shape[0]]
+                    torch.mm(gy, stack[:n].T, out=d_block)
+                    if i == 0:
+                        torch.mm(block.T, gy, out=d_stack[:n])
+                    else:
+                        d_stack[:n].addmm_(block.T, gy)
+        return outs
 
     return run
 

@@ -27,44 +27,76 @@ __all__ = ["reader_inputs", "tie_nodes", "random_circuit", "in_degree_circuit", 
 
 
 class _ReaderSum(torch.autograd.Function):
-    """sum_w mask[r, w] * deltas[w], chunk by chunk: each GEMM adds the running sum as it writes
-    (addmm), so the forward neither joins the writers nor adds a readers-sized tensor per chunk in
-    a pass of its own, and the backward pass reads the chunks it was given (held anyway by the
-    writers' own graphs)."""
-
-    generate_vmap_rule = True
+    """``base + sum_w mask[r, w] * deltas[w]``, chunk by chunk, into one output that each GEMM adds
+    to in place (beta = 1), as does ``base``: the writers are never joined into one tensor and no
+    readers-sized tensor is copied per chunk. The backward reads the chunks it was given (held
+    anyway by the writers' own graphs). Adding in place is why the vmap rule is written out
+    rather than generated."""
 
     @staticmethod
-    def forward(mask, *chunks):
-        # Each chunk's product is added by the GEMM itself (beta = 1): no join, no separate add.
+    def forward(base, mask, *chunks):
         out, start = None, 0
         for chunk in chunks:
             stop = start + chunk.shape[0]
-            flat = chunk.reshape(chunk.shape[0], -1)
-            if out is None:
-                out = mask[:, start:stop] @ flat
-            else:
-                out = torch.addmm(out, mask[:, start:stop], flat)
+            part, flat = mask[:, start:stop], chunk.reshape(chunk.shape[0], -1)
+            out = part @ flat if out is None else out.addmm_(part, flat)
             start = stop
-        return out.view(mask.shape[0], *chunks[0].shape[1:])
+        return out.view(mask.shape[0], *chunks[0].shape[1:]).add_(base)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
+        ctx.base_shape = inputs[0].shape
+        ctx.save_for_backward(*inputs[1:])
 
     @staticmethod
     def backward(ctx, grad):
         mask, *chunks = ctx.saved_tensors
-        out, start, parts = [None], 0, []
+        grads, start, parts = [None, None], 0, []
+        if ctx.needs_input_grad[0]:
+            grads[0] = grad.sum_to_size(ctx.base_shape)
         for i, chunk in enumerate(chunks):
             stop = start + chunk.shape[0]
-            if ctx.needs_input_grad[0]:
+            if ctx.needs_input_grad[1]:
                 parts.append(torch.einsum("r...,w...->rw", grad, chunk))
-            out.append(torch.einsum("rw,r...->w...", mask[:, start:stop], grad) if ctx.needs_input_grad[i + 1] else None)
+            grads.append(torch.einsum("rw,r...->w...", mask[:, start:stop], grad) if ctx.needs_input_grad[i + 2]
+                         else None)
             start = stop
-        if ctx.needs_input_grad[0]:
-            out[0] = torch.cat(parts, 1)
-        return tuple(out)
+        if ctx.needs_input_grad[1]:
+            grads[1] = torch.cat(parts, 1)
+        return tuple(grads)
+
+    @staticmethod
+    def vmap(info, in_dims, base, mask, *chunks):
+        # Every batched input with its batch axis first; the output (K, readers, ...) is batched.
+        k, (base_dim, mask_dim, *chunk_dims) = info.batch_size, in_dims
+        m = mask if mask_dim is None else mask.movedim(mask_dim, 0)
+        out, start, shape = None, 0, None
+        for chunk, dim in zip(chunks, chunk_dims):
+            if dim is None:
+                c, flat = chunk.shape[0], chunk.reshape(chunk.shape[0], -1)
+            else:
+                chunk = chunk.movedim(dim, 0)
+                c, flat = chunk.shape[1], chunk.reshape(k, chunk.shape[1], -1)
+            if shape is None:
+                shape = chunk.shape[1:] if dim is None else chunk.shape[2:]
+            part, start = m[..., start:start + c], start + c
+            if mask_dim is not None and dim is None:  # K masks, one chunk: one GEMM over K * readers
+                term = (part.reshape(-1, c), flat)
+                if out is None:
+                    out = torch.mm(*term).view(k, -1, flat.shape[-1])
+                else:
+                    out.view(-1, flat.shape[-1]).addmm_(*term)
+            elif mask_dim is None and dim is None:  # neither batched: the same term for every k
+                term = part @ flat
+                out = term.expand(k, *term.shape).clone() if out is None else out.add_(term)
+            else:
+                part = part if mask_dim is not None else part.expand(k, *part.shape)
+                out = torch.bmm(part, flat) if out is None else out.baddbmm_(part, flat)
+        out = out.view(k, m.shape[-2], *shape)
+        if base_dim is not None:  # (K, ...) against (K, readers, ...): a readers axis after K
+            base = base.movedim(base_dim, 0)
+            base = base.view(k, *[1] * (out.dim() - base.dim()), *base.shape[1:])
+        return out.add_(base), 0
 
 
 def reader_inputs(mask: torch.Tensor, deltas: Sequence[torch.Tensor], ablated_sum: torch.Tensor) -> torch.Tensor:
@@ -82,7 +114,7 @@ def reader_inputs(mask: torch.Tensor, deltas: Sequence[torch.Tensor], ablated_su
     n = sum(chunk.shape[0] for chunk in deltas)
     if n != mask.shape[1]:
         raise ValueError(f"mask reads {mask.shape[1]} writers but deltas hold {n}")
-    return ablated_sum + _ReaderSum.apply(mask, *deltas)
+    return _ReaderSum.apply(ablated_sum, mask, *deltas)
 
 
 def tie_nodes(node_mask: torch.Tensor, writer_of_edge: torch.Tensor) -> torch.Tensor:
