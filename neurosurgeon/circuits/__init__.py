@@ -20,11 +20,12 @@ from .graph import CircuitGraph, circuit_graph
 from .masks import CircuitMask
 from .metrics import METRICS, edge_attribution, faithfulness, metric_values
 from .null import NULLS, evaluate_circuits, null_summary, random_circuits
+from .patching import patching_scores
 
 __all__ = [
     "CircuitGraph", "circuit_graph", "CircuitOutput", "circuit_forward", "CircuitMask",
     "ABLATION_KINDS", "ablation_values", "learned_ablation", "METRICS", "metric_values", "faithfulness",
-    "edge_attribution", "NULLS", "random_circuits", "evaluate_circuits", "null_summary",
+    "edge_attribution", "patching_scores", "NULLS", "random_circuits", "evaluate_circuits", "null_summary",
     "train_circuit", "TrainedCircuit", "task_loss",
     "CIRCUIT_FORMAT", "KV_MERGES", "to_circuit_json", "from_circuit_json", "to_eap_ig", "from_eap_ig",
     "to_auto_circuit", "from_auto_circuit",

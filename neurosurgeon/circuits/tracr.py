@@ -5,7 +5,9 @@ Tracr compiles a RASP program (Weiss et al. 2021, "Thinking Like Transformers", 
 into transformer weights: every variable of the program gets its own basis directions of the
 residual stream (``residual_labels``), every RASP operation becomes one attention head or one MLP
 reading and writing those directions, and what no operation needs is exactly zero. So which writer
-feeds which reader is readable from the weights, and :func:`program_circuit` reads it.
+feeds which reader is readable from the weights, and :func:`program_circuit` reads it; given the
+selector each head implements (``info["selectors"]`` of :func:`load_tracr`, recorded by
+``scripts/compile_tracr.py``), it also drops the inputs the program never compares.
 
 An assembled tracr model (``tracr.compiler.compiling.compile_rasp_to_model``) has (tracr's
 ``tracr/transformer/model.py`` and ``tracr/compiler/assemble.py``):
@@ -423,19 +425,78 @@ def _writes_through(graph: CircuitGraph) -> list[bool]:
     return moves + [False]
 
 
-def program_circuit(model: nn.Module, graph: CircuitGraph) -> torch.Tensor:
-    """``(edges,)`` float 0/1: the compiled program's circuit, read from the weights.
+# The predicates of a RASP Select: the names of tracr.rasp.rasp.Comparison.
+_PREDICATES = ("EQ", "LT", "LEQ", "GT", "GEQ", "NEQ", "TRUE", "FALSE")
 
-    The :func:`program_edges` on a path from the embeddings to the logits: an edge's writer is an
-    embedding, or a head or MLP whose value or MLP input has such an edge and whose output weights
-    are not all zero; its reader is the logits, or feeds a head or MLP with such an edge onwards.
-    Every other edge carries exactly zero into the features its reader reads, or into a component
-    no output depends on, so the circuit with every other edge zero-ablated computes the model's
-    output exactly. It is the compiled program's wiring: the ground truth Lindner et al. 2023 offer
-    interpretability methods (an edge of it may still be inert for every input, e.g. the query and
-    key of an attention whose pattern never depends on them).
+
+def _uncompared(graph: CircuitGraph, selectors: Mapping[str, Mapping[str, str]]) -> torch.Tensor:
+    # (edges,) bool: the query and key edges of every head whose selector width compares nothing.
+    if not isinstance(selectors, Mapping):
+        raise ValueError(f"selectors must map head names ('A0.0') to their selectors, as info['selectors'] of "
+                         f"load_tracr does, got {type(selectors).__name__}")
+    readers = set(graph.readers)
+    dropped = set()
+    for head, selector in selectors.items():
+        if f"{head}.Q" not in readers or f"{head}.K" not in readers:
+            raise ValueError(f"selectors names {head!r}, which is no attention head of the graph (heads are named "
+                             f"'A{{layer}}.{{head}}', layers 0-{graph.layers - 1}, heads 0-{graph.heads - 1})")
+        if not isinstance(selector, Mapping) or selector.get("predicate") not in _PREDICATES:
+            raise ValueError(f"selectors[{head!r}] must hold a 'predicate', one of {_PREDICATES}, got {selector!r}")
+        if selector.get("operation") not in ("Aggregate", "SelectorWidth"):
+            raise ValueError(f"selectors[{head!r}] must hold an 'operation', 'Aggregate' or 'SelectorWidth', got "
+                             f"{selector!r}")
+        if selector["predicate"] == "TRUE" and selector["operation"] == "SelectorWidth":
+            dropped |= {f"{head}.Q", f"{head}.K"}
+    return torch.tensor([graph.readers[r] in dropped for r in graph.reader_of_edge().tolist()], dtype=torch.bool)
+
+
+def program_circuit(model: nn.Module, graph: CircuitGraph, *,
+                    selectors: Mapping[str, Mapping[str, str]] | None = None) -> torch.Tensor:
+    """``(edges,)`` float 0/1: the compiled program's circuit, read from the weights, or, given the
+    heads' ``selectors``, the circuit the program defines.
+
+    Without ``selectors``: the :func:`program_edges` on a path from the embeddings to the logits:
+    an edge's writer is an embedding, or a head or MLP whose value or MLP input has such an edge
+    and whose output weights are not all zero; its reader is the logits, or feeds a head or MLP
+    with such an edge onwards. Every other edge carries exactly zero into the features its reader
+    reads, or into a component no output depends on, so the circuit with every other edge
+    zero-ablated computes the model's output exactly. It is the compiled program's wiring, the
+    ground truth Lindner et al. 2023 offer interpretability methods; an edge of it may still be
+    inert for every input (the query and key of a ``TRUE`` selector width, below).
+
+    With ``selectors``: the same paths, without the query and key edges of every head that
+    computes ``SelectorWidth`` of a selector whose predicate is ``TRUE`` (e.g. ``length =
+    SelectorWidth(Select(tokens, tokens, TRUE))``). That selector selects every key whatever the
+    query and key are, so the program reads neither. Tracr's head for it attends to BOS with the
+    score of every selected key, so all keys score alike, and they still do when the query and key
+    edges are zero-ablated (every score zero): at every position after BOS its attention pattern
+    is the same with those edges and without them (at BOS, whose output tracr does not decode, it
+    is not). An ``Aggregate`` over a ``TRUE`` selector keeps them: tracr scores BOS at half a
+    selected key there, so that BOS is attended only when nothing is selected; with the query or
+    the key zero-ablated every key scores zero, BOS joins the average and the output moves.
+
+    Args:
+        model, graph: a model of :func:`from_tracr` and its :func:`~neurosurgeon.circuits.circuit_graph`.
+        selectors: ``{"A{layer}.{head}": {"operation": "Aggregate" | "SelectorWidth", "predicate":
+            "EQ" | "LT" | "LEQ" | "GT" | "GEQ" | "NEQ" | "TRUE" | "FALSE", ...}}`` (the names of
+            ``rasp.Comparison``) for the heads the program uses: ``info["selectors"]`` of :func:`load_tracr`.
+
+    Raises:
+        ValueError: ``selectors`` names a head the graph lacks, or lacks a valid predicate or operation.
+
+    Example:
+        >>> from neurosurgeon.circuits import circuit_graph
+        >>> model, info = load_tracr("tests/circuits/data/tracr/reverse")  # doctest: +SKIP
+        >>> graph = circuit_graph(model, embeddings="split")  # doctest: +SKIP
+        >>> wiring, program = program_circuit(model, graph), program_circuit(  # doctest: +SKIP
+        ...     model, graph, selectors=info["selectors"])
+        >>> graph.edge_names(wiring - program)  # doctest: +SKIP
+        ['Tok Embed->A0.0.Q', 'Tok Embed->A0.0.K']
     """
-    edges = program_edges(model, graph).tolist()
+    edges = program_edges(model, graph)
+    if selectors is not None:
+        edges = edges & ~_uncompared(graph, selectors).to(edges.device)
+    edges = edges.tolist()
     writes = _supports(model, graph)[0].any(1).tolist()
     reader, writer = graph.reader_of_edge().tolist(), graph.writer_of_edge().tolist()
     fed, moves = _fed(graph), _writes_through(graph)

@@ -2,20 +2,32 @@
 "Tracr: Compiled Transformers as a Laboratory for Interpretability", arXiv 2301.05062).
 
 The shipped files (``tests/circuits/data/tracr/``, written by ``scripts/compile_tracr.py``) hold two
-programs of tracr's ``lib`` over three-letter vocabularies with at most 5 tokens after BOS, and
-tracr's own outputs on every one of the 363 inputs of each (the whole input domain):
+programs of tracr's ``lib`` over three-letter vocabularies with at most 5 tokens after BOS, the
+selector each head implements, and tracr's own outputs on every one of the 363 inputs of each (the
+whole input domain):
 
 - ``reverse`` (``make_reverse(tokens)``): non-causal, so a :class:`TracrModel` (architecture row
-  ``"tracr"``); 4 layers, a length head and MLP, two MLPs computing ``length - indices - 1``, a
-  head that copies the token from the opposite position.
+  ``"tracr"``); 4 layers, a length head and MLP (``length = SelectorWidth(Select(tokens, tokens,
+  TRUE))``), two MLPs computing ``length - indices - 1``, a head that copies the token from the
+  opposite position.
 - ``frac_prevs`` (``make_frac_prevs(tokens == "x")``): compiled causal, so a GPT-2 with identity
   norms; an MLP computing ``tokens == "x"`` and a head averaging it over earlier positions.
 
-The ground truth is read from the weights (:func:`program_circuit`): an edge carries the program when
-its writer writes, and its reader reads, a residual feature (a RASP variable's direction) with
-non-zero weights, on a path from the embeddings to the logits. Everything else is exactly zero, so
-that circuit alone reproduces the model. Discovery is judged by ROC-AUC over the edges (ties count
-half), on the task outputs (every position after BOS, as tracr decodes them).
+Two circuits are read from the model (:func:`program_circuit`). The compiled wiring: an edge
+carries the program when its writer writes, and its reader reads, a residual feature (a RASP
+variable's direction) with non-zero weights, on a path from the embeddings to the logits; every
+other edge is exactly zero, so that circuit alone reproduces the model. The program's circuit,
+the ground truth: that wiring without the query and key of the length head, whose TRUE selector
+compares nothing (``selectors=info["selectors"]``; its attention pattern is the same with them
+ablated, tested on the attention weights). ACDC's published reverse circuit leaves them out too.
+
+Discovery is judged by ROC-AUC over the edges (ties count half) against the program's circuit, on
+the task outputs (every position after BOS, as tracr decodes them). Exact patching
+(:func:`patching_scores`: each edge zero-ablated alone over the whole domain) recovers it with
+ROC-AUC 1.0 on both programs, and its top edges, as many as the circuit has, do the task with
+accuracy 1.0. EAP, resample ablation and trained masks are measured and reported: EAP and the
+masks get no gradient through tracr's flat ReLU steps, and resample ablation cannot see what
+inputs of one length share.
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ from safetensors.torch import load_file
 from transformers import GPT2LMHeadModel
 
 from neurosurgeon.circuits import (
-    ablation_values, circuit_forward, circuit_graph, edge_attribution, evaluate_circuits, train_circuit,
+    ablation_values, circuit_forward, circuit_graph, edge_attribution, patching_scores, train_circuit,
 )
 from neurosurgeon.circuits.tracr import (
     TracrModel, edge_features, from_tracr, load_tracr, program_circuit, program_edges,
@@ -120,17 +132,17 @@ def _task_score(info, program, away=None):
     return score
 
 
-def _single_edge_effects(model, graph, batches, ablated=None) -> torch.Tensor:
-    """(edges,): mean |change of the outputs after BOS| when one edge alone is ablated (exact patching)."""
-    eye = torch.eye(graph.num_edges, dtype=torch.float64)
+def _patching(model, graph, batches, ablated=None) -> torch.Tensor:
+    """(edges,): exact patching, the mean |change of the outputs after BOS| when one edge alone is ablated."""
     total, count = torch.zeros(graph.num_edges, dtype=torch.float64), 0
     for i, (x, _, _) in enumerate(batches):
         a = None if ablated is None else ablated[i]
         with torch.no_grad():
             full = circuit_forward(model, graph, x, ablated=a).output[:, 1:]
-        effect = evaluate_circuits(model, graph, 1 - eye, x, lambda out: (out[:, 1:] - full).abs().sum(),
-                                   ablated=a, chunk_size=32)  # in chunks: bounded memory
-        total, count = total + effect, count + full.numel()
+        # The score is the distance from the full model's outputs: it is zero there, so the
+        # patching score is minus the distance with the edge ablated.
+        total = total + patching_scores(model, graph, x, lambda out: (out[:, 1:] - full).abs().sum(), ablated=a)
+        count += full.numel()
     return _floor(total / count)
 
 
@@ -155,10 +167,11 @@ def compiled(request):
     name = request.param
     model, info, batches = _load(name)
     graph = circuit_graph(model, embeddings="split")
-    truth = program_circuit(model, graph)
-    effect = _single_edge_effects(model, graph, batches)  # zero ablation
-    return SimpleNamespace(name=name, model=model, info=info, batches=batches, graph=graph, truth=truth,
-                           effect=effect, live=truth * (effect > 0))
+    wiring = program_circuit(model, graph)
+    truth = program_circuit(model, graph, selectors=info["selectors"])
+    effect = _patching(model, graph, batches)  # zero ablation
+    return SimpleNamespace(name=name, model=model, info=info, batches=batches, graph=graph, wiring=wiring,
+                           truth=truth, effect=effect)
 
 
 # -- the conversion ------------------------------------------------------------------------------------
@@ -271,7 +284,26 @@ def test_from_tracr_refuses_bad_parameters():
         from_tracr(params, num_heads=1, key_size=key_size, causal="no")
 
 
-# -- the ground truth from the weights -------------------------------------------------------------------
+# -- the ground truth -----------------------------------------------------------------------------------
+
+# The selectors scripts/compile_tracr.py read from tracr's graph of each program: make_reverse's
+# length and reverse heads, make_frac_prevs's average over earlier positions.
+SELECTORS = {
+    "reverse": {"A0.0": dict(operation="SelectorWidth", variable="length_5", query="tokens", key="tokens",
+                             predicate="TRUE"),
+                "A3.0": dict(operation="Aggregate", variable="reverse_1", query="opp_idx-1_3", key="indices",
+                             predicate="EQ")},
+    "frac_prevs": {"A1.0": dict(operation="Aggregate", variable="frac_prevs_1", query="indices", key="indices",
+                                predicate="LEQ")},
+}
+
+
+def test_the_compiled_heads_record_their_rasp_selectors(compiled):
+    c = compiled
+    assert c.info["selectors"] == SELECTORS[c.name]
+    used = {c.graph.writers[w] for w in c.graph.writer_of_edge()[c.wiring.bool()].tolist()}
+    assert {w for w in used if w.startswith("A")} == set(c.info["selectors"])  # every head that works has one
+
 
 def test_program_circuit_follows_the_rasp_variables(compiled):
     c = compiled
@@ -279,7 +311,7 @@ def test_program_circuit_follows_the_rasp_variables(compiled):
     features = edge_features(c.model, c.graph)
     assert not features[:, len(labels):].any()  # GPT-2's padding carries nothing
     variables = {}
-    for e in torch.nonzero(c.truth).flatten().tolist():
+    for e in torch.nonzero(c.wiring).flatten().tolist():
         carried = {labels[f].split(":")[0] for f in torch.nonzero(features[e, :len(labels)]).flatten().tolist()}
         variables[c.graph.edges[e]] = sorted(carried)
     print(f"\n{c.name}: {len(variables)} of {c.graph.num_edges} edges carry the program")
@@ -296,47 +328,127 @@ def test_program_circuit_follows_the_rasp_variables(compiled):
         if edge.endswith("Resid End"):
             assert carried == [c.info["output_label"]]
         assert carried
-    assert bool((c.truth.bool() <= program_edges(c.model, c.graph)).all())
-    assert ACDC[c.name] <= set(variables)  # ACDC's circuit for the same program lies inside it
+    assert bool((c.wiring.bool() <= program_edges(c.model, c.graph)).all())
+    # ACDC's circuit for the same program lies inside the program's circuit, itself inside the wiring.
+    assert ACDC[c.name] <= _names(c.graph, c.truth) <= set(variables)
+
+
+def test_the_program_circuit_drops_the_query_and_key_of_a_true_selector_width(compiled):
+    c = compiled
+    dropped = _names(c.graph, c.wiring - c.truth)
+    assert bool((c.truth <= c.wiring).all())
+    if c.name == "reverse":
+        # length = SelectorWidth(Select(tokens, tokens, TRUE)) compares nothing.
+        assert dropped == {"Tok Embed->A0.0.Q", "Tok Embed->A0.0.K"}
+    else:
+        assert dropped == set()
+
+
+def _pattern(model, graph, x, head: str, dropped=frozenset()) -> torch.Tensor:
+    """(B, T, T): the attention pattern of ``head`` ("A{layer}.{head}") on ``x``, from the model's own
+    projections, its query and key reading every writer before its layer but the edges ``dropped``
+    (zero-ablated)."""
+    layer, h = (int(i) for i in head[1:].split("."))
+    first = graph.first_writer(layer)
+    with torch.no_grad():
+        written = circuit_forward(model, graph, x, return_writers=True).writers[:first]
+
+        def read(reader):
+            keep = torch.tensor([f"{w}->{reader}" not in dropped for w in graph.writers[:first]], dtype=written.dtype)
+            return torch.einsum("w,wbtd->btd", keep, written)
+
+        if isinstance(model, TracrModel):
+            attn = model.layers[layer].self_attn
+            d, scale = attn.head_dim, attn.head_dim ** -0.5
+            q, k = attn.q_proj(read(f"{head}.Q")), attn.k_proj(read(f"{head}.K"))
+        else:  # GPT-2: one projection [q | k | v], identity norms, tracr's scale in the queries
+            attn, n = model.transformer.h[layer].attn, model.config.n_embd
+            d, scale = n // model.config.n_head, 1.0
+            q, k = attn.c_attn(read(f"{head}.Q"))[..., :n], attn.c_attn(read(f"{head}.K"))[..., n:2 * n]
+        scores = q[..., h * d:(h + 1) * d] @ k[..., h * d:(h + 1) * d].transpose(-1, -2) * scale
+        if graph.architecture.causal:
+            t = x.shape[1]
+            scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), torch.finfo(scores.dtype).min)
+        return scores.softmax(-1)
+
+
+def test_a_true_selector_width_attends_alike_with_its_query_and_key_zero_ablated(compiled):
+    # The rule program_circuit applies, checked on the attention weights over the whole domain: a
+    # head whose selector compares something attends elsewhere once its query and key read nothing.
+    c = compiled
+    for head, selector in c.info["selectors"].items():
+        ablated = {f"{w}->{head}.{r}" for w in c.graph.writers for r in "QK"}
+        for x, _, _ in c.batches:
+            clean, blind = _pattern(c.model, c.graph, x, head), _pattern(c.model, c.graph, x, head, ablated)
+            torch.testing.assert_close(clean.sum(-1), torch.ones_like(clean.sum(-1)), rtol=0, atol=1e-12)
+            if selector["predicate"] == "TRUE":
+                # After BOS, every key scores alike either way. At BOS, which no output decodes,
+                # it attends to BOS alone, and uniformly once ablated.
+                torch.testing.assert_close(blind[:, 1:], clean[:, 1:], rtol=0, atol=1e-12)
+                assert not torch.allclose(blind[:, 0], clean[:, 0])
+            else:
+                assert (blind[:, 1:] - clean[:, 1:]).abs().amax((1, 2)).min() > 0.1
+    assert any(s["predicate"] == "TRUE" for s in c.info["selectors"].values()) == (c.name == "reverse")
+
+
+def test_program_circuit_with_selectors_drops_what_only_an_uncompared_selector_reads():
+    model, info, _ = _load("reverse")
+    graph = circuit_graph(model, embeddings="split")
+    # Were A3.0's selector a TRUE selector width, nothing would read opp_idx, so MLP 2, MLP 1 and
+    # the length head behind it would drop out with its query and key. An Aggregate over a TRUE
+    # selector keeps them: tracr's BOS fallback needs its query and key.
+    only_v = program_circuit(model, graph, selectors={"A3.0": dict(operation="SelectorWidth", predicate="TRUE")})
+    assert _names(graph, only_v) == {"Tok Embed->A3.0.V", "A3.0->Resid End"}
+    aggregate = program_circuit(model, graph, selectors={"A0.0": dict(operation="Aggregate", predicate="TRUE")})
+    assert torch.equal(aggregate, program_circuit(model, graph))
+    assert torch.equal(program_circuit(model, graph, selectors={}), program_circuit(model, graph))
+    with pytest.raises(ValueError, match="selectors names 'A4.0', which is no attention head"):
+        program_circuit(model, graph, selectors={"A4.0": dict(operation="Aggregate", predicate="EQ")})
+    with pytest.raises(ValueError, match="selectors names 'MLP 0', which is no attention head"):
+        program_circuit(model, graph, selectors={"MLP 0": dict(operation="Aggregate", predicate="EQ")})
+    with pytest.raises(ValueError, match=r"selectors\['A0.0'\] must hold a 'predicate'"):
+        program_circuit(model, graph, selectors={"A0.0": dict(operation="Aggregate", predicate="==")})
+    with pytest.raises(ValueError, match=r"selectors\['A0.0'\] must hold an 'operation'"):
+        program_circuit(model, graph, selectors={"A0.0": dict(predicate="TRUE")})
+    with pytest.raises(ValueError, match="selectors must map head names"):
+        program_circuit(model, graph, selectors=[("A0.0", "TRUE")])
 
 
 def test_program_circuit_alone_computes_the_program(compiled):
     c = compiled
-    truth = c.truth.double()
     for x, _, program in c.batches:
         with torch.no_grad():
             full = circuit_forward(c.model, c.graph, x).output
-            circuit = circuit_forward(c.model, c.graph, x, mask=truth).output  # every other edge zero-ablated
-        torch.testing.assert_close(circuit, full, rtol=0, atol=1e-12)
+            wiring = circuit_forward(c.model, c.graph, x, mask=c.wiring.double()).output  # every other edge ablated
+            truth = circuit_forward(c.model, c.graph, x, mask=c.truth.double()).output
+        torch.testing.assert_close(wiring, full, rtol=0, atol=1e-12)
+        torch.testing.assert_close(truth[:, 1:], full[:, 1:], rtol=0, atol=1e-12)  # after BOS: the task outputs
     assert _accuracy(c.model, c.graph, c.info, c.batches) == 1.0
-    assert _accuracy(c.model, c.graph, c.info, c.batches, mask=truth) == 1.0
-    assert _accuracy(c.model, c.graph, c.info, c.batches, mask=1 - truth) < 0.5  # without it, the program is gone
+    assert _accuracy(c.model, c.graph, c.info, c.batches, mask=c.truth.double()) == 1.0
+    # without it, the program is gone
+    assert _accuracy(c.model, c.graph, c.info, c.batches, mask=1 - c.truth.double()) < 0.5
 
 
-def test_exact_patching_finds_every_edge_that_matters(compiled):
+def test_exact_patching_recovers_the_program_circuit(compiled):
     # The effect of zero-ablating one edge by itself, over the whole input domain.
     c = compiled
     assert c.effect[c.truth == 0].max() == 0  # outside the circuit nothing moves
-    inert = _names(c.graph, c.truth * (c.effect == 0))
-    faint = _names(c.graph, c.truth * (c.effect > 0) * (c.effect < 1e-5))
-    auc_live, auc_all = _auc(c.effect, c.live), _auc(c.effect, c.truth)
-    print(f"\n{c.name}: exact patching (zero ablation) ROC-AUC {auc_live:.4f} for the edges that matter "
-          f"({int(c.live.sum())}), {auc_all:.4f} for the program circuit ({int(c.truth.sum())}); inert "
-          f"{sorted(inert)}; effect below 1e-5 {sorted(faint)}")
-    if c.name == "reverse":
-        # length = SelectorWidth(Select(tokens, tokens, TRUE)) compares nothing: every key scores
-        # the same whatever the query and the key read, so those two edges carry no information.
-        assert inert == {"Tok Embed->A0.0.Q", "Tok Embed->A0.0.K"}
-    else:
-        assert inert == set()
-    assert auc_live == 1.0
-    assert auc_all == pytest.approx((c.live.sum().item() + 0.5 * len(inert)) / c.truth.sum().item(), abs=1e-12)
-    found = top_k_circuit(c.effect, int(c.live.sum()))
-    assert torch.equal(found, c.live)
-    assert _accuracy(c.model, c.graph, c.info, c.batches, mask=found) == 1.0
-    # What ACDC leaves out of the program circuit is inert, or the attention's BOS fallback (query
-    # 'one' against key 'tokens:BOS'), which never wins while a position is selected.
-    assert _names(c.graph, c.truth) - ACDC[c.name] <= inert | faint
+    assert c.effect[c.truth == 1].min() > 0  # and every edge of it does
+    auc, auc_wiring = _auc(c.effect, c.truth), _auc(c.effect, c.wiring)
+    k = int(c.truth.sum())
+    found = top_k_circuit(c.effect, k)
+    accuracy = _accuracy(c.model, c.graph, c.info, c.batches, mask=found)
+    faint = _names(c.graph, c.truth * (c.effect < 1e-5))
+    print(f"\n{c.name}: exact patching (zero ablation) ROC-AUC {auc:.4f} for the program circuit ({k} edges), "
+          f"{auc_wiring:.4f} for the compiled wiring ({int(c.wiring.sum())}); its top {k} edges do the task with "
+          f"accuracy {accuracy:.4f}; effect below 1e-5 {sorted(faint)}")
+    assert auc == 1.0 and torch.equal(found, c.truth) and accuracy == 1.0
+    # The wiring's extra edges are inert: they tie with the edges outside it.
+    inert = c.wiring.sum().item() - k
+    assert auc_wiring == pytest.approx((k + 0.5 * inert) / c.wiring.sum().item(), abs=1e-12)
+    # What ACDC leaves out of the program circuit is the attention's BOS fallback (query 'one'
+    # against key 'tokens:BOS'), which never wins while a position is selected.
+    assert _names(c.graph, c.truth) - ACDC[c.name] <= faint
 
 
 def test_eap_under_zero_ablation(compiled):
@@ -344,21 +456,21 @@ def test_eap_under_zero_ablation(compiled):
     scores = _eap(c.model, c.graph, c.info, c.batches)
     assert scores[c.truth == 0].max() == 0  # exactly: those readers' weights on those features are zero
     blind = _names(c.graph, c.truth * (scores == 0))
-    auc_all, auc_live = _auc(scores, c.truth), _auc(scores, c.live)
+    auc = _auc(scores, c.truth)
     found = top_k_circuit(scores, int((scores > 0).sum()))
     accuracy = _accuracy(c.model, c.graph, c.info, c.batches, mask=found)
-    print(f"\n{c.name}: EAP (zero ablation) ROC-AUC {auc_all:.4f} for the program circuit, {auc_live:.4f} for "
-          f"the edges that matter; zero gradient on {sorted(blind)}; the {int(found.sum())} edges it scores "
-          f"do the task with accuracy {accuracy:.4f}")
+    print(f"\n{c.name}: EAP (zero ablation) ROC-AUC {auc:.4f} for the program circuit; zero gradient on "
+          f"{sorted(blind)}; the {int(found.sum())} edges it scores do the task with accuracy {accuracy:.4f}")
     # Every program edge it scores outranks every other edge; the ones it cannot see tie with them.
-    assert auc_all == pytest.approx((c.truth.sum().item() - 0.5 * len(blind)) / c.truth.sum().item(), abs=1e-12)
+    assert auc == pytest.approx((c.truth.sum().item() - 0.5 * len(blind)) / c.truth.sum().item(), abs=1e-12)
     if c.name == "frac_prevs":
-        assert blind == set() and auc_all == 1.0 and torch.equal(found, c.truth) and accuracy == 1.0
+        assert blind == set() and auc == 1.0 and torch.equal(found, c.truth) and accuracy == 1.0
     else:
-        # Besides the inert edges: MLP 0 turns the length head's 1 / (length + 1) into the length
-        # with ReLU steps (tracr's discretising MLP), flat at every value it meets, so the length
-        # head's value input and output have zero gradient, though removing either breaks the task.
-        assert blind == {"Tok Embed->A0.0.Q", "Tok Embed->A0.0.K", "Tok Embed->A0.0.V", "A0.0->MLP 0"}
+        # MLP 0 turns the length head's 1 / (length + 1) into the length with ReLU steps (tracr's
+        # discretising MLP), flat at every value it meets, so the length head's value input and
+        # output have zero gradient, though removing either breaks the task (exact patching sees it).
+        assert blind == {"Tok Embed->A0.0.V", "A0.0->MLP 0"} and auc < 1.0
+        assert scores[c.graph.edge_mask(["Tok Embed->A0.0.Q", "Tok Embed->A0.0.K"]).bool()].max() == 0
         assert c.effect[c.graph.edge_index("A0.0->MLP 0")] > 0.1 and accuracy < 1.0
 
 
@@ -373,28 +485,29 @@ def test_resample_ablation_misses_what_inputs_of_one_length_share(compiled):
         clean = circuit_forward(c.model, c.graph, x, return_writers=True).writers
         same &= (clean == a).flatten(1).all(1)
         ablated.append(a)
-    effect = _single_edge_effects(c.model, c.graph, c.batches, ablated)
+    effect = _patching(c.model, c.graph, c.batches, ablated)
     eap = _eap(c.model, c.graph, c.info, c.batches, ablated)
     on_same = same[c.graph.writer_of_edge()]
     assert effect[on_same].max() == 0 and eap[on_same].max() == 0
     assert effect[c.truth == 0].max() == 0 and eap[c.truth == 0].max() == 0
-    missed = _names(c.graph, c.truth * (effect == 0))
+    missed, blind = _names(c.graph, c.truth * (effect == 0)), _names(c.graph, c.truth * (eap == 0))
     auc_patch, auc_eap = _auc(effect, c.truth), _auc(eap, c.truth)
     print(f"\n{c.name}: resample ablation ROC-AUC {auc_patch:.4f} (exact patching), {auc_eap:.4f} (EAP) for the "
-          f"program circuit; no effect on {sorted(missed)}")
+          f"program circuit; no effect on {sorted(missed)}; zero gradient on {sorted(blind)}")
     shared = {c.graph.writers[w] for w in torch.nonzero(same).flatten().tolist()}
     length = {"A0.0", "MLP 0", "MLP 1", "MLP 2"} if c.name == "reverse" else set()  # length, opp_idx, opp_idx-1
     assert {"Pos Embed"} | length <= shared and "Tok Embed" not in shared
     assert _names(c.graph, c.truth * on_same) <= missed
-    assert auc_patch == pytest.approx((c.truth.sum().item() - 0.5 * len(missed)) / c.truth.sum().item(), abs=1e-12)
-    assert auc_patch < 1.0
+    n = c.truth.sum().item()
+    assert auc_patch == pytest.approx((n - 0.5 * len(missed)) / n, abs=1e-12) and auc_patch < 1.0
+    assert auc_eap == pytest.approx((n - 0.5 * len(blind)) / n, abs=1e-12)
 
 
 @pytest.mark.slow
 def test_trained_edge_masks_on_reverse_under_zero_ablation():
     model, info, batches = _load("reverse")
     graph = circuit_graph(model, embeddings="split")
-    truth = program_circuit(model, graph)
+    truth = program_circuit(model, graph, selectors=info["selectors"])
     # One task example per (input, position after BOS): a fixed sample of 64 of each length.
     data, gen = [], torch.Generator().manual_seed(0)
     for x, _, program in batches:
