@@ -13,8 +13,8 @@ from .model import __all__ as _model_names
 from .modules import *  # noqa: F401,F403
 from .modules import __all__ as _module_names
 from . import circuits
-from .circuits import CircuitMask, circuit_forward, circuit_graph, edge_attribution, train_circuit
+from .circuits import CircuitMask, circuit_forward, circuit_graph, edge_attribution, patching_scores, train_circuit
 
 __version__ = "0.2.0"
 __all__ = ["functional", "compat", *_module_names, *_model_names, "circuits",
-           "circuit_graph", "circuit_forward", "CircuitMask", "edge_attribution", "train_circuit"]
+           "circuit_graph", "circuit_forward", "CircuitMask", "edge_attribution", "patching_scores", "train_circuit"]
