@@ -777,6 +777,23 @@ def _reader_sums(graph, tokens: int, width: int, *, backward: bool):
     return run
 
 
+def _reader_norms(model, graph, batch: int, positions: int, width: int):
+    """The layer norms an edge mask adds to a forward: every layer's query, key and value readers
+    each normalise their own input (``heads + 2 * kv_heads`` of them, as the circuit forward does,
+    one call per kind), where the model normalises one stream. No model otherwise."""
+    ln = model.transformer.h[0].ln_1
+    g = torch.Generator().manual_seed(4)
+    kinds = [torch.randn(n, batch, positions, width, generator=g) for n in (graph.heads, graph.kv_heads, graph.kv_heads)]
+
+    def run():
+        with torch.no_grad():
+            for _ in range(graph.layers):
+                for x in kinds:
+                    ln(x)  # dropped at once, as the forward drops a normed input once projected
+
+    return run
+
+
 def circuit_train_step(contender: str, cfg, setup=None):
     """One workload-9 train step: ``plain`` (the model's own forward and backward, all weights
     trainable), ``plain_frozen`` (weights frozen, backward to the input embeddings only), ``edge``
@@ -866,6 +883,8 @@ def w9(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
            "forward:sums": fsums}
     node_fwd = fwd["forward:node"]
     fwd["forward:node+sums"] = lambda: (node_fwd(), fsums())
+    fnorms = _reader_norms(s.frozen, graph, b, n_pos, width)
+    fwd["forward:node+sums+norms"] = lambda: (node_fwd(), fsums(), fnorms())
     _ready(fwd)
     t.update(interleaved(fwd, repeats=reps["forward"], warmup=max(1, cfg["warmup"])))
     del fwd
@@ -906,6 +925,8 @@ def w9(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
         _ratio_row("floor: reader-sum GEMMs forward / plain forward", t, "forward:sums", "forward:plain"),
         _ratio_row("floor: node path forward and reader-sum GEMMs / plain forward", t, "forward:node+sums",
                    "forward:plain"),
+        _ratio_row("floor: node path forward, reader-sum GEMMs and the readers' own layer norms / plain forward", t,
+                   "forward:node+sums+norms", "forward:plain"),
         _ratio_row(f"{K} random circuits: evaluate_circuits (vmapped) / the same {K} circuit_forward calls in a loop",
                    t, "evaluate:vmapped", "evaluate:loop", 1.0, guard=True),
     ]
