@@ -36,7 +36,7 @@ FULL = dict(
     gpt2=dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
     gpt2_batch=(2, 256), gpt2_batch_default=(4, 256), baselines=50, baseline_batch=(16, 32), baseline_chunk=2, orig_baselines=5,
     w2_batches=10, repeats=dict(w1=61, w2=31, w3=5, w4=3, w5=15, w5_default=14, w6=5, w7=5, w7_layer=21), compile_backend="inductor", warmup=1,
-    cold_start_processes=3, circuit_batch=(8, 64), circuits=32, circuit_chunk=8,
+    cold_start_processes=3, circuit_batch=(8, 64), circuits=32, circuit_chunk=None,
     circuit_repeats=dict(train=7, forward=15, evaluate=3),
 )
 SMOKE = dict(
@@ -849,6 +849,7 @@ def circuit_train_step(contender: str, cfg, setup=None):
 
 def w9(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
     from neurosurgeon import circuits as nc
+    from neurosurgeon.circuits.null import circuit_chunk_size
     from neurosurgeon.functional.edges import random_circuit
 
     s = circuit_setup(cfg)
@@ -890,13 +891,14 @@ def w9(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
     del fwd
     # K random circuits of the circuit's size: one vmapped call against a loop of K forwards.
     circuits = nc.random_circuits(nr.key(2), graph, circuit, K)
+    chunk = cfg["circuit_chunk"] or circuit_chunk_size(s.frozen, graph, s.ids, K)  # None: the library's default
 
     def score(logits):
         return _kl(logits, s.full)
 
     def vmapped():
         return nc.evaluate_circuits(s.frozen, graph, circuits, s.ids, score, ablated=s.ablated,
-                                    chunk_size=cfg["circuit_chunk"])
+                                    chunk_size=cfg["circuit_chunk"])  # None: the default chunk
 
     def loop():
         with torch.no_grad():
@@ -927,7 +929,9 @@ def w9(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
                    "forward:plain"),
         _ratio_row("floor: node path forward, reader-sum GEMMs and the readers' own layer norms / plain forward", t,
                    "forward:node+sums+norms", "forward:plain"),
-        _ratio_row(f"{K} random circuits: evaluate_circuits (vmapped) / the same {K} circuit_forward calls in a loop",
+        _ratio_row(f"{K} random circuits: evaluate_circuits (vmapped, {chunk} a chunk"
+                   f"{', the default' if cfg['circuit_chunk'] is None else ''}) / the same {K} circuit_forward "
+                   "calls in a loop",
                    t, "evaluate:vmapped", "evaluate:loop", 1.0, guard=True),
     ]
     # Peak memory of a train step against the writers' outputs it must hold: W x B x T x D floats.
@@ -953,7 +957,7 @@ def w9(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
                               f"{b}x{n_pos}-token batch",
             "timings": t, "ratios": rows,
             "info": {"edges": E, "writers": W, "circuit_edges": int(circuit.sum()), "circuits": K,
-                     "chunk_size": cfg["circuit_chunk"], "writers_floor_mib": floor_mib, "memory_mib": mem}}
+                     "chunk_size": chunk, "writers_floor_mib": floor_mib, "memory_mib": mem}}
 
 
 WORKLOADS = {1: w1, 2: w2, 3: w3, 4: w4, 5: w5, 6: w6, 7: w7, 8: w8, 9: w9}

@@ -83,7 +83,8 @@ class CircuitScorer:
             batch's ``corrupted``), or the values themselves, a tensor broadcastable to
             ``(writers, B, T, D)`` (e.g. a trained circuit's learned ablation).
         reference: ``(N, T)`` token ids a mean ablation averages over.
-        chunk_size: circuits scored at once (memory); default all.
+        chunk_size: circuits scored at once (memory); default
+            :func:`~neurosurgeon.circuits.null.circuit_chunk_size`.
 
     Calling it on ``(K, edges)`` circuits gives ``(K,)`` float64 means over all examples, each
     batch weighted by its size.

@@ -81,5 +81,5 @@ def patching_scores(model: nn.Module, graph: CircuitGraph, input_ids: torch.Tens
         masks = ones.repeat(len(edges), 1)
         masks[torch.arange(len(edges), device=input_ids.device), edges] = 0
         drops.append(full - evaluate_circuits(model, graph, masks, input_ids, score, ablated=ablated,
-                                              attention_mask=attention_mask))
+                                              attention_mask=attention_mask, chunk_size=chunk_size))
     return torch.cat(drops)

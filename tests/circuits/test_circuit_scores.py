@@ -144,6 +144,28 @@ def test_evaluate_circuits_vmapped_equals_a_loop():
         loop = torch.stack([score(circuit_forward(model, g, x, mask=c, ablated=a).output) for c in circuits])
     assert vmapped.shape == (6,) and torch.allclose(vmapped, loop, rtol=1e-5, atol=1e-6)
     assert torch.allclose(evaluate_circuits(model, g, circuits, x, score, ablated=a, chunk_size=4), vmapped)
+    assert torch.allclose(evaluate_circuits(model, g, circuits, x, score, ablated=a, chunk_size=1), vmapped)
+    for bad in (0, -2, 2.0, True):
+        with pytest.raises(ValueError, match=f"chunk_size must be a positive int or None, got {bad!r}"):
+            evaluate_circuits(model, g, circuits, x, score, ablated=a, chunk_size=bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_default_chunk_keeps_a_chunks_readers_inputs_within_48_mib(dtype):
+    # A GPT-2-small-shaped model (on the meta device: shapes only) at 8 x 64 tokens: one layer's 36
+    # attention readers' inputs are 36 * 512 * 768 entries, over 48 MiB in float32: one circuit a
+    # chunk. A 4-token batch: 48 MiB // (36 * 4 * 768 * entry) circuits, at most K.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from neurosurgeon.circuits.null import circuit_chunk_size
+
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(GPT2Config()).to(dtype)
+    g, entry = circuit_graph(model), torch.finfo(dtype).bits // 8
+    assert circuit_chunk_size(model, g, torch.zeros(8, 64, dtype=torch.long), 32) == 1
+    assert circuit_chunk_size(model, g, torch.zeros(1, 4, dtype=torch.long), 10_000) == 48 * 2**20 // (
+        36 * 4 * 768 * entry)
+    assert circuit_chunk_size(model, g, torch.zeros(1, 4, dtype=torch.long), 5) == 5
 
 
 def test_null_summary_p_value():
