@@ -288,6 +288,11 @@ def _edge_forward(parts: _Model, graph: CircuitGraph, emb, mask, ablated, rotary
         else:
             x = reader_inputs(blocks[2 * layer + 1], deltas, base)
         write(parts.mlp(layer, x[0])[None], first + H)
+        if not torch.is_grad_enabled():
+            # One chunk per layer from here on: each later reader group adds one GEMM for the layer,
+            # not two (the MLP's a rank-1 pass over the whole readers' sum). Only when nothing is
+            # recorded: under autograd the join would be kept beside its parts, a writers' stack more.
+            deltas[-2:] = [torch.cat(deltas[-2:])]
     return reader_inputs(blocks[-1], deltas, base)[0]
 
 

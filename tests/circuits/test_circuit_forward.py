@@ -97,6 +97,20 @@ def test_node_mask_equals_its_tied_edge_mask(family):
     assert _rel(by_node, by_edge) <= 1e-12
 
 
+@pytest.mark.parametrize("family", PRE_NORM)
+def test_recording_gradients_or_not_computes_the_same(family):
+    # Without autograd the forward joins each layer's writers into one chunk; with it, it does not
+    # (memory). The two sum the same terms in another grouping: equal up to rounding.
+    model = build(family, dtype=torch.float64)
+    g, x = circuit_graph(model), ids()
+    a = ablation_values(model, g, "resample", x, corrupted=ids(seed=4))
+    mask = torch.rand(g.num_edges, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        plain = circuit_forward(model, g, x, mask=mask, ablated=a).output
+    recorded = circuit_forward(model, g, x, mask=mask.clone().requires_grad_(), ablated=a).output
+    assert recorded.requires_grad and _rel(recorded.detach(), plain) <= 1e-12
+
+
 def test_one_edge_moves_only_its_reader():
     # Cutting one edge into the logits changes the final stream by exactly h_w - a_w.
     model = build("gpt2_base", dtype=torch.float64)
