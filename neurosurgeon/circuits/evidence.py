@@ -41,7 +41,7 @@ from .ablations import ablation_values
 from .forward import circuit_forward
 from .graph import CircuitGraph
 from .metrics import METRICS, faithfulness, metric_values
-from .null import NULLS, evaluate_circuits, null_summary, random_circuits
+from .null import NULLS, check_chunk_size, evaluate_circuits, null_summary, random_circuits
 
 __all__ = [
     "CircuitEvidenceWarning", "CircuitScorer", "LADDER", "size_ladder", "faithfulness_curve", "null_curve",
@@ -109,10 +109,8 @@ class CircuitScorer:
             raise ValueError(f"unknown metric {metric!r}; allowed: {list(METRICS)}")
         if isinstance(ablation, str) and ablation == "learned":
             raise ValueError("ablation='learned': pass the learned values themselves (TrainedCircuit.ablation)")
-        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                       or chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-        self.model, self.graph, self.metric, self.chunk_size = model, graph, metric, chunk_size
+        self.model, self.graph, self.metric = model, graph, metric
+        self.chunk_size = check_chunk_size(chunk_size)  # at construction, not at the first call
         self.higher_is_better = METRICS[metric][1]
         self._dtype = next(model.parameters()).dtype
         self._parts = []

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..functional import random as nr
 from ..functional.edges import in_degree_circuit, random_circuit
-from ..model.baselines import CHUNK_BYTES
+from ..model.baselines import chunk_within
 from .forward import circuit_forward
 from .graph import CircuitGraph
 
@@ -48,19 +48,27 @@ def random_circuits(key: torch.Tensor, graph: CircuitGraph, circuit: torch.Tenso
     return torch.func.vmap(lambda kk: in_degree_circuit(kk, sizes, kept, dtype=circuit.dtype))(keys)
 
 
+def check_chunk_size(chunk_size):
+    """``chunk_size`` if it is a positive int or None (the default chunk), else a ValueError."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    return chunk_size
+
+
 def circuit_chunk_size(model: nn.Module, graph: CircuitGraph, input_ids: torch.Tensor, num_circuits: int) -> int:
     """The chunk size :func:`evaluate_circuits` uses when given none.
 
-    Rule: the most circuits whose largest tensor of their own, one layer's attention readers'
-    inputs (readers x tokens x width), fits ``CHUNK_BYTES`` (48 MiB, the rule random baselines
-    follow), at least 1 and at most ``num_circuits``. A chunk of K circuits holds K times a
+    Rule: the most circuits whose largest tensors of their own, one layer's attention readers'
+    inputs (readers x tokens x width), fit 48 MiB together, at least 1 and at most
+    ``num_circuits`` (the rule random baselines follow:
+    :func:`~neurosurgeon.model.baselines.chunk_within`). A chunk of K circuits holds K times a
     circuit's tensors: past that size, each is memory the OS hands out afresh and faults in page by
     page, which on a CPU costs more than the batch saves (a GPU's caching allocator does not; pass
     a larger ``chunk_size`` there).
     """
     width = model.config.hidden_size  # the residual stream's width, every family's config names it
     per_circuit = graph.attention_readers * input_ids.numel() * width * next(model.parameters()).element_size()
-    return max(1, min(num_circuits, CHUNK_BYTES // max(per_circuit, 1)))
+    return chunk_within(per_circuit, num_circuits)
 
 
 def evaluate_circuits(model: nn.Module, graph: CircuitGraph, circuits: torch.Tensor, input_ids: torch.Tensor,
@@ -72,10 +80,8 @@ def evaluate_circuits(model: nn.Module, graph: CircuitGraph, circuits: torch.Ten
         score: logits -> 0-d tensor (e.g. a mean metric).
         chunk_size: circuits evaluated at once (memory); default :func:`circuit_chunk_size`.
     """
-    if chunk_size is None:
+    if check_chunk_size(chunk_size) is None:
         chunk_size = circuit_chunk_size(model, graph, input_ids, circuits.shape[0])
-    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
 
     def one(mask):
         return score(circuit_forward(model, graph, input_ids, mask=mask, ablated=ablated,

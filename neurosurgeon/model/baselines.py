@@ -296,7 +296,12 @@ def auto_chunk_size(model: nn.Module, num_keys: int, inputs: Any = None) -> int:
     if tensors:
         tokens = max(t.numel() if not t.is_floating_point() else t.numel() // t.shape[-1] for t in tensors)
         per_key += tokens * max(largest.shape) * largest.element_size()
-    return max(1, min(num_keys, CHUNK_BYTES // max(per_key, 1)))
+    return chunk_within(per_key, num_keys)
+
+
+def chunk_within(per_item_bytes: int, num_items: int) -> int:
+    """The most of ``num_items`` whose ``per_item_bytes`` each fit ``CHUNK_BYTES`` together, at least 1."""
+    return max(1, min(num_items, CHUNK_BYTES // max(per_item_bytes, 1)))
 
 
 @contextlib.contextmanager
