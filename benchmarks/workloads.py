@@ -896,9 +896,13 @@ def w9(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
     def score(logits):
         return _kl(logits, s.full)
 
-    def vmapped():
+    def default():
         return nc.evaluate_circuits(s.frozen, graph, circuits, s.ids, score, ablated=s.ablated,
                                     chunk_size=cfg["circuit_chunk"])  # None: the default chunk
+
+    def vmapped():  # at least two a chunk: a vmap whatever the default is
+        return nc.evaluate_circuits(s.frozen, graph, circuits, s.ids, score, ablated=s.ablated,
+                                    chunk_size=max(2, min(chunk, K)))
 
     def loop():
         with torch.no_grad():
@@ -906,7 +910,8 @@ def w9(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
                                 for c in circuits])
 
     # No warm-up round: each contender runs K forwards whose kernels the forwards above have warmed.
-    t.update(interleaved({"evaluate:vmapped": vmapped, "evaluate:loop": loop}, repeats=reps["evaluate"], warmup=0))
+    t.update(interleaved({"evaluate:default": default, "evaluate:vmapped": vmapped, "evaluate:loop": loop},
+                         repeats=reps["evaluate"], warmup=0))
     rows = [
         _ratio_row("edge-masked train step (hard-concrete soft mask, circuit_forward, resample ablation, KL + L0, "
                    "backward into theta) / plain train step (all weights trainable)", t, "train:edge", "train:plain",
@@ -929,10 +934,12 @@ def w9(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
                    "forward:plain"),
         _ratio_row("floor: node path forward, reader-sum GEMMs and the readers' own layer norms / plain forward", t,
                    "forward:node+sums+norms", "forward:plain"),
-        _ratio_row(f"{K} random circuits: evaluate_circuits (vmapped, {chunk} a chunk"
-                   f"{', the default' if cfg['circuit_chunk'] is None else ''}) / the same {K} circuit_forward "
-                   "calls in a loop",
-                   t, "evaluate:vmapped", "evaluate:loop", 1.0, guard=True),
+        _ratio_row(f"{K} random circuits: evaluate_circuits ({chunk} a chunk"
+                   f"{', the default' if cfg['circuit_chunk'] is None else ''}"
+                   f"{'; one plain call a circuit' if chunk == 1 else ', vmapped'}) / the same {K} circuit_forward "
+                   "calls in a loop", t, "evaluate:default", "evaluate:loop", 1.0, guard=True),
+        _ratio_row(f"{K} random circuits: evaluate_circuits (vmapped, {max(2, min(chunk, K))} a chunk) / the same loop",
+                   t, "evaluate:vmapped", "evaluate:loop"),
     ]
     # Peak memory of a train step against the writers' outputs it must hold: W x B x T x D floats.
     floor_mib = W * b * n_pos * width * s.ablated.element_size() / 2**20

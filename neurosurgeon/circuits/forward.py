@@ -263,36 +263,45 @@ def _edge_forward(parts: _Model, graph: CircuitGraph, emb, mask, ablated, rotary
     blocks = [b.view(r, n) for b, (r, n) in zip(blocks, graph.segments)]
     deltas: list[torch.Tensor] = []
     base = torch.zeros((), dtype=emb.dtype, device=emb.device)  # sum of ablated values and constants so far
+    # A forward that records nothing writes every writer's difference into one stack, so each reader
+    # group is one GEMM over a prefix of it, and every attention group's inputs into one buffer, so no
+    # group maps a fresh readers-sized tensor (first touched page by page). Under autograd each chunk
+    # stays its own tensor and each group's inputs their own: the backward reads them.
+    stacked, stack, readers = not torch.is_grad_enabled(), None, None
+    H, G = graph.heads, graph.kv_heads
 
     def write(h, start):
-        nonlocal base
+        nonlocal base, stack, readers
         if written is not None:
             written.append(h)
         a = _ablated(ablated, start, start + h.shape[0])
-        deltas.append(h if a is None else h - a)
+        d = h if a is None else h - a
         if a is not None:
             base = base + a.sum(0)
+        if not stacked or start == 0:
+            deltas.append(d)
+            return
+        if stack is None:  # at the first heads' write: batched under vmap if anything is
+            stack = d.new_empty((len(graph.writers), *d.shape[1:]))
+            stack[:start].copy_(deltas[0])
+            readers = d.new_empty((H + 2 * G, *d.shape[1:]))
+        stack[start:start + d.shape[0]].copy_(d)
+        deltas[:] = [stack[:start + d.shape[0]]]
 
     write(emb, 0)
-    H, G = graph.heads, graph.kv_heads
     for layer in range(graph.layers):
-        x = reader_inputs(blocks[2 * layer], deltas, base)
-        before = (len(deltas), base)
+        x = reader_inputs(blocks[2 * layer], deltas, base, out=readers)
+        before = (list(deltas), base)
         heads, bias = parts.heads(layer, x[:H], x[H:H + G], x[H + G:], rotary, padding)
         first = graph.first_writer(layer)
         write(heads, first)
         if bias is not None:
             base = base + bias
         if graph.parallel[layer]:
-            x = reader_inputs(blocks[2 * layer + 1], deltas[:before[0]], before[1])
+            x = reader_inputs(blocks[2 * layer + 1], *before)
         else:
             x = reader_inputs(blocks[2 * layer + 1], deltas, base)
         write(parts.mlp(layer, x[0])[None], first + H)
-        if not torch.is_grad_enabled():
-            # One chunk per layer from here on: each later reader group adds one GEMM for the layer,
-            # not two (the MLP's a rank-1 pass over the whole readers' sum). Only when nothing is
-            # recorded: under autograd the join would be kept beside its parts, a writers' stack more.
-            deltas[-2:] = [torch.cat(deltas[-2:])]
     return reader_inputs(blocks[-1], deltas, base)[0]
 
 

@@ -78,7 +78,8 @@ def evaluate_circuits(model: nn.Module, graph: CircuitGraph, circuits: torch.Ten
 
     Args:
         score: logits -> 0-d tensor (e.g. a mean metric).
-        chunk_size: circuits evaluated at once (memory); default :func:`circuit_chunk_size`.
+        chunk_size: circuits evaluated at once, vmapped (memory); default :func:`circuit_chunk_size`.
+            At 1, each circuit is one plain call.
     """
     if check_chunk_size(chunk_size) is None:
         chunk_size = circuit_chunk_size(model, graph, input_ids, circuits.shape[0])
@@ -88,6 +89,8 @@ def evaluate_circuits(model: nn.Module, graph: CircuitGraph, circuits: torch.Ten
                                      attention_mask=attention_mask).output)
 
     with torch.no_grad():
+        if chunk_size == 1:  # one circuit at a time: vmap over one would only wrap the same call
+            return torch.stack([one(mask) for mask in circuits])
         return torch.func.vmap(one, chunk_size=chunk_size)(circuits)
 
 

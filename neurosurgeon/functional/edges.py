@@ -29,48 +29,57 @@ __all__ = ["reader_inputs", "tie_nodes", "random_circuit", "in_degree_circuit", 
 class _ReaderSum(torch.autograd.Function):
     """``base + sum_w mask[r, w] * deltas[w]``, chunk by chunk, into one output that each GEMM adds
     to in place (beta = 1), as does ``base``: the writers are never joined into one tensor and no
-    readers-sized tensor is copied per chunk. The backward reads the chunks it was given (held
-    anyway by the writers' own graphs). Adding in place is why the vmap rule is written out
-    rather than generated."""
+    readers-sized tensor is copied per chunk. The output is ``out`` when given (outside autograd
+    only). The backward reads the chunks it was given (held anyway by the writers' own graphs).
+    Writing in place is why the vmap rule is written out rather than generated."""
 
     @staticmethod
-    def forward(base, mask, *chunks):
-        out, start = None, 0
+    def forward(out, base, mask, *chunks):
+        start = 0
         for chunk in chunks:
             stop = start + chunk.shape[0]
             part, flat = mask[:, start:stop], chunk.reshape(chunk.shape[0], -1)
-            out = part @ flat if out is None else out.addmm_(part, flat)
+            if start == 0:
+                out = part @ flat if out is None else torch.mm(part, flat, out=out.view(mask.shape[0], -1))
+            else:
+                out.addmm_(part, flat)
             start = stop
         return out.view(mask.shape[0], *chunks[0].shape[1:]).add_(base)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.base_shape = inputs[0].shape
-        ctx.save_for_backward(*inputs[1:])
+        ctx.base_shape = inputs[1].shape
+        ctx.save_for_backward(*inputs[2:])
 
     @staticmethod
     def backward(ctx, grad):
         mask, *chunks = ctx.saved_tensors
-        grads, start, parts = [None, None], 0, []
-        if ctx.needs_input_grad[0]:
-            grads[0] = grad.sum_to_size(ctx.base_shape)
+        grads, start, parts = [None, None, None], 0, []
+        if ctx.needs_input_grad[1]:
+            grads[1] = grad.sum_to_size(ctx.base_shape)
         for i, chunk in enumerate(chunks):
             stop = start + chunk.shape[0]
-            if ctx.needs_input_grad[1]:
+            if ctx.needs_input_grad[2]:
                 parts.append(torch.einsum("r...,w...->rw", grad, chunk))
-            grads.append(torch.einsum("rw,r...->w...", mask[:, start:stop], grad) if ctx.needs_input_grad[i + 2]
+            grads.append(torch.einsum("rw,r...->w...", mask[:, start:stop], grad) if ctx.needs_input_grad[i + 3]
                          else None)
             start = stop
-        if ctx.needs_input_grad[1]:
-            grads[1] = torch.cat(parts, 1)
+        if ctx.needs_input_grad[2]:
+            grads[2] = torch.cat(parts, 1)
         return tuple(grads)
 
     @staticmethod
-    def vmap(info, in_dims, base, mask, *chunks):
+    def vmap(info, in_dims, dest, base, mask, *chunks):
         # Every batched input with its batch axis first; the output (K, readers, ...) is batched.
-        k, (base_dim, mask_dim, *chunk_dims) = info.batch_size, in_dims
+        k, (dest_dim, base_dim, mask_dim, *chunk_dims) = info.batch_size, in_dims
         m = mask if mask_dim is None else mask.movedim(mask_dim, 0)
+        readers = m.shape[-2]
         out, start, shape = None, 0, None
+        if dest is not None:  # the output is batched: so must its destination be, (K, readers, ...)
+            if dest_dim is None:
+                raise ValueError("under vmap, out must be batched when the reader inputs are (make it with new_empty "
+                                 "of a batched tensor)")
+            out = dest.movedim(dest_dim, 0).view(k, readers, -1)
         for chunk, dim in zip(chunks, chunk_dims):
             if dim is None:
                 c, flat = chunk.shape[0], chunk.reshape(chunk.shape[0], -1)
@@ -79,27 +88,31 @@ class _ReaderSum(torch.autograd.Function):
                 c, flat = chunk.shape[1], chunk.reshape(k, chunk.shape[1], -1)
             if shape is None:
                 shape = chunk.shape[1:] if dim is None else chunk.shape[2:]
-            part, start = m[..., start:start + c], start + c
-            if mask_dim is not None and dim is None:  # K masks, one chunk: one GEMM over K * readers
-                term = (part.reshape(-1, c), flat)
-                if out is None:
-                    out = torch.mm(*term).view(k, -1, flat.shape[-1])
+            part, beta = m[..., start:start + c], 0 if start == 0 else 1
+            start += c
+            if out is None:  # the first term allocates the output
+                if mask_dim is not None and dim is None:  # K masks, one chunk: one GEMM over K * readers
+                    out = torch.mm(part.reshape(-1, c), flat).view(k, readers, -1)
+                elif mask_dim is None and dim is None:  # neither batched: the same term for every k
+                    out = (part @ flat).expand(k, readers, -1).clone()
                 else:
-                    out.view(-1, flat.shape[-1]).addmm_(*term)
-            elif mask_dim is None and dim is None:  # neither batched: the same term for every k
+                    out = torch.bmm(part if mask_dim is not None else part.expand(k, *part.shape), flat)
+            elif mask_dim is not None and dim is None:
+                out.view(-1, flat.shape[-1]).addmm_(part.reshape(-1, c), flat, beta=beta)
+            elif mask_dim is None and dim is None:
                 term = part @ flat
-                out = term.expand(k, *term.shape).clone() if out is None else out.add_(term)
+                out.add_(term) if beta else out.copy_(term)  # copy: the destination's old values may be NaN
             else:
-                part = part if mask_dim is not None else part.expand(k, *part.shape)
-                out = torch.bmm(part, flat) if out is None else out.baddbmm_(part, flat)
-        out = out.view(k, m.shape[-2], *shape)
+                out.baddbmm_(part if mask_dim is not None else part.expand(k, *part.shape), flat, beta=beta)
+        out = out.view(k, readers, *shape)
         if base_dim is not None:  # (K, ...) against (K, readers, ...): a readers axis after K
             base = base.movedim(base_dim, 0)
             base = base.view(k, *[1] * (out.dim() - base.dim()), *base.shape[1:])
         return out.add_(base), 0
 
 
-def reader_inputs(mask: torch.Tensor, deltas: Sequence[torch.Tensor], ablated_sum: torch.Tensor) -> torch.Tensor:
+def reader_inputs(mask: torch.Tensor, deltas: Sequence[torch.Tensor], ablated_sum: torch.Tensor, *,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
     """Inputs of a group of readers by (2): ``ablated_sum + sum_w mask[r, w] * deltas[w]``.
 
     Args:
@@ -107,14 +120,25 @@ def reader_inputs(mask: torch.Tensor, deltas: Sequence[torch.Tensor], ablated_su
         deltas: h_w - a_w of those writers in chunks of ``(n_c, ...)`` that sum to n along the
             first axis.
         ablated_sum: sum_w a_w over the same n writers, broadcastable to a reader's input.
+        out: a contiguous ``(readers, ...)`` tensor to write into, as torch's ``out=``, when
+            nothing needs a gradient. Reusing one buffer for every reader group of a forward
+            spares a fresh readers-sized tensor a group: memory that large is mapped afresh
+            and first touched page by page.
 
     Returns:
-        ``(readers, ...)``: each reader's input.
+        ``(readers, ...)``: each reader's input (``out`` when given).
     """
     n = sum(chunk.shape[0] for chunk in deltas)
     if n != mask.shape[1]:
         raise ValueError(f"mask reads {mask.shape[1]} writers but deltas hold {n}")
-    return _ReaderSum.apply(ablated_sum, mask, *deltas)
+    if out is not None:
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (mask, ablated_sum, *deltas)):
+            raise ValueError("out= is for forwards that record nothing (torch.no_grad()); autograd would "
+                             "save a tensor that later groups overwrite")
+        shape = (mask.shape[0], *deltas[0].shape[1:])
+        if tuple(out.shape) != shape or not out.is_contiguous():
+            raise ValueError(f"out must be a contiguous tensor of shape {shape}, got {tuple(out.shape)}")
+    return _ReaderSum.apply(out, ablated_sum, mask, *deltas)
 
 
 def tie_nodes(node_mask: torch.Tensor, writer_of_edge: torch.Tensor) -> torch.Tensor:

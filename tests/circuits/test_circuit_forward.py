@@ -99,8 +99,9 @@ def test_node_mask_equals_its_tied_edge_mask(family):
 
 @pytest.mark.parametrize("family", PRE_NORM)
 def test_recording_gradients_or_not_computes_the_same(family):
-    # Without autograd the forward joins each layer's writers into one chunk; with it, it does not
-    # (memory). The two sum the same terms in another grouping: equal up to rounding.
+    # Without autograd the forward writes every writer into one stack and each reader group's inputs
+    # into one buffer; with it, chunks and inputs stay apart (the backward reads them). The two sum
+    # the same terms in another grouping: equal up to rounding.
     model = build(family, dtype=torch.float64)
     g, x = circuit_graph(model), ids()
     a = ablation_values(model, g, "resample", x, corrupted=ids(seed=4))
@@ -109,6 +110,28 @@ def test_recording_gradients_or_not_computes_the_same(family):
         plain = circuit_forward(model, g, x, mask=mask, ablated=a).output
     recorded = circuit_forward(model, g, x, mask=mask.clone().requires_grad_(), ablated=a).output
     assert recorded.requires_grad and _rel(recorded.detach(), plain) <= 1e-12
+
+
+@pytest.mark.parametrize("over", ["mask", "ablated", "input_ids"])
+@pytest.mark.parametrize("family", PRE_NORM)
+def test_forward_without_autograd_vmaps_over_any_input(family, over):
+    # The stack and the readers' buffer are made batched by whatever is batched (the first heads'
+    # write): vmap over masks, ablated values or inputs equals a loop.
+    model = build(family, dtype=torch.float64)
+    g, k = circuit_graph(model), 3
+    xs = torch.stack([ids(seed=s) for s in range(k)])
+    a = torch.stack([ablation_values(model, g, "resample", xs[0], corrupted=ids(seed=10 + s)) for s in range(k)])
+    masks = torch.rand(k, g.num_edges, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    args = {"mask": masks, "ablated": a, "input_ids": xs}
+    fixed = {name: v[0] for name, v in args.items() if name != over}
+
+    def run(v):
+        return circuit_forward(model, g, **{**fixed, over: v}).output
+
+    with torch.no_grad():
+        batched = torch.func.vmap(run)(args[over])
+        loop = torch.stack([run(v) for v in args[over]])
+    assert _rel(batched, loop) <= 1e-12
 
 
 def test_one_edge_moves_only_its_reader():

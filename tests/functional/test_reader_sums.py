@@ -92,3 +92,52 @@ def test_nested_vmap_and_vmap_of_grad_equal_loops():
         ref = torch.autograd.grad(loss(*leaves), leaves)
         for got, want in zip(grads, ref):
             torch.testing.assert_close(got[i], want, rtol=1e-12, atol=1e-12)
+
+
+def test_out_is_written_whatever_it_held():
+    # Into a buffer full of NaN (fresh memory may hold anything): the result is the buffer, exact.
+    mask, chunks, base = _inputs([2, 1, 3], readers=4)
+    buf = torch.full((4, 2, 4), float("nan"), dtype=torch.float64)
+    with torch.no_grad():
+        out = reader_inputs(mask, chunks, base, out=buf)
+    assert out.data_ptr() == buf.data_ptr()
+    torch.testing.assert_close(buf, _reference(mask, chunks, base), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("batched", [b for b in itertools.product([False, True], repeat=3) if any(b)])
+def test_out_under_vmap_equals_a_loop(batched):
+    # The destination is batched as the output is (new_empty of a batched input).
+    mask_b, chunk_b, base_b = batched
+    k, g = 3, torch.Generator().manual_seed(3)
+    masks = torch.rand(k, 4, 5, generator=g, dtype=torch.float64)
+    chunks = [torch.randn(k, c, 2, 4, generator=g, dtype=torch.float64) for c in (2, 3)]
+    bases = torch.randn(k, 2, 4, generator=g, dtype=torch.float64)
+
+    def f(m, c0, c1, b):
+        src = next((t for t, yes in ((m, mask_b), (c0, chunk_b), (b, base_b)) if yes))
+        buf = src.new_empty((4, 2, 4)).fill_(float("nan"))
+        return reader_inputs(m, [c0, c1], b, out=buf)
+
+    dims = (0 if mask_b else None, *(0 if chunk_b else None,) * 2, 0 if base_b else None)
+    args = (masks if mask_b else masks[0], *(c if chunk_b else c[0] for c in chunks), bases if base_b else bases[0])
+    with torch.no_grad():
+        out = torch.func.vmap(f, in_dims=dims)(*args)
+    for i in range(k):
+        pick = lambda t, yes: t[i] if yes else t[0]
+        ref = _reference(pick(masks, mask_b), [pick(c, chunk_b) for c in chunks], pick(bases, base_b))
+        torch.testing.assert_close(out[i], ref, rtol=1e-12, atol=1e-12)
+
+
+def test_out_refuses_autograd_a_wrong_shape_and_an_unbatched_destination():
+    mask, chunks, base = _inputs([2, 3], readers=4)
+    with pytest.raises(ValueError, match="out= is for forwards that record nothing"):
+        reader_inputs(mask.requires_grad_(), chunks, base, out=torch.empty(4, 2, 4, dtype=torch.float64))
+    mask = mask.detach()
+    with pytest.raises(ValueError, match=r"out must be a contiguous tensor of shape \(4, 2, 4\), got \(3, 2, 4\)"):
+        reader_inputs(mask, chunks, base, out=torch.empty(3, 2, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="contiguous"):
+        reader_inputs(mask, chunks, base, out=torch.empty(4, 4, 2, dtype=torch.float64).transpose(1, 2))
+    buf = torch.empty(4, 2, 4, dtype=torch.float64)
+    masks = torch.stack([mask, mask])
+    with torch.no_grad(), pytest.raises(ValueError, match="under vmap, out must be batched"):
+        torch.func.vmap(lambda m: reader_inputs(m, chunks, base, out=buf))(masks)
