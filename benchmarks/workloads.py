@@ -407,15 +407,36 @@ def gpt2_model(contender: str, cfg, batch_key="gpt2_batch"):
     return cm, ids
 
 
+def _cs_mask_passes(weights):
+    """What a continuous-sparsification mask adds to a step over each weight W, and nothing else:
+    m = sigma(theta) and W * m, then the backward from a W-shaped gradient (W itself, for want of
+    the step's): dm = g * W and sigma's backward into theta. No GEMM; eager, as the library runs it."""
+    frozen = [w.detach() for w in weights]
+    thetas = [torch.zeros_like(w, requires_grad=True) for w in frozen]
+
+    def run():
+        for t in thetas:
+            t.grad = None
+        torch.autograd.backward([w * torch.sigmoid(t) for w, t in zip(frozen, thetas)], grad_tensors=frozen)
+
+    return run
+
+
 def gpt2_train_step(contender: str, cfg, *, compile_backend: str | None = None, batch_key="gpt2_batch"):
-    model, ids = gpt2_model(contender, cfg, batch_key)
+    """A workload-5 step; ``floor+cs_passes`` is the floor's step followed by :func:`_cs_mask_passes`
+    over the weights it trains."""
+    name, _, extra = contender.partition("+")
+    model, ids = gpt2_model(name, cfg, batch_key)
     fwd = torch.compile(model, backend=compile_backend) if compile_backend else model
     params = [p for p in model.parameters() if p.requires_grad]
+    passes = _cs_mask_passes(params) if extra == "cs_passes" else None
 
     def step():
         for p in params:
             p.grad = None
         fwd(input_ids=ids, labels=ids).loss.backward()
+        if passes is not None:
+            passes()
 
     return step
 
@@ -423,7 +444,7 @@ def gpt2_train_step(contender: str, cfg, *, compile_backend: str | None = None, 
 def w5(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
     strategies = ["cs"] if cfg["smoke"] else ["cs", "hc"]
     names = ["plain", "floor"] + [f"{w}_{s}" for s in strategies for w in ("ours", "orig") if w == "ours" or orig is not None]
-    steps = {n: gpt2_train_step(n, cfg) for n in names}
+    steps = {n: gpt2_train_step(n, cfg) for n in names + ["floor+cs_passes"]}
     _ready(steps)
     t = interleaved(steps, repeats=cfg["repeats"]["w5"], warmup=max(1, cfg["warmup"]))
     del steps  # free the first batch's models before building the second's
@@ -433,6 +454,9 @@ def w5(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
         _ratio_row("HC train step: ours / original", t, "ours_hc", "orig_hc"),
         _ratio_row("floor (Conv1D weights trainable, no masks) / original CS step", t, "floor", "orig_cs"),
         _ratio_row("CS train step: ours / floor", t, "ours_cs", "floor", 1.05, guard=True),
+        _ratio_row("floor and a CS mask's own passes over every weight (sigma, W * m and their backward, no GEMM) / "
+                   "floor", t, "floor+cs_passes", "floor"),
+        _ratio_row("CS train step: ours / (floor and the CS mask's own passes)", t, "ours_cs", "floor+cs_passes"),
         _ratio_row("HC train step: ours / floor", t, "ours_hc", "floor"),
         _ratio_row("CS train step: ours / plain GPT-2 (all weights trainable)", t, "ours_cs", "plain"),
         _ratio_row("HC train step: ours / plain GPT-2 (all weights trainable)", t, "ours_hc", "plain"),
@@ -777,6 +801,20 @@ def _reader_sums(graph, tokens: int, width: int, *, backward: bool):
     return run
 
 
+def _writers_stack(graph, tokens: int, width: int):
+    """The writers' stack a forward makes: a fresh ``(writers, tokens * width)`` tensor, each
+    writer's output copied in once (from a prebuilt source). Fresh memory of that size is mapped
+    anew on each call and first touched page by page, as the forward's own stack is."""
+    source = torch.randn(len(graph.writers), tokens * width, generator=torch.Generator().manual_seed(5))
+
+    def run():
+        stack = torch.empty_like(source)
+        for row, values in zip(stack, source):
+            row.copy_(values)
+
+    return run
+
+
 def _reader_norms(model, graph, batch: int, positions: int, width: int):
     """The layer norms an edge mask adds to a forward: every layer's query, key and value readers
     each normalise their own input (``heads + 2 * kv_heads`` of them, as the circuit forward does,
@@ -886,6 +924,8 @@ def w9(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
     fwd["forward:node+sums"] = lambda: (node_fwd(), fsums())
     fnorms = _reader_norms(s.frozen, graph, b, n_pos, width)
     fwd["forward:node+sums+norms"] = lambda: (node_fwd(), fsums(), fnorms())
+    fstack = _writers_stack(graph, b * n_pos, width)
+    fwd["forward:node+stack+sums+norms"] = lambda: (node_fwd(), fstack(), fsums(), fnorms())
     _ready(fwd)
     t.update(interleaved(fwd, repeats=reps["forward"], warmup=max(1, cfg["warmup"])))
     del fwd
@@ -934,6 +974,8 @@ def w9(cfg, orig, *, memory: str = "subprocess", threads: int = 2):
                    "forward:plain"),
         _ratio_row("floor: node path forward, reader-sum GEMMs and the readers' own layer norms / plain forward", t,
                    "forward:node+sums+norms", "forward:plain"),
+        _ratio_row("floor: the same and the writers' stack written afresh (first touch) / plain forward", t,
+                   "forward:node+stack+sums+norms", "forward:plain"),
         _ratio_row(f"{K} random circuits: evaluate_circuits ({chunk} a chunk"
                    f"{', the default' if cfg['circuit_chunk'] is None else ''}"
                    f"{'; one plain call a circuit' if chunk == 1 else ', vmapped'}) / the same {K} circuit_forward "

@@ -264,14 +264,15 @@ def _edge_forward(parts: _Model, graph: CircuitGraph, emb, mask, ablated, rotary
     deltas: list[torch.Tensor] = []
     base = torch.zeros((), dtype=emb.dtype, device=emb.device)  # sum of ablated values and constants so far
     # A forward that records nothing writes every writer's difference into one stack, so each reader
-    # group is one GEMM over a prefix of it, and every attention group's inputs into one buffer, so no
-    # group maps a fresh readers-sized tensor (first touched page by page). Under autograd each chunk
-    # stays its own tensor and each group's inputs their own: the backward reads them.
+    # group is one GEMM over a prefix of it, and every attention group's inputs into the first
+    # group's, so no later group maps a fresh readers-sized tensor (first touched page by page).
+    # Under autograd each chunk stays its own tensor and each group's inputs their own: the
+    # backward reads them.
     stacked, stack, readers = not torch.is_grad_enabled(), None, None
     H, G = graph.heads, graph.kv_heads
 
     def write(h, start):
-        nonlocal base, stack, readers
+        nonlocal base, stack
         if written is not None:
             written.append(h)
         a = _ablated(ablated, start, start + h.shape[0])
@@ -284,13 +285,13 @@ def _edge_forward(parts: _Model, graph: CircuitGraph, emb, mask, ablated, rotary
         if stack is None:  # at the first heads' write: batched under vmap if anything is
             stack = d.new_empty((len(graph.writers), *d.shape[1:]))
             stack[:start].copy_(deltas[0])
-            readers = d.new_empty((H + 2 * G, *d.shape[1:]))
         stack[start:start + d.shape[0]].copy_(d)
         deltas[:] = [stack[:start + d.shape[0]]]
 
     write(emb, 0)
     for layer in range(graph.layers):
         x = reader_inputs(blocks[2 * layer], deltas, base, out=readers)
+        readers = x if stacked else None
         before = (list(deltas), base)
         heads, bias = parts.heads(layer, x[:H], x[H:H + G], x[H + G:], rotary, padding)
         first = graph.first_writer(layer)
