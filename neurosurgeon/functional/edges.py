@@ -79,7 +79,7 @@ class _ReaderSum(torch.autograd.Function):
             if dest_dim is None:
                 raise ValueError("under vmap, out must be batched when the reader inputs are (make it with new_empty "
                                  "of a batched tensor)")
-            out = dest.movedim(dest_dim, 0).view(k, readers, -1)
+            out = dest.movedim(dest_dim, 0).view(k, readers, -1)  # contiguous: reader_inputs checked
         for chunk, dim in zip(chunks, chunk_dims):
             if dim is None:
                 c, flat = chunk.shape[0], chunk.reshape(chunk.shape[0], -1)
@@ -136,8 +136,11 @@ def reader_inputs(mask: torch.Tensor, deltas: Sequence[torch.Tensor], ablated_su
             raise ValueError("out= is for forwards that record nothing (torch.no_grad()); autograd would "
                              "save a tensor that later groups overwrite")
         shape = (mask.shape[0], *deltas[0].shape[1:])
-        if tuple(out.shape) != shape or not out.is_contiguous():
-            raise ValueError(f"out must be a contiguous tensor of shape {shape}, got {tuple(out.shape)}")
+        if tuple(out.shape) != shape:
+            raise ValueError(f"out must have shape {shape}, got {tuple(out.shape)}")
+        if not out.is_contiguous():  # written through a view
+            raise ValueError("out must be contiguous (under vmap, batched along its first axis, as new_empty of a "
+                             "batched tensor is)")
     return _ReaderSum.apply(out, ablated_sum, mask, *deltas)
 
 
