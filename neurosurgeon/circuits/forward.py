@@ -293,7 +293,9 @@ def _edge_forward(parts: _Model, graph: CircuitGraph, emb, mask, ablated, rotary
         x = reader_inputs(blocks[2 * layer], deltas, base, out=readers)
         readers = x if stacked else None
         before = (list(deltas), base)
-        heads, bias = parts.heads(layer, x[:H], x[H:H + G], x[H + G:], rotary, padding)
+        # split, not slices: each slice's backward would fill a zero tensor of all the readers'
+        # inputs and autograd would add the three; split's joins the three gradients once.
+        heads, bias = parts.heads(layer, *x.split([H, G, G]), rotary, padding)
         first = graph.first_writer(layer)
         write(heads, first)
         if bias is not None:
@@ -302,8 +304,8 @@ def _edge_forward(parts: _Model, graph: CircuitGraph, emb, mask, ablated, rotary
             x = reader_inputs(blocks[2 * layer + 1], *before)
         else:
             x = reader_inputs(blocks[2 * layer + 1], deltas, base)
-        write(parts.mlp(layer, x[0])[None], first + H)
-    return reader_inputs(blocks[-1], deltas, base)[0]
+        write(parts.mlp(layer, x.squeeze(0))[None], first + H)  # a view's backward: no zero-filled copy
+    return reader_inputs(blocks[-1], deltas, base).squeeze(0)
 
 
 def _node_forward(parts: _Model, graph: CircuitGraph, emb, gate, ablated, rotary, padding, written):
