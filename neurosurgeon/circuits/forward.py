@@ -19,9 +19,11 @@ import einops
 import torch
 import torch.nn as nn
 
+from ..functional._checks import in_transform
 from ..functional.edges import reader_inputs
 from ..model.select import match_names
 from .graph import CircuitGraph
+from .stack import WritersStack
 
 __all__ = ["circuit_forward", "CircuitOutput"]
 
@@ -263,12 +265,13 @@ def _edge_forward(parts: _Model, graph: CircuitGraph, emb, mask, ablated, rotary
     blocks = [b.view(r, n) for b, (r, n) in zip(blocks, graph.segments)]
     deltas: list[torch.Tensor] = []
     base = torch.zeros((), dtype=emb.dtype, device=emb.device)  # sum of ablated values and constants so far
-    # A forward that records nothing writes every writer's difference into one stack, so each reader
-    # group is one GEMM over a prefix of it, and every attention group's inputs into the first
-    # group's, so no later group maps a fresh readers-sized tensor (first touched page by page).
-    # Under autograd each chunk stays its own tensor and each group's inputs their own: the
-    # backward reads them.
-    stacked, stack, readers = not torch.is_grad_enabled(), None, None
+    # Every writer's difference goes into one stack, so each reader group is one GEMM over a prefix
+    # of it. Without autograd, every attention group's inputs also go into the first group's, so no
+    # later group maps a fresh readers-sized tensor (first touched page by page). Eager autograd
+    # keeps the stack's graph by anchors (WritersStack). Under torch.func transforms and
+    # torch.compile each chunk stays its own tensor (reader_inputs adds them up group by group).
+    stacked, recorded = not torch.is_grad_enabled(), torch.is_grad_enabled() and not in_transform()
+    stack, readers, anchors = None, None, []
     H, G = graph.heads, graph.kv_heads
 
     def write(h, start):
@@ -279,6 +282,11 @@ def _edge_forward(parts: _Model, graph: CircuitGraph, emb, mask, ablated, rotary
         d = h if a is None else h - a
         if a is not None:
             base = base + a.sum(0)
+        if recorded:
+            if stack is None:
+                stack = WritersStack(d.new_empty((len(graph.writers), *d.shape[1:])))
+            anchors.append(stack.write(d, start))
+            return
         if not stacked or start == 0:
             deltas.append(d)
             return
@@ -288,11 +296,19 @@ def _edge_forward(parts: _Model, graph: CircuitGraph, emb, mask, ablated, rotary
         stack[start:start + d.shape[0]].copy_(d)
         deltas[:] = [stack[:start + d.shape[0]]]
 
+    def so_far():  # the writer chunks written so far, as a group reads them
+        return list(anchors) if recorded else list(deltas)
+
+    def read(block, chunks, base, out=None):
+        if recorded:
+            return stack.read(block, base, chunks)
+        return reader_inputs(block, chunks, base, out=out)
+
     write(emb, 0)
     for layer in range(graph.layers):
-        x = reader_inputs(blocks[2 * layer], deltas, base, out=readers)
+        x = read(blocks[2 * layer], so_far(), base, out=readers)
         readers = x if stacked else None
-        before = (list(deltas), base)
+        before = (so_far(), base)
         # split, not slices: each slice's backward would fill a zero tensor of all the readers'
         # inputs and autograd would add the three; split's joins the three gradients once.
         heads, bias = parts.heads(layer, *x.split([H, G, G]), rotary, padding)
@@ -301,11 +317,11 @@ def _edge_forward(parts: _Model, graph: CircuitGraph, emb, mask, ablated, rotary
         if bias is not None:
             base = base + bias
         if graph.parallel[layer]:
-            x = reader_inputs(blocks[2 * layer + 1], *before)
+            x = read(blocks[2 * layer + 1], *before)
         else:
-            x = reader_inputs(blocks[2 * layer + 1], deltas, base)
+            x = read(blocks[2 * layer + 1], so_far(), base)
         write(parts.mlp(layer, x.squeeze(0))[None], first + H)  # a view's backward: no zero-filled copy
-    return reader_inputs(blocks[-1], deltas, base).squeeze(0)
+    return read(blocks[-1], so_far(), base).squeeze(0)
 
 
 def _node_forward(parts: _Model, graph: CircuitGraph, emb, gate, ablated, rotary, padding, written):
