@@ -83,3 +83,18 @@ def test_a_loss_on_the_writers_and_a_retained_graph():
     (grad,) = torch.autograd.grad(out.writers[g.writers.index("A1.0")].square().sum(), [writer_only])
     _close(grad, torch.func.grad(lambda m: circuit_forward(model, g, x, mask=m, ablated=a, return_writers=True)
                                  .writers[g.writers.index("A1.0")].square().sum())(mask))
+
+
+def test_second_derivatives_through_torch_func_and_a_clear_error_eagerly():
+    model, g, x, a, mask = _setup("gpt2")
+
+    def loss(m):
+        return circuit_forward(model, g, x, mask=m, ablated=a).output.sin().sum()
+
+    hessian = torch.func.jacrev(torch.func.grad(loss))(mask)
+    assert hessian.shape == (g.num_edges, g.num_edges)
+    _close(hessian, hessian.T)  # symmetric, as a Hessian is
+    leaf = mask.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(loss(leaf), [leaf], create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.sum().backward()
