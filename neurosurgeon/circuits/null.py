@@ -48,10 +48,13 @@ def random_circuits(key: torch.Tensor, graph: CircuitGraph, circuit: torch.Tenso
     return torch.func.vmap(lambda kk: in_degree_circuit(kk, sizes, kept, dtype=circuit.dtype))(keys)
 
 
-def check_chunk_size(chunk_size):
-    """``chunk_size`` if it is a positive int or None (the default chunk), else a ValueError."""
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+def check_chunk_size(chunk_size, *, optional: bool = True):
+    """``chunk_size`` if it is a positive int, or None (the default chunk) when ``optional``; else a
+    ValueError."""
+    if chunk_size is None and optional:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int{' or None' if optional else ''}, got {chunk_size!r}")
     return chunk_size
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from .graph import CircuitGraph
-from .null import evaluate_circuits
+from .null import check_chunk_size, evaluate_circuits
 
 __all__ = ["patching_scores"]
 
@@ -65,8 +65,7 @@ def patching_scores(model: nn.Module, graph: CircuitGraph, input_ids: torch.Tens
         >>> patching_scores(model, graph, ids, lambda logits: logits[:, -1, 3].mean()).shape
         torch.Size([13])
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_chunk_size(chunk_size, optional=False)
     if not callable(score):
         raise TypeError(f"score must be a callable, logits -> 0-d tensor, got {type(score).__name__}")
     dtype = next(model.parameters()).dtype
