@@ -263,15 +263,16 @@ def _ablated(ablated, start: int, stop: int):
 def _edge_forward(parts: _Model, graph: CircuitGraph, emb, mask, ablated, rotary, padding, written):
     blocks = torch.split(mask, [r * n for r, n in graph.segments])
     blocks = [b.view(r, n) for b, (r, n) in zip(blocks, graph.segments)]
-    deltas: list[torch.Tensor] = []
     base = torch.zeros((), dtype=emb.dtype, device=emb.device)  # sum of ablated values and constants so far
-    # Every writer's difference goes into one stack, so each reader group is one GEMM over a prefix
-    # of it. Without autograd, every attention group's inputs also go into the first group's, so no
-    # later group maps a fresh readers-sized tensor (first touched page by page). Eager autograd
-    # keeps the stack's graph by anchors (WritersStack). Under torch.func transforms and
-    # torch.compile each chunk stays its own tensor (reader_inputs adds them up group by group).
-    stacked, recorded = not torch.is_grad_enabled(), torch.is_grad_enabled() and not in_transform()
-    stack, readers, anchors = None, None, []
+    # From the first heads' write on (every input reaches it: batched under vmap if any is), every
+    # writer's difference goes into one stack, so each reader group is one GEMM over a prefix of it;
+    # without autograd every attention group's inputs also go into the first one's, so no later
+    # group maps a fresh readers-sized tensor (first touched page by page). A transform or compile
+    # that records keeps each chunk its own tensor (reader_inputs adds them up group by group).
+    stacking = not (torch.is_grad_enabled() and in_transform())
+    stack: WritersStack | None = None
+    chunks: list = []  # what a group reads: the writers' differences, or (with a stack) their anchors
+    readers = None
     H, G = graph.heads, graph.kv_heads
 
     def write(h, start):
@@ -282,32 +283,27 @@ def _edge_forward(parts: _Model, graph: CircuitGraph, emb, mask, ablated, rotary
         d = h if a is None else h - a
         if a is not None:
             base = base + a.sum(0)
-        if recorded:
-            if stack is None:
-                stack = WritersStack(d.new_empty((len(graph.writers), *d.shape[1:])))
-            anchors.append(stack.write(d, start))
+        if stack is None and (not stacking or start == 0):
+            chunks.append(d)
             return
-        if not stacked or start == 0:
-            deltas.append(d)
-            return
-        if stack is None:  # at the first heads' write: batched under vmap if anything is
-            stack = d.new_empty((len(graph.writers), *d.shape[1:]))
-            stack[:start].copy_(deltas[0])
-        stack[start:start + d.shape[0]].copy_(d)
-        deltas[:] = [stack[:start + d.shape[0]]]
+        if stack is None:
+            stack = WritersStack(d.new_empty((len(graph.writers), *d.shape[1:])))
+            chunks[:] = [stack.write(chunks[0], 0)]
+        chunks.append(stack.write(d, start))
 
-    def so_far():  # the writer chunks written so far, as a group reads them
-        return list(anchors) if recorded else list(deltas)
+    def so_far():  # what a group reads now, and from where
+        return stack, list(chunks)
 
-    def read(block, chunks, base, out=None):
-        if recorded:
-            return stack.read(block, base, chunks)
-        return reader_inputs(block, chunks, base, out=out)
+    def read(block, source, base, out=None):
+        where, read_chunks = source
+        if where is None:
+            return reader_inputs(block, read_chunks, base, out=out)
+        return where.read(block, base, read_chunks, out=out)
 
     write(emb, 0)
     for layer in range(graph.layers):
         x = read(blocks[2 * layer], so_far(), base, out=readers)
-        readers = x if stacked else None
+        readers = None if torch.is_grad_enabled() else x
         before = (so_far(), base)
         # split, not slices: each slice's backward would fill a zero tensor of all the readers'
         # inputs and autograd would add the three; split's joins the three gradients once.

@@ -13,14 +13,18 @@ writers that later groups read), so the first of a backward pass (the logits, re
 writer, for a loss on the output) writes its prefix of the gradient stack and the others add to
 a prefix of that. A group no later than the one before it starts a new pass (``retain_graph``).
 
-Eager autograd only: under ``torch.func`` transforms and ``torch.compile`` the forward keeps each
-chunk as its own tensor (:func:`~neurosurgeon.functional.edges.reader_inputs`). No double backward.
+Without autograd the stack serves vmap too (its reads are
+:func:`~neurosurgeon.functional.edges.reader_inputs`). With autograd, eager only: under
+``torch.func`` transforms and ``torch.compile`` the forward keeps each chunk as its own tensor. No
+double backward.
 """
 
 from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from ..functional.edges import reader_inputs
 
 __all__ = ["WritersStack"]
 
@@ -39,15 +43,19 @@ class WritersStack:
         self.reads = 0  # groups read so far in the forward
         self.last = -1  # the last group whose backward ran
 
-    def write(self, delta: torch.Tensor, start: int) -> torch.Tensor:
-        """Copy ``delta`` (``(c, ...)``, writers ``start`` to ``start + c``) in; returns its anchor."""
+    def write(self, delta: torch.Tensor, start: int) -> torch.Tensor | None:
+        """Copy ``delta`` (``(c, ...)``, writers ``start`` to ``start + c``) in; returns its anchor
+        (None when autograd records nothing)."""
         with torch.no_grad():
             self.values[start:start + delta.shape[0]].copy_(delta)
-        return _Anchor.apply(delta, self, start)
+        return _Anchor.apply(delta, self, start) if torch.is_grad_enabled() else None
 
-    def read(self, mask: torch.Tensor, base: torch.Tensor, anchors: list[torch.Tensor]) -> torch.Tensor:
+    def read(self, mask: torch.Tensor, base: torch.Tensor, anchors: list, out: torch.Tensor | None = None) -> torch.Tensor:
         """``base + mask @ values[:n]`` for ``mask`` ``(readers, n)``; ``anchors``: those of the chunks
-        that make up the first n writers."""
+        that make up the first n writers. Without autograd, into ``out`` if given (and under vmap:
+        :func:`~neurosurgeon.functional.edges.reader_inputs` has the rule)."""
+        if not torch.is_grad_enabled():
+            return reader_inputs(mask, [self.values[:mask.shape[1]]], base, out=out)
         return _StackedSum.apply(base, mask, self, *anchors)
 
 
