@@ -74,34 +74,30 @@ class _ReaderSum(torch.autograd.Function):
         k, (dest_dim, base_dim, mask_dim, *chunk_dims) = info.batch_size, in_dims
         m = mask if mask_dim is None else mask.movedim(mask_dim, 0)
         readers = m.shape[-2]
-        out, start, shape = None, 0, None
-        if dest is not None:  # the output is batched: so must its destination be, (K, readers, ...)
-            if dest_dim is None:
-                raise ValueError("under vmap, out must be batched when the reader inputs are (make it with new_empty "
-                                 "of a batched tensor)")
+        first = chunks[0] if chunk_dims[0] is None else chunks[0].movedim(chunk_dims[0], 0)[0]
+        shape = first.shape[1:]
+        if dest is None:
+            out = m.new_empty((k, readers, first[0].numel()))
+        elif dest_dim is None:  # the output is batched: so must its destination be, (K, readers, ...)
+            raise ValueError("under vmap, out must be batched when the reader inputs are (make it with new_empty "
+                             "of a batched tensor)")
+        else:
             out = dest.movedim(dest_dim, 0).view(k, readers, -1)  # contiguous: reader_inputs checked
+        start = 0
         for chunk, dim in zip(chunks, chunk_dims):
             if dim is None:
                 c, flat = chunk.shape[0], chunk.reshape(chunk.shape[0], -1)
             else:
                 chunk = chunk.movedim(dim, 0)
                 c, flat = chunk.shape[1], chunk.reshape(k, chunk.shape[1], -1)
-            if shape is None:
-                shape = chunk.shape[1:] if dim is None else chunk.shape[2:]
+            # beta = 0 on the first chunk: out's old values are ignored (fresh memory may hold NaN).
             part, beta = m[..., start:start + c], 0 if start == 0 else 1
             start += c
-            if out is None:  # the first term allocates the output
-                if mask_dim is not None and dim is None:  # K masks, one chunk: one GEMM over K * readers
-                    out = torch.mm(part.reshape(-1, c), flat).view(k, readers, -1)
-                elif mask_dim is None and dim is None:  # neither batched: the same term for every k
-                    out = (part @ flat).expand(k, readers, -1).clone()
-                else:
-                    out = torch.bmm(part if mask_dim is not None else part.expand(k, *part.shape), flat)
-            elif mask_dim is not None and dim is None:
+            if mask_dim is not None and dim is None:  # K masks, one chunk: one GEMM over K * readers
                 out.view(-1, flat.shape[-1]).addmm_(part.reshape(-1, c), flat, beta=beta)
-            elif mask_dim is None and dim is None:
+            elif mask_dim is None and dim is None:  # neither batched: the same term for every k
                 term = part @ flat
-                out.add_(term) if beta else out.copy_(term)  # copy: the destination's old values may be NaN
+                out.add_(term) if beta else out.copy_(term.expand_as(out))
             else:
                 out.baddbmm_(part if mask_dim is not None else part.expand(k, *part.shape), flat, beta=beta)
         out = out.view(k, readers, *shape)
