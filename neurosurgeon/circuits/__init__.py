@@ -1,4 +1,4 @@
-"""Circuits: edge and node masks over a transformer's computational graph, with activation ablations.
+"""Circuits: edge, node and unit masks over a transformer's computational graph, with activation ablations.
 
 The graph (:func:`circuit_graph`) comes from the architecture table and ``model.config``; the
 forward (:func:`circuit_forward`) reads the user's own model; the edge formula lives once in
@@ -15,15 +15,16 @@ from .formats import (
     CIRCUIT_FORMAT, KV_MERGES, from_auto_circuit, from_circuit_json, from_eap_ig, to_auto_circuit, to_circuit_json,
     to_eap_ig,
 )
-from .forward import CircuitOutput, circuit_forward
-from .graph import CircuitGraph, circuit_graph
-from .masks import CircuitMask
+from .forward import CircuitOutput, UnitAblation, circuit_forward
+from .graph import FINE_UNITS, CircuitGraph, circuit_graph
+from .masks import LEVELS, CircuitMask
 from .metrics import METRICS, edge_attribution, faithfulness, metric_values
 from .null import NULLS, evaluate_circuits, null_summary, random_circuits
 from .patching import patching_scores
 
 __all__ = [
-    "CircuitGraph", "circuit_graph", "CircuitOutput", "circuit_forward", "CircuitMask",
+    "CircuitGraph", "circuit_graph", "FINE_UNITS", "CircuitOutput", "UnitAblation", "circuit_forward", "CircuitMask",
+    "LEVELS",
     "ABLATION_KINDS", "ablation_values", "learned_ablation", "METRICS", "metric_values", "faithfulness",
     "edge_attribution", "patching_scores", "NULLS", "random_circuits", "evaluate_circuits", "null_summary",
     "train_circuit", "TrainedCircuit", "task_loss",

@@ -6,6 +6,9 @@
 | mean     | w's mean output over a reference set (over examples and positions, or per position) |
 | resample | w's output on the paired corrupted input (row i of ``corrupted`` pairs row i) |
 | learned  | a trained constant per writer (optimal ablation, Li & Janson 2024, arXiv 2409.09951) |
+
+On a graph with units the split units get the same kind of value for their activations, and
+the result is a :class:`~neurosurgeon.circuits.forward.UnitAblation` (writers, activations).
 """
 
 from __future__ import annotations
@@ -15,16 +18,22 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from .forward import circuit_forward
+from .forward import UnitAblation, circuit_forward
 from .graph import CircuitGraph
 
 __all__ = ["ABLATION_KINDS", "ablation_values", "learned_ablation"]
 
 
-def _writers(model, graph, ids, attention_mask=None) -> torch.Tensor:
-    # Constants of the batch: computed by the full model, outside any gradient.
+def _writers(model, graph, ids, attention_mask=None) -> UnitAblation:
+    # Constants of the batch: computed by the full model, outside any gradient. Activations
+    # (B, T, units) get a writers-like leading axis of 1, so one reduction serves both.
     with torch.no_grad():
-        return circuit_forward(model, graph, ids, attention_mask=attention_mask, return_writers=True).writers
+        out = circuit_forward(model, graph, ids, attention_mask=attention_mask, return_writers=True)
+    return UnitAblation(out.writers, None if out.activations is None else out.activations[None])
+
+
+def _each(values: UnitAblation, fn: Callable[[torch.Tensor], torch.Tensor]) -> UnitAblation:
+    return UnitAblation(*(None if v is None else fn(v) for v in values))
 
 
 def _zero(model, graph, input_ids, *, reference, corrupted, per_position, attention_mask):
@@ -39,8 +48,8 @@ def _mean(model, graph, input_ids, *, reference, corrupted, per_position, attent
         if input_ids is not None and reference.shape[1] != input_ids.shape[1]:
             raise ValueError(f"a per-position mean needs reference prompts of the inputs' length {input_ids.shape[1]}, "
                              f"got {reference.shape[1]}")
-        return h.mean(1, keepdim=True)
-    return h.mean((1, 2), keepdim=True)
+        return _each(h, lambda v: v.mean(1, keepdim=True))
+    return _each(h, lambda v: v.mean((1, 2), keepdim=True))
 
 
 def _resample(model, graph, input_ids, *, reference, corrupted, per_position, attention_mask):
@@ -63,8 +72,10 @@ ABLATION_KINDS: dict[str, Callable[..., torch.Tensor | None]] = {
 
 def ablation_values(model: nn.Module, graph: CircuitGraph, kind: str, input_ids: torch.Tensor | None = None, *,
                     reference: torch.Tensor | None = None, corrupted: torch.Tensor | None = None,
-                    per_position: bool = False, attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
-    """The ablated values a ``(writers, B or 1, T or 1, D)`` for one batch (None for zero ablation).
+                    per_position: bool = False, attention_mask: torch.Tensor | None = None):
+    """The ablated values a ``(writers, B or 1, T or 1, D)`` for one batch (None for zero ablation);
+    on a graph with units, a :class:`~neurosurgeon.circuits.forward.UnitAblation` whose activations
+    ``(B or 1, T or 1, graph.num_activations)`` are the split units' values of the same kind.
 
     Args:
         kind: a key of :data:`ABLATION_KINDS` (``learned`` values come from :func:`learned_ablation`).
@@ -78,19 +89,28 @@ def ablation_values(model: nn.Module, graph: CircuitGraph, kind: str, input_ids:
     """
     if kind not in ABLATION_KINDS:
         raise ValueError(f"unknown ablation kind {kind!r}; allowed: {list(ABLATION_KINDS)}")
-    return ABLATION_KINDS[kind](model, graph, input_ids, reference=reference, corrupted=corrupted,
-                                per_position=per_position, attention_mask=attention_mask)
+    values = ABLATION_KINDS[kind](model, graph, input_ids, reference=reference, corrupted=corrupted,
+                                  per_position=per_position, attention_mask=attention_mask)
+    if values is None:
+        return None
+    writers, activations = values
+    return writers if not graph.num_activations else UnitAblation(writers, activations[0])
 
 
-def learned_ablation(model: nn.Module, graph: CircuitGraph, *, init: torch.Tensor | None = None) -> nn.Parameter:
-    """A trainable constant per writer, ``(writers, 1, 1, D)``: optimal ablation's a_w.
+def learned_ablation(model: nn.Module, graph: CircuitGraph, *, init=None):
+    """A trainable constant per writer, ``(writers, 1, 1, D)``: optimal ablation's a_w; on a graph
+    with units, a :class:`~neurosurgeon.circuits.forward.UnitAblation` of two parameters, the
+    second a constant per split unit ``(1, 1, graph.num_activations)``.
 
     Args:
-        init: starting values broadcastable to that shape (e.g. a mean ablation's); default zeros.
+        init: starting values broadcastable to that shape (e.g. a mean ablation's, the same
+            structure); default zeros.
     """
     p = next(model.parameters())
-    width = model.config.hidden_size
-    value = torch.zeros(len(graph.writers), 1, 1, width, dtype=p.dtype, device=p.device)
-    if init is not None:
-        value = value + init.detach().to(value)
-    return nn.Parameter(value)
+    shapes = UnitAblation((len(graph.writers), 1, 1, model.config.hidden_size), (1, 1, graph.num_activations))
+    inits = init if isinstance(init, UnitAblation) else UnitAblation(init, None)
+    values = []
+    for shape, start in zip(shapes, inits):
+        value = torch.zeros(shape, dtype=p.dtype, device=p.device)
+        values.append(nn.Parameter(value if start is None else value + start.detach().to(value)))
+    return values[0] if not graph.num_activations else UnitAblation(*values)

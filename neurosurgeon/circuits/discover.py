@@ -6,7 +6,7 @@ or a target sparsity as a Lagrangian (Bhaskar et al. 2024, after Wang et al. 202
 
     L = task + lambda_1 (s - t) + lambda_2 (s - t)^2,
 
-s the expected fraction of edges removed, t the target ramped linearly from 0 over the warm-up,
+s the expected fraction of edges (at unit level, units) removed, t the target ramped linearly from 0 over the warm-up,
 and the lambdas trained by gradient ascent. Step s's noise is ``fold_in(key, s)``.
 """
 
@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from ..functional import random as nr
 from .ablations import ablation_values
-from .forward import circuit_forward
+from .forward import UnitAblation, circuit_forward
 from .graph import CircuitGraph
 from .masks import CircuitMask
 from .metrics import METRICS, metric_values
@@ -36,7 +36,7 @@ class TrainedCircuit:
 
     mask: CircuitMask
     history: list[dict[str, float]] = field(default_factory=list)
-    ablation: torch.Tensor | None = None
+    ablation: torch.Tensor | UnitAblation | None = None
 
 
 def task_loss(metric: str, logits: torch.Tensor, batch: Mapping[str, torch.Tensor], full_logits=None) -> torch.Tensor:
@@ -71,8 +71,9 @@ def train_circuit(model: nn.Module, graph: CircuitGraph, batches: Iterable[Mappi
         ablation: ``zero``, ``mean`` (needs ``reference``), ``resample`` or ``learned`` (values
             trained with the masks, from the reference mean if given, else zero).
         strategy, level, hparams: the :class:`CircuitMask` to create (ignored if ``mask`` is given).
-        target_sparsity: the fraction of edges to remove, in (0, 1]: trains with the Lagrangian.
-        l0_lambda: weight of the expected L0 (edges kept) otherwise.
+        target_sparsity: the fraction of edges to remove (at unit level, of units), in (0, 1]:
+            trains with the Lagrangian.
+        l0_lambda: weight of the expected L0 (edges or units kept) otherwise.
         warmup: steps over which the target rises from 0 (default: four fifths of ``steps``, as
             Edge Pruning's runs; the mask must be able to follow the target, or the multipliers wind up
             and the sparsity overshoots before it settles).
@@ -104,7 +105,7 @@ def train_circuit(model: nn.Module, graph: CircuitGraph, batches: Iterable[Mappi
 
         init = ablation_values(model, graph, "mean", reference=reference) if reference is not None else None
         learned = learned_ablation(model, graph, init=init)
-        params.append(learned)
+        params += list(learned) if isinstance(learned, UnitAblation) else [learned]
     optimizer = torch.optim.Adam(params, lr=lr)
     lambdas = torch.zeros(2, dtype=p.dtype, device=p.device, requires_grad=True)
     ascent = torch.optim.Adam([lambdas], lr=lambda_lr, maximize=True)
@@ -129,7 +130,7 @@ def train_circuit(model: nn.Module, graph: CircuitGraph, batches: Iterable[Mappi
         loss = task
         record = {"task": task.item(), "kept": kept.item()}
         if target is not None:
-            sparsity = 1 - kept / graph.num_edges
+            sparsity = 1 - kept / mask.size
             t = target * min(1.0, (step + 1) / warmup)
             gap = sparsity - t
             loss = loss + lambdas[0] * gap + lambdas[1] * gap ** 2

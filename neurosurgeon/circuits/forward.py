@@ -8,12 +8,18 @@ projections (Llama) are one code path.
 
 The attention output projection's bias belongs to no head: it is a constant of the residual
 stream, seen by every later reader whatever the masks. Dropout is not applied.
+
+A unit mask gates finer units inside their writers (the graph's ``units``): a head's value
+dimensions in the recomputed attention, an MLP's neurons between the row's ``mlp_neurons`` (the
+MLP's own modules up to its output projection) and the output projection ``mlp_down``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import einops
 import torch
@@ -22,10 +28,19 @@ import torch.nn as nn
 from ..functional._checks import in_transform
 from ..functional.edges import reader_inputs
 from ..model.select import match_names
-from .graph import CircuitGraph
+from .graph import FINE_UNITS, CircuitGraph
 from .stack import WritersStack
 
-__all__ = ["circuit_forward", "CircuitOutput"]
+__all__ = ["circuit_forward", "CircuitOutput", "UnitAblation"]
+
+
+class UnitAblation(NamedTuple):
+    """Ablated values of a graph with units: ``writers`` ``(W, B or 1, T or 1, D)`` (or None: zero)
+    for whole writers, ``activations`` ``(B or 1, T or 1, graph.num_activations)`` (or None: zero)
+    for the units split out of heads and MLPs (a value dimension's or a neuron's activation)."""
+
+    writers: torch.Tensor | None
+    activations: torch.Tensor | None
 
 
 @dataclass
@@ -37,10 +52,13 @@ class CircuitOutput:
             an unembedding (after the final norm, as the model's ``last_hidden_state``).
         writers: with ``return_writers=True``, every writer's output ``(W, B, T, D)`` in the
             graph's writer order; None otherwise.
+        activations: with ``return_writers=True`` on a graph with units, the split units'
+            activations ``(B, T, graph.num_activations)`` in unit order; None otherwise.
     """
 
     output: torch.Tensor
     writers: torch.Tensor | None = None
+    activations: torch.Tensor | None = None
 
 
 def _find(model: nn.Module, name: str | None, *, required: bool = True) -> nn.Module | None:
@@ -141,9 +159,10 @@ class _Model:
     def norm(self, layer: int, which: int, x: torch.Tensor) -> torch.Tensor:
         return self.blocks[layer].get_submodule(self.arch.norms[which])(x)
 
-    def heads(self, layer: int, xq, xk, xv, rotary, key_padding) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def heads(self, layer: int, xq, xk, xv, rotary, key_padding, values: Callable | None = None):
         """Each head's write ``(H, B, T, D)`` and the output bias, from its query, key and value inputs
-        (each ``(B, T, D)`` shared, or ``(heads, B, T, D)``)."""
+        (each ``(B, T, D)`` shared, or ``(heads, B, T, D)``); ``values`` maps the heads' attention
+        outputs ``(B, H, T, d)`` (unit gates) before the output projection."""
         graph, block = self.graph, self.blocks[layer]
         w = _attention_weights(graph, block)
         if not self.arch.post_norm:
@@ -167,13 +186,19 @@ class _Model:
         if barred is not None:
             scores = scores.masked_fill(barred, torch.finfo(scores.dtype).min)
         z = torch.matmul(scores.softmax(-1), v)
+        if values is not None:
+            z = values(z)
         return torch.einsum("bhtd,hdo->hbto", z, w.wo), w.bo
 
-    def mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+    def mlp(self, layer: int, x: torch.Tensor, neurons: Callable | None = None) -> torch.Tensor:
+        """What the MLP writes; ``neurons`` maps the input of its output projection (unit gates)."""
         block = self.blocks[layer]
         if not self.arch.post_norm:
             x = self.norm(layer, 1, x)
-        out = block.get_submodule(self.arch.mlp)(x)
+        mlp = block.get_submodule(self.arch.mlp)
+        if neurons is not None:
+            return block.get_submodule(self.arch.mlp_down)(neurons(self.arch.mlp_neurons(mlp, x)))
+        out = mlp(x)
         if self.arch.mlp_update != self.arch.mlp:
             out = block.get_submodule(self.arch.mlp_update)(out)
         return out
@@ -190,12 +215,45 @@ class _Model:
         return x if self.unembed is None else self.unembed(x)
 
 
-def _check_inputs(graph: CircuitGraph, input_ids, mask, node_mask, ablated):
+def _axes(graph: CircuitGraph, pattern: str) -> dict[str, int]:
+    named = set(re.findall(r"\w+", pattern))
+    return {k: v for k, v in graph.unit_axes.items() if k in named}
+
+
+class _Units:
+    """Each split unit's activation z becomes a + m (z - a), the node formula at the units'
+    granularity (a unit mask m, ablated activations a); z is recorded when ``record`` is a list."""
+
+    def __init__(self, graph: CircuitGraph, mask, ablated, record: list | None):
+        self.graph, self.mask, self.ablated, self.record = graph, mask, ablated, record
+
+    def gate(self, layer: int, writers: str) -> Callable | None:
+        """The map of layer ``layer``'s heads' or MLP's activations; None where nothing is done."""
+        graph, row = self.graph, self.graph.unit_row(writers)
+        if row is None or (self.mask is None and self.record is None):
+            return None
+        lhs, rhs = (side.strip() for side in row.layout.split("->"))
+        mask = None if self.mask is None else einops.rearrange(
+            self.mask[slice(*graph.unit_span(layer, writers))], row.mask, **_axes(graph, row.mask))
+        a = None if self.ablated is None else einops.rearrange(
+            self.ablated[..., slice(*graph.activation_span(layer, writers))], f"{rhs} -> {lhs}", **_axes(graph, lhs))
+
+        def gate(z):
+            if self.record is not None:
+                self.record.append(einops.rearrange(z, row.layout))
+            if mask is None:
+                return z
+            return z * mask if a is None else a + mask * (z - a)
+
+        return gate
+
+
+def _check_inputs(graph: CircuitGraph, input_ids, mask, node_mask, unit_mask, ablated, activations):
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
         raise ValueError(f"input_ids must be an integer tensor (batch, positions), got "
                          f"{getattr(input_ids, 'shape', type(input_ids).__name__)}")
-    if mask is not None and node_mask is not None:
-        raise ValueError("give mask= (edges) or node_mask= (writers), not both")
+    if sum(m is not None for m in (mask, node_mask, unit_mask)) > 1:
+        raise ValueError("give one of mask= (edges), node_mask= (writers) or unit_mask= (units)")
     if mask is not None:
         if not graph.edges_allowed:
             raise ValueError(f"edge masks need a pre-norm model; {graph.architecture.name!r} re-normalises the residual "
@@ -206,14 +264,21 @@ def _check_inputs(graph: CircuitGraph, input_ids, mask, node_mask, ablated):
     if node_mask is not None and (node_mask.dim() != 1 or node_mask.shape[0] != len(graph.writers)):
         raise ValueError(f"node_mask must have shape ({len(graph.writers)},) (one entry per writer), got "
                          f"{tuple(node_mask.shape)}")
+    if unit_mask is not None and (unit_mask.dim() != 1 or unit_mask.shape[0] != graph.num_units):
+        raise ValueError(f"unit_mask must have shape ({graph.num_units},) (one entry per unit of the graph's units "
+                         f"{list(graph.units)}), got {tuple(unit_mask.shape)}")
     if ablated is not None and (ablated.dim() != 4 or ablated.shape[0] != len(graph.writers)):
         raise ValueError(f"ablated must have shape ({len(graph.writers)}, batch or 1, positions or 1, width), got "
                          f"{tuple(ablated.shape)}")
+    if activations is not None and (activations.dim() != 3 or activations.shape[-1] != graph.num_activations):
+        raise ValueError(f"ablated.activations must have shape (batch or 1, positions or 1, {graph.num_activations}), "
+                         f"got {tuple(activations.shape)}")
 
 
 def circuit_forward(model: nn.Module, graph: CircuitGraph, input_ids: torch.Tensor, *, mask: torch.Tensor | None = None,
-                    node_mask: torch.Tensor | None = None, ablated: torch.Tensor | None = None,
-                    attention_mask: torch.Tensor | None = None, return_writers: bool = False) -> CircuitOutput:
+                    node_mask: torch.Tensor | None = None, unit_mask: torch.Tensor | None = None,
+                    ablated: torch.Tensor | UnitAblation | None = None, attention_mask: torch.Tensor | None = None,
+                    return_writers: bool = False) -> CircuitOutput:
     """``model``'s forward with every edge (or node) of ``graph`` gated between its output and its
     ablated value: reader r reads ``sum_w m[r, w] h_w + (1 - m[r, w]) a_w``.
 
@@ -223,11 +288,16 @@ def circuit_forward(model: nn.Module, graph: CircuitGraph, input_ids: torch.Tens
         input_ids: ``(B, T)`` token ids.
         mask: ``(edges,)`` edge mask m in the graph's edge order (soft or binary; pre-norm only).
         node_mask: ``(writers,)``: writer w's every outgoing edge gated by ``node_mask[w]``.
-        ablated: a_w, ``(writers, B or 1, T or 1, D)``; None: zero ablation.
+        unit_mask: ``(graph.num_units,)``: a node mask over the graph's units, a split unit u's
+            activation z_u replaced by ``a_u + m_u (z_u - a_u)``.
+        ablated: a_w, ``(writers, B or 1, T or 1, D)``; None: zero ablation. On a graph with
+            units, a :class:`UnitAblation` (what :func:`~neurosurgeon.circuits.ablation_values`
+            gives it), whose activations a unit mask reads.
         attention_mask: ``(B, T)``, 0 at padded positions (keys there are ignored).
-        return_writers: also return every writer's output (what mean and resample ablations read).
+        return_writers: also return every writer's output, and on a graph with units the split
+            units' activations (what mean and resample ablations read).
 
-    With neither mask, this is the model's own forward.
+    With no mask, this is the model's own forward.
 
     Returns:
         :class:`CircuitOutput`.
@@ -243,24 +313,36 @@ def circuit_forward(model: nn.Module, graph: CircuitGraph, input_ids: torch.Tens
         >>> torch.allclose(out, model(ids).logits, atol=1e-5)
         True
     """
-    _check_inputs(graph, input_ids, mask, node_mask, ablated)
+    activations = None
+    if isinstance(ablated, UnitAblation):
+        ablated, activations = ablated
+    elif unit_mask is not None and ablated is not None and graph.num_activations:
+        raise ValueError("a unit mask needs ablated values for the split units too: give ablated=UnitAblation(writers, "
+                         "activations), as ablation_values gives for a graph with units")
+    _check_inputs(graph, input_ids, mask, node_mask, unit_mask, ablated, activations)
     parts = _Model(model, graph)
     emb = parts.embed(input_ids)
     rotary = parts.rotary_tables(emb[0])
     written = [] if return_writers else None
+    recorded = [] if return_writers and graph.num_activations else None
+    units = _Units(graph, None if unit_mask is None else unit_mask.to(emb.dtype), activations, recorded)
     if mask is not None:
-        out = _edge_forward(parts, graph, emb, mask.to(emb.dtype), ablated, rotary, attention_mask, written)
+        out = _edge_forward(parts, graph, emb, mask.to(emb.dtype), ablated, rotary, attention_mask, written, units)
     else:
-        gate = None if node_mask is None else node_mask.to(emb.dtype)
-        out = _node_forward(parts, graph, emb, gate, ablated, rotary, attention_mask, written)
-    return CircuitOutput(parts.finish(out), None if written is None else torch.cat(written))
+        gate = node_mask
+        if unit_mask is not None:  # a writer not split is one unit: its gate is its unit's
+            gate = unit_mask[torch.tensor(graph.first_units, device=unit_mask.device)]
+        gate = None if gate is None else gate.to(emb.dtype)
+        out = _node_forward(parts, graph, emb, gate, ablated, rotary, attention_mask, written, units)
+    return CircuitOutput(parts.finish(out), None if written is None else torch.cat(written),
+                         None if recorded is None else torch.cat(recorded, -1))
 
 
 def _ablated(ablated, start: int, stop: int):
     return None if ablated is None else ablated[start:stop]
 
 
-def _edge_forward(parts: _Model, graph: CircuitGraph, emb, mask, ablated, rotary, padding, written):
+def _edge_forward(parts: _Model, graph: CircuitGraph, emb, mask, ablated, rotary, padding, written, units):
     blocks = torch.split(mask, [r * n for r, n in graph.segments])
     blocks = [b.view(r, n) for b, (r, n) in zip(blocks, graph.segments)]
     base = torch.zeros((), dtype=emb.dtype, device=emb.device)  # sum of ablated values and constants so far
@@ -307,7 +389,7 @@ def _edge_forward(parts: _Model, graph: CircuitGraph, emb, mask, ablated, rotary
         before = (so_far(), base)
         # split, not slices: each slice's backward would fill a zero tensor of all the readers'
         # inputs and autograd would add the three; split's joins the three gradients once.
-        heads, bias = parts.heads(layer, *x.split([H, G, G]), rotary, padding)
+        heads, bias = parts.heads(layer, *x.split([H, G, G]), rotary, padding, units.gate(layer, "heads"))
         first = graph.first_writer(layer)
         write(heads, first)
         if bias is not None:
@@ -316,38 +398,41 @@ def _edge_forward(parts: _Model, graph: CircuitGraph, emb, mask, ablated, rotary
             x = read(blocks[2 * layer + 1], *before)
         else:
             x = read(blocks[2 * layer + 1], so_far(), base)
-        write(parts.mlp(layer, x.squeeze(0))[None], first + H)  # a view's backward: no zero-filled copy
+        # a view's backward: no zero-filled copy
+        write(parts.mlp(layer, x.squeeze(0), units.gate(layer, "mlp"))[None], first + H)
     return read(blocks[-1], so_far(), base).squeeze(0)
 
 
-def _node_forward(parts: _Model, graph: CircuitGraph, emb, gate, ablated, rotary, padding, written):
+def _node_forward(parts: _Model, graph: CircuitGraph, emb, gate, ablated, rotary, padding, written, units):
     # Every reader reads one stream: the gated writes, sum_w a_w + g_w (h_w - a_w), so a node
-    # mask costs what the model costs; it equals the tied edge mask (tested).
+    # mask costs what the model costs; it equals the tied edge mask (tested). Under a unit mask a
+    # split writer is gated inside (its units), and written whole.
     post = parts.arch.post_norm
 
-    def gated(h, start):
+    def gated(h, start, kind=None):
         if written is not None:
             written.append(h)
-        if gate is None:
+        if gate is None or (units.mask is not None and kind is not None and graph.split(kind)):
             return h.sum(0)
         a = _ablated(ablated, start, start + h.shape[0])
         g = gate[start:start + h.shape[0]].view(-1, *([1] * (h.dim() - 1)))
         return (h * g).sum(0) if a is None else (a + g * (h - a)).sum(0)
 
+    def mlp(layer, x):
+        return gated(parts.mlp(layer, x, units.gate(layer, "mlp"))[None], graph.first_writer(layer) + graph.heads, "mlp")
+
     stream = gated(emb, 0)
-    H = graph.heads
     for layer in range(graph.layers):
-        heads, bias = parts.heads(layer, stream, stream, stream, rotary, padding)
-        first = graph.first_writer(layer)
-        attn = gated(heads, first)
+        heads, bias = parts.heads(layer, stream, stream, stream, rotary, padding, units.gate(layer, "heads"))
+        attn = gated(heads, graph.first_writer(layer), "heads")
         if bias is not None:
             attn = attn + bias
         if post:
             after = parts.norm(layer, 0, stream + attn)
-            stream = parts.norm(layer, 1, after + gated(parts.mlp(layer, after)[None], first + H))
+            stream = parts.norm(layer, 1, after + mlp(layer, after))
         elif graph.parallel[layer]:
-            stream = stream + attn + gated(parts.mlp(layer, stream)[None], first + H)
+            stream = stream + attn + mlp(layer, stream)
         else:
             stream = stream + attn
-            stream = stream + gated(parts.mlp(layer, stream)[None], first + H)
+            stream = stream + mlp(layer, stream)
     return stream

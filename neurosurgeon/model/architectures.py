@@ -61,6 +61,10 @@ class Architecture:
             where that stream is the block's input plus the attention update.
         mlp_update: module (relative to the block) whose output is what the MLP adds to the
             residual stream; default ``mlp``. The stream after the MLP is the block's output.
+        mlp_down: the MLP's output projection (relative to the block), a linear layer whose
+            input features are the MLP's neurons; None if unknown (no neuron units then).
+        mlp_neurons: ``(mlp module, its input) -> the neurons' activations``, the MLP's forward
+            up to ``mlp_down``, which reads them; None if unknown (no neuron units then).
 
     The circuit graph (:mod:`neurosurgeon.circuits`) reads these too; module names ending a
     path (``"ln_f"`` finds ``transformer.ln_f``), so one row serves a base model and its heads:
@@ -91,6 +95,8 @@ class Architecture:
     attention_update: str | None = None
     attention_stream: str | None = None
     mlp_update: str | None = None
+    mlp_down: str | None = None
+    mlp_neurons: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = field(default=None, hash=False)
     embeddings: tuple[str, ...] = ()
     norms: tuple[str, str] | None = None
     final_norm: str | None = None
@@ -140,8 +146,8 @@ _ROWS = [
         layers="**encoder.layer.*", attention="attention", mlp="intermediate",
         heads=_qkvo("**encoder.layer.*.attention", "self.query", "self.key", "self.value", "output.dense"),
         attention_update="attention.output.dense", attention_stream="attention.output", mlp_update="output.dense",
-        embeddings=("embeddings",), norms=("attention.output.LayerNorm", "output.LayerNorm"), unembed="cls",
-        causal=False, circuit_types=("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie"),
+        mlp_down="output.dense", mlp_neurons=lambda mlp, x: mlp(x), embeddings=("embeddings",), norms=("attention.output.LayerNorm", "output.LayerNorm"),
+        unembed="cls", causal=False, circuit_types=("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie"),
     ),
     # Post-norm too: sa_layer_norm(attention + input), then output_layer_norm(ffn + that).
     Architecture(
@@ -156,8 +162,8 @@ _ROWS = [
             "**h.*.attn.c_attn": ("i (qkv h d) -> qkv h", "num_attention_heads"),
             "**h.*.attn.c_proj": ("(h d) o -> h", "num_attention_heads"),
         },
-        embeddings=("wte", "wpe"), norms=("ln_1", "ln_2"), final_norm="ln_f", unembed="lm_head",
-        attention_scale=_gpt2_scale, circuit_types=("gpt2",),
+        mlp_down="mlp.c_proj", mlp_neurons=lambda mlp, x: mlp.act(mlp.c_fc(x)), embeddings=("wte", "wpe"), norms=("ln_1", "ln_2"), final_norm="ln_f",
+        unembed="lm_head", attention_scale=_gpt2_scale, circuit_types=("gpt2",),
     ),
     # GPTNeoXAttention views query_key_value's output as (h, 3 * d) and chunks the last axis,
     # so the features are head-major: [q_0 k_0 v_0 | q_1 k_1 v_1 | ...], not GPT-2's [q | k | v].
@@ -169,6 +175,7 @@ _ROWS = [
             "**layers.*.attention.query_key_value": ("(h qkv d) i -> qkv h", "num_attention_heads"),
             "**layers.*.attention.dense": ("o (h d) -> h", "num_attention_heads"),
         },
+        mlp_down="mlp.dense_4h_to_h", mlp_neurons=lambda mlp, x: mlp.act(mlp.dense_h_to_4h(x)),
         embeddings=("embed_in",), norms=("input_layernorm", "post_attention_layernorm"),
         final_norm="final_layer_norm", unembed="lm_head", rotary="rotary_emb",
         parallel_residual="use_parallel_residual", circuit_types=("gpt_neox",),
@@ -182,6 +189,7 @@ _ROWS = [
     Architecture(
         "llama", ("llama", "mistral", "qwen2", "qwen3", "gemma"), layers="**layers.*", attention="self_attn", mlp="mlp",
         heads=_qkvo("**layers.*.self_attn", "q_proj", "k_proj", "v_proj", "o_proj", kv_heads="num_key_value_heads"),
+        mlp_down="mlp.down_proj", mlp_neurons=lambda mlp, x: mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x),
         embeddings=("embed_tokens",), norms=("input_layernorm", "post_attention_layernorm"),
         final_norm="norm", unembed="lm_head", rotary="rotary_emb", circuit_types=("llama", "mistral", "qwen2"),
     ),
@@ -191,8 +199,9 @@ _ROWS = [
     Architecture(
         "tracr", ("tracr",), layers="**layers.*", attention="self_attn", mlp="mlp",
         heads=_qkvo("**layers.*.self_attn", "q_proj", "k_proj", "v_proj", "o_proj"),
-        embeddings=("embed_tokens", "embed_positions"), norms=("attn_norm", "mlp_norm"), unembed="unembed",
-        causal=False, circuit_types=("tracr",),
+        mlp_down="mlp.fc_out", mlp_neurons=lambda mlp, x: mlp.act(mlp.fc_in(x)),
+        embeddings=("embed_tokens", "embed_positions"), norms=("attn_norm", "mlp_norm"),
+        unembed="unembed", causal=False, circuit_types=("tracr",),
     ),
 ]
 

@@ -169,9 +169,24 @@ def test_bad_inputs_name_the_argument():
         circuit_forward(model, g, ids(), mask=torch.ones(7))
     with pytest.raises(ValueError, match="node_mask must have shape"):
         circuit_forward(model, g, ids(), node_mask=torch.ones(g.num_edges))
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="give one of mask= \(edges\), node_mask= \(writers\)"):
         circuit_forward(model, g, ids(), mask=torch.ones(g.num_edges), node_mask=torch.ones(len(g.writers)))
     with pytest.raises(ValueError, match="input_ids must be an integer tensor"):
         circuit_forward(model, g, torch.rand(2, 3))
     with pytest.raises(ValueError, match="ablated must have shape"):
         circuit_forward(model, g, ids(), mask=torch.ones(g.num_edges), ablated=torch.zeros(3, 1, 1, 32))
+
+
+def test_a_fresh_graphs_edge_forward_compiles_as_one_graph():
+    # The graph's derived tables are filled when it is made, not on first use inside a compiled
+    # step (a lazily cached property takes a lock that torch.compile cannot trace).
+    model = build("gpt2")
+    g, x = circuit_graph(model), ids()
+    mask = torch.rand(g.num_edges, generator=torch.Generator().manual_seed(0))
+
+    def run(m):
+        return circuit_forward(model, g, x, mask=m).output
+
+    with torch.no_grad():
+        compiled = torch.compile(run, fullgraph=True, backend="aot_eager")(mask)
+        assert _rel(compiled, run(mask)) <= 1e-6
