@@ -20,7 +20,7 @@ from ..functional.layer import elementwise_unit
 from ..functional.strategies import resolve_hparams, strategy_row
 from .graph import CircuitGraph
 
-__all__ = ["CircuitMask", "LEVELS"]
+__all__ = ["CircuitMask", "LEVELS", "level_row"]
 
 class Level(NamedTuple):
     """One row of :data:`LEVELS`."""
@@ -29,14 +29,22 @@ class Level(NamedTuple):
     keyword: str  # circuit_forward's argument taking the mask
     counts: Callable[[CircuitGraph], int]  # what the mask and the L0 term count: edges or units
     tied: bool  # whether a parameter stands for all of its writer's edges
+    groups: Callable[[CircuitGraph], tuple[int, ...]] | None  # contiguous groups the in_degree null keeps
 
 
 #: What one parameter gates: one edge, every outgoing edge of one writer, or one unit.
 LEVELS: dict[str, Level] = {
-    "edge": Level(lambda g: g.num_edges, "mask", lambda g: g.num_edges, False),
-    "node": Level(lambda g: len(g.writers), "node_mask", lambda g: g.num_edges, True),
-    "unit": Level(lambda g: g.num_units, "unit_mask", lambda g: g.num_units, False),
+    "edge": Level(lambda g: g.num_edges, "mask", lambda g: g.num_edges, False, lambda g: g.in_degrees),
+    "node": Level(lambda g: len(g.writers), "node_mask", lambda g: g.num_edges, True, None),
+    "unit": Level(lambda g: g.num_units, "unit_mask", lambda g: g.num_units, False, lambda g: g.unit_sizes),
 }
+
+
+def level_row(level: str) -> Level:
+    """The :data:`LEVELS` row of ``level``; ValueError naming the levels otherwise."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {list(LEVELS)}, got {level!r}")
+    return LEVELS[level]
 
 
 class CircuitMask(nn.Module):
@@ -62,11 +70,9 @@ class CircuitMask(nn.Module):
         row = strategy_row(strategy)
         if not row.has_params:
             raise ValueError(f"strategy {strategy!r} has no trainable parameters; circuits train theta")
-        if level not in LEVELS:
-            raise ValueError(f"level must be one of {list(LEVELS)}, got {level!r}")
+        n = level_row(level).parameters(graph)
         self.graph, self.strategy, self.level = graph, strategy, level
         self.hparams = resolve_hparams(strategy, hparams)
-        n = LEVELS[level].parameters(graph)
         self._unit = elementwise_unit((n,))
         self.theta = nn.Parameter(torch.full((n,), float(row.init(unit=self._unit, **self.hparams))))
         self.register_buffer("_writer_of_edge", graph.writer_of_edge(), persistent=False)

@@ -3,6 +3,10 @@
 Two nulls: ``uniform`` keeps k edges drawn uniformly from all edges; ``in_degree`` keeps, for
 each reader, as many of its in-edges as the circuit does, drawn uniformly among them. Circuit i
 of K draws from ``split(key, K)[i]``, so a vmapped call equals a loop over the same keys.
+
+At another level of :data:`~neurosurgeon.circuits.masks.LEVELS` the same draws run over its
+parameters: ``uniform`` keeps k writers (node level) or k units (unit level); at unit level
+``in_degree`` keeps each writer's count of units.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from ..functional.edges import in_degree_circuit, random_circuit
 from ..model.baselines import chunk_within
 from .forward import circuit_forward
 from .graph import CircuitGraph
+from .masks import level_row
 
 __all__ = ["NULLS", "random_circuits", "evaluate_circuits", "circuit_chunk_size", "null_summary"]
 
@@ -24,26 +29,32 @@ NULLS = ("uniform", "in_degree")
 
 
 def random_circuits(key: torch.Tensor, graph: CircuitGraph, circuit: torch.Tensor, num: int, *,
-                    null: str = "uniform") -> torch.Tensor:
+                    null: str = "uniform", level: str = "edge") -> torch.Tensor:
     """``num`` random circuits ``(num, edges)`` of ``circuit``'s size, one vmapped draw.
 
     Args:
         key: PRNG key; circuit i draws from ``split(key, num)[i]``.
         circuit: the binary ``(edges,)`` circuit whose size (and, for ``in_degree``, whose
-            readers' in-degrees) the null keeps.
-        null: ``"uniform"`` or ``"in_degree"``.
+            readers' in-degrees) the null keeps; at node or unit level ``(writers,)`` or
+            ``(units,)``.
+        null: ``"uniform"`` or ``"in_degree"`` (at unit level: each writer's count of units).
+        level: ``"edge"``, ``"node"`` or ``"unit"`` (what ``circuit`` gates).
     """
+    row = level_row(level)
     if null not in NULLS:
         raise ValueError(f"null must be one of {NULLS}, got {null!r}")
-    if circuit.shape != (graph.num_edges,):
-        raise ValueError(f"circuit must have shape ({graph.num_edges},), got {tuple(circuit.shape)}")
+    n = row.parameters(graph)
+    if circuit.shape != (n,):
+        raise ValueError(f"circuit must have shape ({n},) (one entry per {level}), got {tuple(circuit.shape)}")
     if not isinstance(num, int) or num < 1:
         raise ValueError(f"num must be a positive int, got {num!r}")
     keys = nr.split(key, num)
     if null == "uniform":
         k = int(circuit.sum())
-        return torch.func.vmap(lambda kk: random_circuit(kk, graph.num_edges, k, dtype=circuit.dtype))(keys)
-    sizes = torch.tensor(graph.in_degrees, device=circuit.device)
+        return torch.func.vmap(lambda kk: random_circuit(kk, n, k, dtype=circuit.dtype))(keys)
+    if row.groups is None:
+        raise ValueError(f"the in_degree null keeps counts within groups; a {level} mask has none (use uniform)")
+    sizes = torch.tensor(row.groups(graph), device=circuit.device)
     kept = torch.segment_reduce(circuit, "sum", lengths=sizes).round().long()
     return torch.func.vmap(lambda kk: in_degree_circuit(kk, sizes, kept, dtype=circuit.dtype))(keys)
 
@@ -75,21 +86,25 @@ def circuit_chunk_size(model: nn.Module, graph: CircuitGraph, input_ids: torch.T
 
 
 def evaluate_circuits(model: nn.Module, graph: CircuitGraph, circuits: torch.Tensor, input_ids: torch.Tensor,
-                      score: Callable[[torch.Tensor], torch.Tensor], *, ablated: torch.Tensor | None = None,
-                      attention_mask: torch.Tensor | None = None, chunk_size: int | None = None) -> torch.Tensor:
+                      score: Callable[[torch.Tensor], torch.Tensor], *, ablated=None,
+                      attention_mask: torch.Tensor | None = None, chunk_size: int | None = None,
+                      level: str = "edge") -> torch.Tensor:
     """``score`` of each circuit ``(K, edges)`` in one vmapped call: ``(K,)``.
 
     Args:
         score: logits -> 0-d tensor (e.g. a mean metric).
         chunk_size: circuits evaluated at once, vmapped (memory); default :func:`circuit_chunk_size`.
             At 1, each circuit is one plain call.
+        level: what the circuits gate: ``"edge"``, ``"node"`` ``(K, writers)`` or ``"unit"``
+            ``(K, units)``.
     """
+    keyword = level_row(level).keyword
     if check_chunk_size(chunk_size) is None:
         chunk_size = circuit_chunk_size(model, graph, input_ids, circuits.shape[0])
 
     def one(mask):
-        return score(circuit_forward(model, graph, input_ids, mask=mask, ablated=ablated,
-                                     attention_mask=attention_mask).output)
+        return score(circuit_forward(model, graph, input_ids, ablated=ablated, attention_mask=attention_mask,
+                                     **{keyword: mask}).output)
 
     with torch.no_grad():
         if chunk_size == 1:  # one circuit at a time: vmap over one would only wrap the same call

@@ -11,8 +11,8 @@ import torch
 from circuit_zoo import PRE_NORM, build, ids, reference_output
 
 from neurosurgeon.circuits import (
-    FINE_UNITS, CircuitMask, UnitAblation, ablation_values, circuit_forward, circuit_graph, learned_ablation,
-    train_circuit,
+    FINE_UNITS, CircuitMask, UnitAblation, ablation_values, circuit_forward, circuit_graph, evaluate_circuits,
+    learned_ablation, random_circuits, train_circuit,
 )
 from neurosurgeon.functional import random as nr
 from neurosurgeon.model.architectures import ARCHITECTURES
@@ -184,6 +184,47 @@ def test_grad_of_the_unit_mask_equals_autograd():
     (expected,) = torch.autograd.grad(loss(m), m)
     got = torch.func.grad(loss)(mask)
     assert torch.allclose(got, expected, rtol=1e-10, atol=1e-14) and bool((expected != 0).all())
+
+
+# -- the null ---------------------------------------------------------------------------------------
+def test_random_unit_circuits_keep_the_size_or_each_writers_count():
+    g = circuit_graph(build("gpt2"), units=BOTH)
+    circuit = torch.zeros(g.num_units)
+    circuit[torch.randperm(g.num_units, generator=torch.Generator().manual_seed(0))[:40]] = 1
+    uniform = random_circuits(nr.key(5), g, circuit, 8, level="unit")
+    assert uniform.shape == (8, g.num_units) and (uniform.sum(1) == 40).all()
+    assert len({tuple(r.tolist()) for r in uniform}) == 8
+    per_writer = random_circuits(nr.key(5), g, circuit, 8, null="in_degree", level="unit")
+    sizes = torch.tensor(g.unit_sizes)
+    counts = torch.stack([torch.segment_reduce(r, "sum", lengths=sizes) for r in per_writer])
+    assert torch.equal(counts, torch.segment_reduce(circuit, "sum", lengths=sizes).expand(8, -1))
+    assert not torch.equal(per_writer, circuit.expand(8, -1))
+    nodes = random_circuits(nr.key(5), g, torch.tensor([1.0, 0, 1] + [0] * (len(g.writers) - 3)), 4, level="node")
+    assert nodes.shape == (4, len(g.writers)) and (nodes.sum(1) == 2).all()
+    with pytest.raises(ValueError, match="a node mask has none"):
+        random_circuits(nr.key(5), g, nodes[0], 4, null="in_degree", level="node")
+    with pytest.raises(ValueError, match=rf"circuit must have shape \({g.num_units},\) \(one entry per unit\)"):
+        random_circuits(nr.key(5), g, circuit[1:], 4, level="unit")
+    with pytest.raises(ValueError, match=r"level must be one of \['edge', 'node', 'unit'\], got 'neuron'"):
+        random_circuits(nr.key(5), g, circuit, 4, level="neuron")
+
+
+def test_unit_circuits_evaluated_vmapped_equal_a_loop():
+    model = build("gpt_neox")
+    g, x = circuit_graph(model, units=BOTH), ids()
+    a = ablation_values(model, g, "mean", x, reference=ids(6, 7, seed=2))
+    circuit = torch.zeros(g.num_units)
+    circuit[::3] = 1
+    circuits = random_circuits(nr.key(1), g, circuit, 5, level="unit")
+
+    def score(logits):
+        return logits[:, -1].log_softmax(-1)[:, 0].mean()
+
+    vmapped = evaluate_circuits(model, g, circuits, x, score, ablated=a, level="unit")
+    with torch.no_grad():
+        loop = torch.stack([score(circuit_forward(model, g, x, unit_mask=c, ablated=a).output) for c in circuits])
+    assert vmapped.shape == (5,) and torch.allclose(vmapped, loop, rtol=1e-5, atol=1e-6)
+    assert len(set(vmapped.tolist())) == 5
 
 
 # -- training --------------------------------------------------------------------------------------
