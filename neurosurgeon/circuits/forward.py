@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 
 from ..functional._checks import in_transform
-from ..functional.edges import reader_inputs
+from ..functional.edges import gated, reader_inputs
 from ..model.select import match_names
-from .graph import FINE_UNITS, CircuitGraph
+from .graph import CircuitGraph
 from .stack import WritersStack
 
 __all__ = ["circuit_forward", "CircuitOutput", "UnitAblation"]
@@ -221,7 +221,7 @@ def _axes(graph: CircuitGraph, pattern: str) -> dict[str, int]:
 
 
 class _Units:
-    """Each split unit's activation z becomes a + m (z - a), the node formula at the units'
+    """Each split unit's activation z becomes ``gated(z, a, m)``, the node formula at the units'
     granularity (a unit mask m, ablated activations a); z is recorded when ``record`` is a list."""
 
     def __init__(self, graph: CircuitGraph, mask, ablated, record: list | None):
@@ -241,9 +241,7 @@ class _Units:
         def gate(z):
             if self.record is not None:
                 self.record.append(einops.rearrange(z, row.layout))
-            if mask is None:
-                return z
-            return z * mask if a is None else a + mask * (z - a)
+            return z if mask is None else gated(z, a, mask)
 
         return gate
 
@@ -409,22 +407,21 @@ def _node_forward(parts: _Model, graph: CircuitGraph, emb, gate, ablated, rotary
     # split writer is gated inside (its units), and written whole.
     post = parts.arch.post_norm
 
-    def gated(h, start, kind=None):
+    def write(h, start, kind=None):
         if written is not None:
             written.append(h)
         if gate is None or (units.mask is not None and kind is not None and graph.split(kind)):
             return h.sum(0)
-        a = _ablated(ablated, start, start + h.shape[0])
         g = gate[start:start + h.shape[0]].view(-1, *([1] * (h.dim() - 1)))
-        return (h * g).sum(0) if a is None else (a + g * (h - a)).sum(0)
+        return gated(h, _ablated(ablated, start, start + h.shape[0]), g).sum(0)
 
     def mlp(layer, x):
-        return gated(parts.mlp(layer, x, units.gate(layer, "mlp"))[None], graph.first_writer(layer) + graph.heads, "mlp")
+        return write(parts.mlp(layer, x, units.gate(layer, "mlp"))[None], graph.first_writer(layer) + graph.heads, "mlp")
 
-    stream = gated(emb, 0)
+    stream = write(emb, 0)
     for layer in range(graph.layers):
         heads, bias = parts.heads(layer, stream, stream, stream, rotary, padding, units.gate(layer, "heads"))
-        attn = gated(heads, graph.first_writer(layer), "heads")
+        attn = write(heads, graph.first_writer(layer), "heads")
         if bias is not None:
             attn = attn + bias
         if post:

@@ -23,7 +23,7 @@ from . import random as nr
 from ._checks import check_key
 from .sampling import randomly_sampled_mask
 
-__all__ = ["reader_inputs", "tie_nodes", "random_circuit", "in_degree_circuit", "top_k_circuit"]
+__all__ = ["reader_inputs", "gated", "tie_nodes", "random_circuit", "in_degree_circuit", "top_k_circuit"]
 
 
 class _ReaderSum(torch.autograd.Function):
@@ -138,6 +138,13 @@ def reader_inputs(mask: torch.Tensor, deltas: Sequence[torch.Tensor], ablated_su
             raise ValueError("out must be contiguous (under vmap, batched along its first axis, as new_empty of a "
                              "batched tensor is)")
     return _ReaderSum.apply(out, ablated_sum, mask, *deltas)
+
+
+def gated(values: torch.Tensor, ablated: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    """One term of (1): ``mask * values + (1 - mask) * ablated``, as ``ablated + mask (values - ablated)``;
+    ``ablated`` None is zero ablation. A node mask gates a writer's output by it, a unit mask a
+    unit's activation (``mask`` broadcast over the examples and positions)."""
+    return values * mask if ablated is None else ablated + mask * (values - ablated)
 
 
 def tie_nodes(node_mask: torch.Tensor, writer_of_edge: torch.Tensor) -> torch.Tensor:

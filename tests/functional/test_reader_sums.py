@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neurosurgeon.functional.edges import reader_inputs
+from neurosurgeon.functional.edges import gated, reader_inputs
 
 
 def _reference(mask, chunks, base):
@@ -145,3 +145,14 @@ def test_out_refuses_autograd_a_wrong_shape_and_an_unbatched_destination():
     bufs = torch.empty(4, 2, 2, 4, dtype=torch.float64)
     with torch.no_grad(), pytest.raises(ValueError, match="batched along its first axis"):
         torch.func.vmap(lambda m, b: reader_inputs(m, chunks, base, out=b), in_dims=(0, 1))(masks, bufs)
+
+
+def test_gated_is_one_term_of_the_reader_sum():
+    # m = 1 keeps the value (to rounding), m = 0 gives the ablated value, between them the line; with
+    # no ablated value (zero ablation) the value scaled by m. Checked against (1) written out.
+    h, a = torch.randn(3, 4, 5, dtype=torch.float64), torch.randn(1, 4, 5, dtype=torch.float64)
+    m = torch.rand(5, dtype=torch.float64)
+    torch.testing.assert_close(gated(h, a, torch.ones(5, dtype=torch.float64)), h, rtol=1e-14, atol=1e-14)
+    assert torch.equal(gated(h, a, torch.zeros(5, dtype=torch.float64)), a.expand_as(h))
+    torch.testing.assert_close(gated(h, a, m), m * h + (1 - m) * a, rtol=1e-14, atol=1e-14)
+    assert torch.equal(gated(h, None, m), h * m)
