@@ -33,6 +33,7 @@ no unit: constants of the stream, as the attention bias is for heads.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -233,10 +234,7 @@ class CircuitGraph:
     @cached_property
     def first_units(self) -> tuple[int, ...]:
         """Each writer's first unit's index, in writer order."""
-        starts = [0]
-        for size in self.unit_sizes[:-1]:
-            starts.append(starts[-1] + size)
-        return tuple(starts)
+        return tuple(itertools.accumulate(self.unit_sizes[:-1], initial=0))
 
     @cached_property
     def unit_names(self) -> tuple[str, ...]:

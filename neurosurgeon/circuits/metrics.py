@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from .forward import circuit_forward
 from .graph import CircuitGraph
+from .masks import level_row
 
 __all__ = ["METRICS", "metric_values", "faithfulness", "edge_attribution"]
 
@@ -94,23 +95,27 @@ def faithfulness(circuit: torch.Tensor | float, full: torch.Tensor | float, abla
 
 
 def edge_attribution(model: nn.Module, graph: CircuitGraph, input_ids: torch.Tensor,
-                     score: Callable[[torch.Tensor], torch.Tensor], *, ablated: torch.Tensor | None = None,
-                     attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                     score: Callable[[torch.Tensor], torch.Tensor], *, ablated=None,
+                     attention_mask: torch.Tensor | None = None, level: str = "edge") -> torch.Tensor:
     """Edge attribution patching (Syed et al. 2023, arXiv 2310.10348): d score / d m at m = 1 for
     every edge, in one backward pass; the first-order estimate of what removing an edge costs.
 
     Args:
         score: logits ``(B, T, vocab)`` -> a 0-d tensor (e.g. the mean logit difference).
         ablated: the ablated values (None: zero ablation).
+        level: ``"edge"``, or ``"node"`` / ``"unit"``: the same gradient with respect to a node
+            or unit mask (a node's score is the sum of its edges' scores).
 
     Returns:
-        ``(edges,)`` scores in the graph's edge order, in the model's dtype.
+        ``(edges,)`` scores in the graph's edge order (``(writers,)`` or ``(units,)`` at node or
+        unit level), in the model's dtype.
     """
+    row = level_row(level)
     dtype = next(model.parameters()).dtype
-    ones = torch.ones(graph.num_edges, dtype=dtype, device=input_ids.device)
+    ones = torch.ones(row.parameters(graph), dtype=dtype, device=input_ids.device)
 
     def run(mask):
-        return score(circuit_forward(model, graph, input_ids, mask=mask, ablated=ablated,
-                                     attention_mask=attention_mask).output)
+        return score(circuit_forward(model, graph, input_ids, ablated=ablated, attention_mask=attention_mask,
+                                     **{row.keyword: mask}).output)
 
     return torch.func.grad(run)(ones).detach()

@@ -11,8 +11,8 @@ import torch
 from circuit_zoo import PRE_NORM, build, ids, reference_output
 
 from neurosurgeon.circuits import (
-    FINE_UNITS, CircuitMask, UnitAblation, ablation_values, circuit_forward, circuit_graph, evaluate_circuits,
-    learned_ablation, random_circuits, train_circuit,
+    FINE_UNITS, CircuitMask, UnitAblation, ablation_values, circuit_forward, circuit_graph, edge_attribution,
+    evaluate_circuits, learned_ablation, random_circuits, train_circuit,
 )
 from neurosurgeon.functional import random as nr
 from neurosurgeon.model.architectures import ARCHITECTURES
@@ -184,6 +184,26 @@ def test_grad_of_the_unit_mask_equals_autograd():
     (expected,) = torch.autograd.grad(loss(m), m)
     got = torch.func.grad(loss)(mask)
     assert torch.allclose(got, expected, rtol=1e-10, atol=1e-14) and bool((expected != 0).all())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+def test_attribution_at_every_level_adds_up(family):
+    # A node mask is its tied edge mask and its tied unit mask, so (chain rule) a node's score is
+    # the sum of its edges' scores and of its units' scores. (Not Llama at 1e-10: its RMSNorm
+    # computes in float32 even in a float64 model, so sums taken in another order round apart.)
+    model = build(family, dtype=torch.float64)
+    g, x = circuit_graph(model, units=BOTH), ids()
+    a = ablation_values(model, g, "resample", x, corrupted=ids(seed=9))
+
+    def score(logits):
+        return logits[:, -1, 0].mean() - logits[:, -1, 1].mean()
+
+    edges, nodes, units = (edge_attribution(model, g, x, score, ablated=a, level=lv) for lv in ("edge", "node", "unit"))
+    assert edges.shape == (g.num_edges,) and nodes.shape == (len(g.writers),) and units.shape == (g.num_units,)
+    per_writer = torch.zeros_like(nodes)
+    torch.testing.assert_close(per_writer.index_add(0, g.writer_of_edge(), edges), nodes, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(per_writer.index_add(0, g.writer_of_unit(), units), nodes, rtol=1e-10, atol=1e-12)
+    assert bool((units != 0).sum() > g.num_units // 2)
 
 
 # -- the null ---------------------------------------------------------------------------------------
