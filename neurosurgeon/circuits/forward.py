@@ -410,7 +410,7 @@ def _node_forward(parts: _Model, graph: CircuitGraph, emb, gate, ablated, rotary
     def write(h, start, kind=None):
         if written is not None:
             written.append(h)
-        if gate is None or (units.mask is not None and kind is not None and graph.split(kind)):
+        if gate is None or (units.mask is not None and kind is not None and graph.is_split(kind)):
             return h.sum(0)
         g = gate[start:start + h.shape[0]].view(-1, *([1] * (h.dim() - 1)))
         return gated(h, _ablated(ablated, start, start + h.shape[0]), g).sum(0)

@@ -207,7 +207,7 @@ class CircuitGraph:
         return [self.edges[i] for i in torch.nonzero(mask).flatten().tolist()]
 
     # -- units ---------------------------------------------------------------------------------
-    def split(self, writers: str) -> bool:
+    def is_split(self, writers: str) -> bool:
         """Whether the graph's units split the ``writers`` kind (``"heads"`` or ``"mlp"``)."""
         return self.unit_row(writers) is not None
 
@@ -223,8 +223,8 @@ class CircuitGraph:
     @cached_property
     def unit_sizes(self) -> tuple[int, ...]:
         """How many units each writer has, in writer order (1 for a writer not split)."""
-        head = self.head_dim if self.split("heads") else 1
-        mlp = self.mlp_width if self.split("mlp") else 1
+        head = self.head_dim if self.is_split("heads") else 1
+        mlp = self.mlp_width if self.is_split("mlp") else 1
         return (1,) * len(self.embeddings) + ((head,) * self.heads + (mlp,)) * self.layers
 
     @property
@@ -263,12 +263,12 @@ class CircuitGraph:
     @property
     def num_activations(self) -> int:
         """How many units are split out of a writer: the activations a unit ablation replaces."""
-        return self.layers * (self.heads * self.head_dim * self.split("heads") + self.mlp_width * self.split("mlp"))
+        return self.layers * (self.heads * self.head_dim * self.is_split("heads") + self.mlp_width * self.is_split("mlp"))
 
     def activation_span(self, layer: int, writers: str) -> tuple[int, int]:
         """Where layer ``layer``'s split heads or MLP sit among the activations ``(..., num_activations)``:
         every split unit, in unit order."""
-        heads, mlp = self.heads * self.head_dim * self.split("heads"), self.mlp_width * self.split("mlp")
+        heads, mlp = self.heads * self.head_dim * self.is_split("heads"), self.mlp_width * self.is_split("mlp")
         start = layer * (heads + mlp) + (0 if writers == "heads" else heads)
         return start, start + (heads if writers == "heads" else mlp)
 

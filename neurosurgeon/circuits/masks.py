@@ -17,10 +17,12 @@ import torch.nn as nn
 from ..functional import random as nr
 from ..functional.edges import tie_nodes, top_k_circuit
 from ..functional.layer import elementwise_unit
+from ..functional._checks import table_row
 from ..functional.strategies import resolve_hparams, strategy_row
 from .graph import CircuitGraph
 
 __all__ = ["CircuitMask", "LEVELS", "level_row"]
+
 
 class Level(NamedTuple):
     """One row of :data:`LEVELS`."""
@@ -42,9 +44,7 @@ LEVELS: dict[str, Level] = {
 
 def level_row(level: str) -> Level:
     """The :data:`LEVELS` row of ``level``; ValueError naming the levels otherwise."""
-    if level not in LEVELS:
-        raise ValueError(f"level must be one of {list(LEVELS)}, got {level!r}")
-    return LEVELS[level]
+    return table_row("level", level, LEVELS)
 
 
 class CircuitMask(nn.Module):
