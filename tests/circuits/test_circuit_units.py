@@ -79,7 +79,7 @@ def test_every_unit_kept_is_the_models_forward(family, dtype):
     assert _rel(out.output, reference_output(model, x)) <= TOL[dtype]
 
 
-@pytest.mark.parametrize("kind", ["mean", "resample"])
+@pytest.mark.parametrize("kind", ["mean", "mean per position", "resample"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_unit_mask_tied_over_its_writers_is_the_node_mask(family, kind):
     # A writer's output is linear in its split activations, so its units' mean or corrupted
@@ -87,7 +87,9 @@ def test_a_unit_mask_tied_over_its_writers_is_the_node_mask(family, kind):
     # the tied edge mask.
     model = build(family, dtype=torch.float64)
     g, x = circuit_graph(model, units=BOTH), ids()
-    a = ablation_values(model, g, kind, x, reference=ids(8, 7, seed=5), corrupted=ids(seed=9))
+    a = ablation_values(model, g, kind.split()[0], x, reference=ids(8, 7, seed=5), corrupted=ids(seed=9),
+                        per_position=kind.endswith("position"))
+    assert a.activations.shape[1] == (1 if kind == "mean" else x.shape[1])
     node = torch.rand(len(g.writers), dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     units = circuit_forward(model, g, x, unit_mask=node[g.writer_of_unit()], ablated=a).output
     nodes = circuit_forward(model, g, x, node_mask=node, ablated=a).output
